@@ -1,0 +1,211 @@
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/geocursor/geocursor/fsm"
+)
+
+// applyTimeout bounds one Raft apply on the leader.
+const applyTimeout = 5 * time.Second
+
+// Apply runs a state-machine command on the leader, wherever it is called,
+// and returns the leader's answer. A follower forwards the command over the
+// leader's HTTP API. While there is no leader it waits for one as long as
+// ctx allows (at most a few election timeouts) and then returns ErrNoLeader.
+// A refusal by the state machine is in Result.Err, not in the error.
+func (n *Node) Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
+	if err := cmd.Validate(); err != nil {
+		return fsm.Result{}, err
+	}
+	var res fsm.Result
+	err := n.onLeader(ctx, func(ctx context.Context, leaderHTTP string) error {
+		if leaderHTTP == "" {
+			var err error
+			res, err = n.applyLocal(cmd)
+			return err
+		}
+		var wire applyResponse
+		if err := n.post(ctx, leaderHTTP, "/v1/internal/apply", cmd, &wire); err != nil {
+			return err
+		}
+		res = wire.result()
+		return nil
+	})
+	return res, err
+}
+
+// onLeader calls fn with the leader's HTTP address, or "" when this node
+// leads, retrying while leadership is moving. It is the one place where a
+// request finds its way to the leader.
+func (n *Node) onLeader(ctx context.Context, fn func(ctx context.Context, leaderHTTP string) error) error {
+	// Bound the wait for a leader even if ctx has no deadline: a caller must
+	// get a clear, retryable error, not a hang.
+	wait := 4 * (n.cfg.Raft.HeartbeatTimeout + n.cfg.Raft.ElectionTimeout)
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	backoff := 10 * time.Millisecond
+	var last error
+	for {
+		if n.closing.Load() {
+			return ErrShutdown
+		}
+		err := n.tryLeader(ctx, fn)
+		if err == nil || !retryable(err) {
+			return err
+		}
+		last = err
+		select {
+		case <-ctx.Done():
+			if errors.Is(last, ErrNotLeader) {
+				last = ErrNoLeader
+			}
+			return fmt.Errorf("%w (after %s)", last, wait)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 200*time.Millisecond)
+	}
+}
+
+func (n *Node) tryLeader(ctx context.Context, fn func(ctx context.Context, leaderHTTP string) error) error {
+	if n.IsLeader() {
+		return fn(ctx, "")
+	}
+	id, _ := n.Leader()
+	if id == "" {
+		return ErrNoLeader
+	}
+	m, ok := n.fsm.State().Members[id]
+	if !ok || m.HTTPAddr == "" {
+		return fmt.Errorf("%w: leader %s has not published its HTTP address yet", ErrNoLeader, id)
+	}
+	return fn(ctx, m.HTTPAddr)
+}
+
+func retryable(err error) bool {
+	return errors.Is(err, ErrNoLeader) || errors.Is(err, ErrNotLeader)
+}
+
+// applyLocal stamps the leader's clock into the command and proposes it.
+func (n *Node) applyLocal(cmd fsm.Command) (fsm.Result, error) {
+	cmd.Now = time.Now().UnixNano()
+	b, err := cmd.Encode()
+	if err != nil {
+		return fsm.Result{}, err
+	}
+	f := n.raft.Apply(b, applyTimeout)
+	if err := f.Error(); err != nil {
+		return fsm.Result{}, fmt.Errorf("apply %s: %w", cmd.Op, mapRaftError(err))
+	}
+	res, ok := f.Response().(fsm.Result)
+	if !ok {
+		return fsm.Result{}, fmt.Errorf("apply %s: unexpected response %T", cmd.Op, f.Response())
+	}
+	return res, nil
+}
+
+// wireError carries an error across HTTP with its sentinel code.
+type wireError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+type applyResponse struct {
+	Lease  fsm.Lease  `json:"lease"`
+	Cursor fsm.Cursor `json:"cursor"`
+	Error  *wireError `json:"error,omitempty"`
+}
+
+func (r applyResponse) result() fsm.Result {
+	res := fsm.Result{Lease: r.Lease, Cursor: r.Cursor}
+	if r.Error != nil {
+		res.Err = fsm.ErrorFromCode(r.Error.Code, r.Error.Message)
+	}
+	return res
+}
+
+// Codes for the errors of this package on the wire.
+const (
+	codeNoLeader  = "no_leader"
+	codeNotLeader = "not_leader"
+	codeConflict  = "conflict"
+	codeShutdown  = "shutting_down"
+)
+
+func errorCode(err error) string {
+	switch {
+	case errors.Is(err, ErrNoLeader):
+		return codeNoLeader
+	case errors.Is(err, ErrNotLeader):
+		return codeNotLeader
+	case errors.Is(err, ErrJoinConflict):
+		return codeConflict
+	case errors.Is(err, ErrShutdown):
+		return codeShutdown
+	}
+	return fsm.Code(err)
+}
+
+func errorFromWire(status int, w *wireError) error {
+	if w == nil {
+		return fmt.Errorf("HTTP %d", status)
+	}
+	switch w.Code {
+	case codeNoLeader:
+		return fmt.Errorf("%w: %s", ErrNoLeader, w.Message)
+	case codeNotLeader, codeShutdown:
+		// The node we reached is not (or no longer) the leader: find it again.
+		return fmt.Errorf("%w: %s", ErrNotLeader, w.Message)
+	case codeConflict:
+		return fmt.Errorf("%w: %s", ErrJoinConflict, w.Message)
+	}
+	return errors.New(w.Message)
+}
+
+// maxBody bounds every request and response body this package reads.
+const maxBody = 1 << 20
+
+// post sends a JSON request to another node and decodes its JSON answer.
+// A transport failure is reported as ErrNotLeader so that onLeader looks
+// the leader up again.
+func (n *Node) post(ctx context.Context, httpAddr, path string, in, out any) error {
+	body, err := json.Marshal(in)
+	if err != nil {
+		return fmt.Errorf("encode request for %s: %w", path, err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+httpAddr+path, bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("build request for %s: %w", httpAddr, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := n.httpClient.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("forward to %s%s: %w", httpAddr, path, ctx.Err())
+		}
+		return fmt.Errorf("%w: forward to %s%s: %v", ErrNotLeader, httpAddr, path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
+	if err != nil {
+		return fmt.Errorf("%w: read answer from %s%s: %v", ErrNotLeader, httpAddr, path, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e struct {
+			Error *wireError `json:"error"`
+		}
+		_ = json.Unmarshal(data, &e)
+		return errorFromWire(resp.StatusCode, e.Error)
+	}
+	if err := json.Unmarshal(data, out); err != nil {
+		return fmt.Errorf("decode answer from %s%s: %w", httpAddr, path, err)
+	}
+	return nil
+}

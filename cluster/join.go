@@ -1,0 +1,140 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/geocursor/geocursor/fsm"
+)
+
+// JoinRequest asks the group to add a voter.
+type JoinRequest struct {
+	NodeID   string `json:"node_id"`
+	RaftAddr string `json:"raft_addr"`
+	HTTPAddr string `json:"http_addr"`
+}
+
+// JoinResponse is the leader's answer to a join.
+type JoinResponse struct {
+	Leader string `json:"leader"`
+	// AlreadyMember is true when the node was in the group already.
+	AlreadyMember bool `json:"already_member"`
+}
+
+func (r JoinRequest) validate() error {
+	if r.NodeID == "" || r.RaftAddr == "" || r.HTTPAddr == "" {
+		return fmt.Errorf("%w: join needs node_id, raft_addr and http_addr", fsm.ErrBadCommand)
+	}
+	return nil
+}
+
+// Join asks the members at addrs (HTTP addresses), in turn, to add this node
+// as a voter, retrying with backoff until ctx ends. A refusal that retrying
+// cannot fix (a node ID taken by another address) ends it at once.
+func (n *Node) Join(ctx context.Context, addrs []string) error {
+	req := JoinRequest{NodeID: n.cfg.NodeID, RaftAddr: string(n.transport.LocalAddr()), HTTPAddr: n.cfg.HTTPAddr}
+	backoff := 100 * time.Millisecond
+	lastErr := map[string]string{}
+	for attempt := 1; ; attempt++ {
+		for _, addr := range addrs {
+			var resp JoinResponse
+			err := n.post(ctx, addr, "/v1/cluster/join", req, &resp)
+			if err == nil {
+				n.logger.Info("joined the group", "via", addr, "leader", resp.Leader, "already_member", resp.AlreadyMember)
+				return nil
+			}
+			if errors.Is(err, ErrJoinConflict) || errors.Is(err, fsm.ErrBadCommand) {
+				return fmt.Errorf("join via %s refused: %w", addr, err)
+			}
+			lastErr[addr] = err.Error()
+			n.logger.Debug("join attempt failed", "via", addr, "attempt", attempt, "error", err)
+		}
+		select {
+		case <-ctx.Done():
+			var parts []string
+			for _, a := range addrs {
+				parts = append(parts, fmt.Sprintf("%s (%s)", a, lastErr[a]))
+			}
+			return fmt.Errorf("join: no member answered before join_timeout: tried %s; check that -join names the HTTP address (http_addr) of a running member", strings.Join(parts, "; "))
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
+	var req JoinRequest
+	if !decodeBody(w, r, &req) {
+		return
+	}
+	if err := req.validate(); err != nil {
+		writeError(w, http.StatusBadRequest, "bad_request", err)
+		return
+	}
+	var resp JoinResponse
+	err := n.onLeader(r.Context(), func(ctx context.Context, leaderHTTP string) error {
+		if leaderHTTP != "" {
+			return n.post(ctx, leaderHTTP, "/v1/cluster/join", req, &resp)
+		}
+		var err error
+		resp, err = n.addVoter(req)
+		return err
+	})
+	if err != nil {
+		writeError(w, statusFor(err), errorCode(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// addVoter runs on the leader. Joining twice is harmless; a node ID that
+// the group knows at another Raft address is refused, since two processes
+// would then share one identity; a new ID at the address of an old one
+// replaces it (the old node's data was wiped and it came back renamed).
+func (n *Node) addVoter(req JoinRequest) (JoinResponse, error) {
+	resp := JoinResponse{Leader: n.cfg.NodeID}
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return resp, fmt.Errorf("read raft configuration: %w", mapRaftError(err))
+	}
+	for _, s := range f.Configuration().Servers {
+		switch {
+		case string(s.ID) == req.NodeID && string(s.Address) == req.RaftAddr:
+			resp.AlreadyMember = true
+		case string(s.ID) == req.NodeID:
+			return resp, fmt.Errorf("%w: node ID %s is already a member at raft address %s, not %s: give the new node another node_id, or remove the old one first",
+				ErrJoinConflict, req.NodeID, s.Address, req.RaftAddr)
+		case string(s.Address) == req.RaftAddr:
+			n.logger.Warn("removing a member whose raft address a new node now uses", "old_id", s.ID, "new_id", req.NodeID, "raft_addr", req.RaftAddr)
+			if err := n.raft.RemoveServer(s.ID, 0, applyTimeout).Error(); err != nil {
+				return resp, fmt.Errorf("remove stale member %s: %w", s.ID, mapRaftError(err))
+			}
+			if _, err := n.applyLocal(fsm.Command{Op: fsm.OpRemoveMember, Node: string(s.ID)}); err != nil {
+				return resp, err
+			}
+		}
+	}
+	if !resp.AlreadyMember {
+		if err := n.raft.AddVoter(raft.ServerID(req.NodeID), raft.ServerAddress(req.RaftAddr), 0, applyTimeout).Error(); err != nil {
+			return resp, fmt.Errorf("add voter %s: %w", req.NodeID, mapRaftError(err))
+		}
+		n.logger.Info("added voter", "peer", req.NodeID, "raft_addr", req.RaftAddr, "http_addr", req.HTTPAddr)
+	}
+	m := fsm.Member{ID: req.NodeID, RaftAddr: req.RaftAddr, HTTPAddr: req.HTTPAddr}
+	if cur, ok := n.fsm.State().Members[req.NodeID]; !ok || cur != m {
+		res, err := n.applyLocal(fsm.Command{Op: fsm.OpSetMember, Member: &m})
+		if err != nil {
+			return resp, err
+		}
+		if res.Err != nil {
+			return resp, res.Err
+		}
+	}
+	return resp, nil
+}

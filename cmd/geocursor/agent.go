@@ -1,0 +1,133 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/geocursor/geocursor/cluster"
+	"github.com/geocursor/geocursor/config"
+)
+
+func runAgent(args []string, stderr io.Writer) error {
+	fs := newFlagSet("agent", stderr)
+	var (
+		configPath                                       = fs.String("config", "", "path of the HCL configuration file (required)")
+		nodeID, dataDir, httpAddr, raftAddr, join, level stringFlag
+	)
+	fs.Var(&nodeID, "node-id", "this node's ID, unique in the group (overrides node_id)")
+	fs.Var(&dataDir, "data-dir", "directory for Raft state (overrides data_dir)")
+	fs.Var(&httpAddr, "http-addr", "HOST:PORT of the HTTP API (overrides http_addr)")
+	fs.Var(&raftAddr, "raft-addr", "HOST:PORT for Raft traffic (overrides raft_addr)")
+	fs.Var(&join, "join", "HTTP addresses of existing members, comma-separated (overrides join)")
+	fs.Var(&level, "log-level", "trace, debug, info, warn or error (overrides log_level)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *configPath == "" {
+		return usagef("agent: -config FILE is required (see config.hcl in the repository for an example)")
+	}
+	over := config.Overrides{NodeID: nodeID.value, DataDir: dataDir.value, HTTPAddr: httpAddr.value, RaftAddr: raftAddr.value, LogLevel: level.value}
+	if join.value != nil {
+		j := config.SplitList(*join.value)
+		over.Join = &j
+	}
+	cfg, err := config.Load(*configPath, os.Environ(), over)
+	if err != nil {
+		return &usageError{msg: err.Error()}
+	}
+
+	logger := newLogger(cfg, stderr)
+	ctx, stop := signalContext(logger)
+	defer stop()
+	if err := agent(ctx, cfg, logger); err != nil {
+		logger.Error("agent stopped", "error", err)
+		return err
+	}
+	return nil
+}
+
+func newLogger(cfg *config.Config, out io.Writer) hclog.Logger {
+	return hclog.New(&hclog.LoggerOptions{
+		Name:       "geocursor",
+		Level:      hclog.LevelFromString(cfg.LogLevel),
+		Output:     out,
+		JSONFormat: cfg.LogFormat == "json",
+		// Raft's logger is a sub-logger with its own, quieter level.
+		IndependentLevels: true,
+	}).With("pid", os.Getpid(), "node_id", cfg.NodeID)
+}
+
+// signalContext returns a context cancelled by the first SIGINT or SIGTERM;
+// a second one exits at once, for an operator who will not wait.
+func signalContext(logger hclog.Logger) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		sig, ok := <-sigs
+		if !ok {
+			return
+		}
+		logger.Info("shutting down: releasing the lease and closing the stores (signal again to exit at once)", "signal", sig.String())
+		cancel()
+		if sig, ok = <-sigs; ok {
+			logger.Warn("second signal: exiting now", "signal", sig.String())
+			os.Exit(1)
+		}
+	}()
+	return ctx, func() { signal.Stop(sigs); cancel() }
+}
+
+// agent runs one peer until ctx is cancelled.
+func agent(ctx context.Context, cfg *config.Config, logger hclog.Logger) error {
+	raftLevel := hclog.Warn
+	if lvl := hclog.LevelFromString(cfg.LogLevel); lvl <= hclog.Debug {
+		raftLevel = lvl
+	}
+	node, err := cluster.Open(cluster.Config{
+		NodeID: cfg.NodeID, DataDir: cfg.DataDir, HTTPAddr: cfg.HTTPAddr, RaftAddr: cfg.RaftAddr,
+		Raft: cfg.Raft, Logger: logger, RaftLogLevel: raftLevel,
+	}, len(cfg.Join) > 0)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err := node.Close(); err != nil {
+			logger.Warn("close node", "error", err)
+		}
+		logger.Info("stopped")
+	}()
+	logger.Info("agent started", "http_addr", cfg.HTTPAddr, "raft_addr", cfg.RaftAddr, "data_dir", cfg.DataDir,
+		"witness", cfg.Source == nil, "version", version)
+
+	switch {
+	case node.HadState() && len(cfg.Join) > 0:
+		logger.Info("existing raft state found: ignoring -join and rejoining the known group")
+	case !node.HadState() && len(cfg.Join) > 0:
+		jctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
+		err := node.Join(jctx, cfg.Join)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+
+	if cfg.Source != nil {
+		if err := runCursor(ctx, cfg, node, logger); err != nil && !errors.Is(err, context.Canceled) {
+			return fmt.Errorf("cursor: %w", err)
+		}
+		return nil
+	}
+	<-ctx.Done()
+	return nil
+}

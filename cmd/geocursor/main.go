@@ -1,0 +1,86 @@
+// Command geocursor is the highly available Geo log cursor: `geocursor
+// agent` runs one peer, `geocursor cluster status` shows the group. This
+// package parses flags and formats output; the work happens in cluster,
+// cursor and fsm.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+// usageError marks errors that are the caller's to fix (exit status 2).
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error {
+	return &usageError{msg: fmt.Sprintf(format, args...)}
+}
+
+const usage = `Usage: geocursor <command> [flags]
+
+Commands:
+  agent            run a peer of the geocursor Raft group
+  cluster status   show the group: leader, members, lease, cursor and lag
+  version          print the version
+
+Run "geocursor <command> -h" for a command's flags.
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// run executes one command and returns the exit status: 0 on success, 1 on
+// a runtime failure, 2 on a usage or configuration error. Every failure
+// prints one line on stderr that says what to fix.
+func run(args []string, stdout, stderr io.Writer) int {
+	err := dispatch(args, stdout, stderr)
+	if err == nil {
+		return 0
+	}
+	if errors.Is(err, errHelp) {
+		return 0
+	}
+	fmt.Fprintf(stderr, "geocursor: %v\n", err)
+	var ue *usageError
+	if errors.As(err, &ue) {
+		return 2
+	}
+	return 1
+}
+
+var errHelp = errors.New("help requested")
+
+func dispatch(args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return usagef("no command given: run geocursor agent, cluster status or version")
+	}
+	switch args[0] {
+	case "agent":
+		return runAgent(args[1:], stderr)
+	case "cluster":
+		if len(args) < 2 {
+			return usagef("cluster needs a subcommand: geocursor cluster status")
+		}
+		switch args[1] {
+		case "status":
+			return runClusterStatus(args[2:], stdout, stderr)
+		}
+		return usagef("unknown command \"cluster %s\": the cluster commands are: status", args[1])
+	case "version", "-version", "--version":
+		fmt.Fprintf(stdout, "geocursor %s\n", version)
+		return nil
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+		return errHelp
+	}
+	return usagef("unknown command %q: the commands are agent, cluster status and version", args[0])
+}

@@ -1,0 +1,38 @@
+# geocursor agent configuration: a working example for a first local node.
+#   geocursor agent -config config.hcl
+# Further nodes can share this file and override what differs with flags:
+#   geocursor agent -config config.hcl -node-id node2 -http-addr 127.0.0.1:8480 \
+#     -raft-addr 127.0.0.1:8481 -join 127.0.0.1:8470
+# Precedence: this file < GEOCURSOR_* environment variables < flags.
+
+node_id      = "node1"
+data_dir     = "data/node1"
+http_addr    = "127.0.0.1:8470"   # HTTP API: status, health, join, forwarded commands
+raft_addr    = "127.0.0.1:8471"   # Raft traffic between peers
+join         = []                 # HTTP addresses of existing members (ignored once this node has Raft state)
+join_timeout = "60s"
+log_level    = "info"             # trace, debug, info, warn, error
+log_format   = "json"             # json (one object per line) or text
+
+lease {
+  ttl       = "5s"      # fallback only: the leader revokes a dead holder's lease as soon as heartbeats to it fail
+  retry_min = "100ms"   # a standby waits a random delay in [retry_min, retry_max] before it competes
+  retry_max = "300ms"   # for a lease left free, so the last holder keeps its turn
+}
+
+# Without a source block this node is a witness: a voter that never processes.
+# To process events, uncomment both blocks and export the two DSNs (the DSNs are
+# secrets, so they come from the environment):
+#   export GEOCURSOR_SOURCE_DSN=postgres://geo_reader@primary-replica/gitlabhq_production
+#   export GEOCURSOR_TRACKING_DSN=postgres://geocursor@localhost/gitlabhq_geo_tracking
+#
+# source {
+#   dsn           = env.GEOCURSOR_SOURCE_DSN
+#   batch_size    = 1000
+#   poll_interval = "25ms"   # how often an idle peer looks for new events
+#   gap_timeout   = "1h"     # how long a skipped (not yet visible) event ID is waited for
+# }
+#
+# tracking {
+#   dsn = env.GEOCURSOR_TRACKING_DSN
+# }

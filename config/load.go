@@ -1,0 +1,360 @@
+package config
+
+import (
+	"fmt"
+	"math/big"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/hcl/v2"
+	"github.com/hashicorp/hcl/v2/hclsyntax"
+	"github.com/zclconf/go-cty/cty"
+	"github.com/zclconf/go-cty/cty/convert"
+)
+
+// Error is a configuration error. Where is FILE:LINE,COL for a value from
+// the file, or the environment variable or flag that carried it.
+type Error struct {
+	Where string
+	Msg   string
+}
+
+func (e *Error) Error() string {
+	if e.Where == "" {
+		return e.Msg
+	}
+	return e.Where + ": " + e.Msg
+}
+
+// Overrides are the values given as command-line flags; nil means not given.
+type Overrides struct {
+	NodeID   *string
+	DataDir  *string
+	HTTPAddr *string
+	RaftAddr *string
+	Join     *[]string
+	LogLevel *string
+}
+
+// Load reads the HCL file at path, applies the environment (a list of
+// KEY=VALUE as from os.Environ) and then the flags, and validates the
+// result. Any error is an *Error.
+func Load(path string, environ []string, flags Overrides) (*Config, error) {
+	src, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &Error{Where: path, Msg: fmt.Sprintf("cannot read config file: %v", err)}
+	}
+	env := envMap(environ)
+	cfg, origins, err := parse(src, path, env)
+	if err != nil {
+		return nil, err
+	}
+	applyEnv(cfg, origins, env)
+	applyFlags(cfg, origins, flags)
+	if cfg.DataDir == "" && cfg.NodeID != "" {
+		cfg.DataDir = "data/" + cfg.NodeID
+		origins["data_dir"] = origins["node_id"]
+	}
+	if err := validate(cfg, origins); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// origins remembers where each setting came from, keyed by its HCL name
+// ("source.dsn"), so validation can point at the right place.
+type origins map[string]string
+
+func (o origins) of(key string) string {
+	if w, ok := o[key]; ok {
+		return w
+	}
+	return "default for " + key
+}
+
+func envMap(environ []string) map[string]string {
+	m := make(map[string]string, len(environ))
+	for _, kv := range environ {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+var topSchema = &hcl.BodySchema{
+	Attributes: []hcl.AttributeSchema{
+		{Name: "node_id"}, {Name: "data_dir"}, {Name: "http_addr"}, {Name: "raft_addr"},
+		{Name: "join"}, {Name: "join_timeout"}, {Name: "log_level"}, {Name: "log_format"},
+	},
+	Blocks: []hcl.BlockHeaderSchema{{Type: "lease"}, {Type: "source"}, {Type: "tracking"}, {Type: "raft"}},
+}
+
+var blockSchemas = map[string]*hcl.BodySchema{
+	"lease": {Attributes: []hcl.AttributeSchema{{Name: "ttl"}, {Name: "retry_min"}, {Name: "retry_max"}}},
+	"source": {Attributes: []hcl.AttributeSchema{
+		{Name: "dsn"}, {Name: "batch_size"}, {Name: "poll_interval"}, {Name: "gap_timeout"},
+	}},
+	"tracking": {Attributes: []hcl.AttributeSchema{{Name: "dsn"}}},
+	"raft": {Attributes: []hcl.AttributeSchema{
+		{Name: "heartbeat_timeout"}, {Name: "election_timeout"}, {Name: "snapshot_threshold"},
+		{Name: "snapshot_interval"}, {Name: "trailing_logs"},
+	}},
+}
+
+// decoder evaluates attributes and stops at the first error, which carries
+// the attribute's position.
+type decoder struct {
+	ctx     *hcl.EvalContext
+	origins origins
+	err     error
+}
+
+func where(r hcl.Range) string {
+	return fmt.Sprintf("%s:%d,%d", r.Filename, r.Start.Line, r.Start.Column)
+}
+
+func diagError(diags hcl.Diagnostics) error {
+	for _, d := range diags {
+		if d.Severity != hcl.DiagError {
+			continue
+		}
+		msg := d.Summary
+		if d.Detail != "" {
+			msg += ": " + d.Detail
+		}
+		if d.Subject != nil {
+			return &Error{Where: where(*d.Subject), Msg: msg}
+		}
+		return &Error{Msg: msg}
+	}
+	return nil
+}
+
+func (d *decoder) value(key string, a *hcl.Attribute, ty cty.Type) (cty.Value, bool) {
+	if d.err != nil || a == nil {
+		return cty.NilVal, false
+	}
+	v, diags := a.Expr.Value(d.ctx)
+	if diags.HasErrors() {
+		d.err = diagError(diags)
+		return cty.NilVal, false
+	}
+	pos := where(a.Expr.Range())
+	if v.IsNull() {
+		d.err = &Error{Where: pos, Msg: fmt.Sprintf("%s must not be null", key)}
+		return cty.NilVal, false
+	}
+	cv, err := convert.Convert(v, ty)
+	if err != nil {
+		d.err = &Error{Where: pos, Msg: fmt.Sprintf("%s must be %s, got %s", key, ty.FriendlyName(), v.Type().FriendlyName())}
+		return cty.NilVal, false
+	}
+	d.origins[key] = pos
+	return cv, true
+}
+
+func (d *decoder) str(key string, a *hcl.Attribute, dst *string) {
+	if v, ok := d.value(key, a, cty.String); ok {
+		*dst = v.AsString()
+	}
+}
+
+func (d *decoder) strList(key string, a *hcl.Attribute, dst *[]string) {
+	v, ok := d.value(key, a, cty.List(cty.String))
+	if !ok {
+		return
+	}
+	out := []string{}
+	for _, e := range v.AsValueSlice() {
+		if e.IsNull() {
+			d.err = &Error{Where: d.origins[key], Msg: key + " must not contain null"}
+			return
+		}
+		out = append(out, e.AsString())
+	}
+	*dst = out
+}
+
+func (d *decoder) duration(key string, a *hcl.Attribute, dst *time.Duration) {
+	v, ok := d.value(key, a, cty.String)
+	if !ok {
+		return
+	}
+	dur, err := time.ParseDuration(v.AsString())
+	if err != nil {
+		d.err = &Error{Where: d.origins[key], Msg: fmt.Sprintf("%s: %q is not a duration: write it like \"500ms\", \"5s\" or \"1h\"", key, v.AsString())}
+		return
+	}
+	*dst = dur
+}
+
+func (d *decoder) integer(key string, a *hcl.Attribute, dst *int64) {
+	v, ok := d.value(key, a, cty.Number)
+	if !ok {
+		return
+	}
+	bf := v.AsBigFloat()
+	n, acc := bf.Int64()
+	if acc != big.Exact {
+		d.err = &Error{Where: d.origins[key], Msg: fmt.Sprintf("%s must be a whole number, got %s", key, bf.Text('g', -1))}
+		return
+	}
+	*dst = n
+}
+
+func parse(src []byte, path string, env map[string]string) (*Config, origins, error) {
+	file, diags := hclsyntax.ParseConfig(src, path, hcl.InitialPos)
+	if diags.HasErrors() {
+		return nil, nil, diagError(diags)
+	}
+	content, diags := file.Body.Content(topSchema)
+	if diags.HasErrors() {
+		return nil, nil, diagError(diags)
+	}
+	envVals := make(map[string]cty.Value, len(env))
+	for k, v := range env {
+		envVals[k] = cty.StringVal(v)
+	}
+	d := &decoder{
+		ctx:     &hcl.EvalContext{Variables: map[string]cty.Value{"env": cty.ObjectVal(envVals)}},
+		origins: origins{},
+	}
+	cfg := defaults()
+	at := content.Attributes
+	d.str("node_id", at["node_id"], &cfg.NodeID)
+	d.str("data_dir", at["data_dir"], &cfg.DataDir)
+	d.str("http_addr", at["http_addr"], &cfg.HTTPAddr)
+	d.str("raft_addr", at["raft_addr"], &cfg.RaftAddr)
+	d.strList("join", at["join"], &cfg.Join)
+	d.duration("join_timeout", at["join_timeout"], &cfg.JoinTimeout)
+	d.str("log_level", at["log_level"], &cfg.LogLevel)
+	d.str("log_format", at["log_format"], &cfg.LogFormat)
+
+	seen := map[string]hcl.Range{}
+	for _, blk := range content.Blocks {
+		if d.err != nil {
+			break
+		}
+		if prev, dup := seen[blk.Type]; dup {
+			return nil, nil, &Error{Where: where(blk.DefRange), Msg: fmt.Sprintf("duplicate %s block (the first is at %s): merge them into one", blk.Type, where(prev))}
+		}
+		seen[blk.Type] = blk.DefRange
+		if len(blk.Labels) > 0 {
+			return nil, nil, &Error{Where: where(blk.DefRange), Msg: fmt.Sprintf("%s block takes no labels", blk.Type)}
+		}
+		bc, diags := blk.Body.Content(blockSchemas[blk.Type])
+		if diags.HasErrors() {
+			return nil, nil, diagError(diags)
+		}
+		d.origins[blk.Type] = where(blk.DefRange)
+		ba := bc.Attributes
+		switch blk.Type {
+		case "lease":
+			d.duration("lease.ttl", ba["ttl"], &cfg.Lease.TTL)
+			d.duration("lease.retry_min", ba["retry_min"], &cfg.Lease.RetryMin)
+			d.duration("lease.retry_max", ba["retry_max"], &cfg.Lease.RetryMax)
+		case "raft":
+			d.duration("raft.heartbeat_timeout", ba["heartbeat_timeout"], &cfg.Raft.HeartbeatTimeout)
+			d.duration("raft.election_timeout", ba["election_timeout"], &cfg.Raft.ElectionTimeout)
+			d.duration("raft.snapshot_interval", ba["snapshot_interval"], &cfg.Raft.SnapshotInterval)
+			n := int64(cfg.Raft.SnapshotThreshold)
+			d.integer("raft.snapshot_threshold", ba["snapshot_threshold"], &n)
+			cfg.Raft.SnapshotThreshold = uint64(max(n, 0))
+			if n < 0 && d.err == nil {
+				d.err = &Error{Where: d.origins["raft.snapshot_threshold"], Msg: "raft.snapshot_threshold must not be negative"}
+			}
+			n = int64(cfg.Raft.TrailingLogs)
+			d.integer("raft.trailing_logs", ba["trailing_logs"], &n)
+			cfg.Raft.TrailingLogs = uint64(max(n, 0))
+			if n < 0 && d.err == nil {
+				d.err = &Error{Where: d.origins["raft.trailing_logs"], Msg: "raft.trailing_logs must not be negative"}
+			}
+		case "source":
+			src := &SourceConfig{BatchSize: DefaultBatchSize, PollInterval: DefaultPollInterval, GapTimeout: DefaultGapTimeout}
+			d.str("source.dsn", ba["dsn"], &src.DSN)
+			n := int64(src.BatchSize)
+			d.integer("source.batch_size", ba["batch_size"], &n)
+			src.BatchSize = int(n)
+			d.duration("source.poll_interval", ba["poll_interval"], &src.PollInterval)
+			d.duration("source.gap_timeout", ba["gap_timeout"], &src.GapTimeout)
+			cfg.Source = src
+		case "tracking":
+			tr := &TrackingConfig{}
+			d.str("tracking.dsn", ba["dsn"], &tr.DSN)
+			cfg.Tracking = tr
+		}
+	}
+	if d.err != nil {
+		return nil, nil, d.err
+	}
+	return &cfg, d.origins, nil
+}
+
+// Environment variables that override the file.
+const (
+	EnvNodeID      = "GEOCURSOR_NODE_ID"
+	EnvDataDir     = "GEOCURSOR_DATA_DIR"
+	EnvHTTPAddr    = "GEOCURSOR_HTTP_ADDR"
+	EnvRaftAddr    = "GEOCURSOR_RAFT_ADDR"
+	EnvJoin        = "GEOCURSOR_JOIN"
+	EnvLogLevel    = "GEOCURSOR_LOG_LEVEL"
+	EnvSourceDSN   = "GEOCURSOR_SOURCE_DSN"
+	EnvTrackingDSN = "GEOCURSOR_TRACKING_DSN"
+)
+
+func applyEnv(cfg *Config, o origins, env map[string]string) {
+	set := func(name, key string, dst *string) {
+		if v, ok := env[name]; ok && v != "" {
+			*dst = v
+			o[key] = "environment variable " + name
+		}
+	}
+	set(EnvNodeID, "node_id", &cfg.NodeID)
+	set(EnvDataDir, "data_dir", &cfg.DataDir)
+	set(EnvHTTPAddr, "http_addr", &cfg.HTTPAddr)
+	set(EnvRaftAddr, "raft_addr", &cfg.RaftAddr)
+	set(EnvLogLevel, "log_level", &cfg.LogLevel)
+	if v, ok := env[EnvJoin]; ok && v != "" {
+		cfg.Join = SplitList(v)
+		o["join"] = "environment variable " + EnvJoin
+	}
+	// The DSNs override a block that exists; they never turn a witness into
+	// a processing node by themselves.
+	if cfg.Source != nil {
+		set(EnvSourceDSN, "source.dsn", &cfg.Source.DSN)
+	}
+	if cfg.Tracking != nil {
+		set(EnvTrackingDSN, "tracking.dsn", &cfg.Tracking.DSN)
+	}
+}
+
+func applyFlags(cfg *Config, o origins, f Overrides) {
+	set := func(flag, key string, src *string, dst *string) {
+		if src != nil {
+			*dst = *src
+			o[key] = "flag -" + flag
+		}
+	}
+	set("node-id", "node_id", f.NodeID, &cfg.NodeID)
+	set("data-dir", "data_dir", f.DataDir, &cfg.DataDir)
+	set("http-addr", "http_addr", f.HTTPAddr, &cfg.HTTPAddr)
+	set("raft-addr", "raft_addr", f.RaftAddr, &cfg.RaftAddr)
+	set("log-level", "log_level", f.LogLevel, &cfg.LogLevel)
+	if f.Join != nil {
+		cfg.Join = *f.Join
+		o["join"] = "flag -join"
+	}
+}
+
+// SplitList splits a comma-separated list, dropping blanks.
+func SplitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}

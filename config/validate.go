@@ -1,0 +1,125 @@
+package config
+
+import (
+	"fmt"
+	"net"
+	"regexp"
+	"strconv"
+	"time"
+)
+
+var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+func validate(c *Config, o origins) error {
+	fail := func(key, format string, args ...any) error {
+		return &Error{Where: o.of(key), Msg: fmt.Sprintf(format, args...)}
+	}
+	if c.NodeID == "" {
+		return &Error{Msg: "node_id is not set: add node_id = \"node1\" to the config file, or pass -node-id"}
+	}
+	if !nodeIDPattern.MatchString(c.NodeID) {
+		return fail("node_id", "node_id %q is not valid: use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit", c.NodeID)
+	}
+	if c.DataDir == "" {
+		return fail("data_dir", "data_dir must not be empty")
+	}
+	for _, a := range []struct{ key, val string }{{"http_addr", c.HTTPAddr}, {"raft_addr", c.RaftAddr}} {
+		if err := checkHostPort(a.val); err != nil {
+			return fail(a.key, "%s %q: %v", a.key, a.val, err)
+		}
+	}
+	if c.HTTPAddr == c.RaftAddr {
+		return fail("raft_addr", "raft_addr and http_addr are both %q: they need different ports", c.RaftAddr)
+	}
+	for _, j := range c.Join {
+		if err := checkHostPort(j); err != nil {
+			return fail("join", "join address %q: %v (join takes the HTTP addresses of existing members)", j, err)
+		}
+	}
+	if c.JoinTimeout <= 0 {
+		return fail("join_timeout", "join_timeout must be positive, got %s", c.JoinTimeout)
+	}
+	switch c.LogLevel {
+	case "trace", "debug", "info", "warn", "error":
+	default:
+		return fail("log_level", "log_level %q is not one of trace, debug, info, warn, error", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "json", "text":
+	default:
+		return fail("log_format", "log_format %q is not json or text", c.LogFormat)
+	}
+	positive := []struct {
+		key string
+		d   time.Duration
+	}{
+		{"lease.ttl", c.Lease.TTL}, {"lease.retry_max", c.Lease.RetryMax},
+		{"raft.heartbeat_timeout", c.Raft.HeartbeatTimeout}, {"raft.election_timeout", c.Raft.ElectionTimeout},
+		{"raft.snapshot_interval", c.Raft.SnapshotInterval},
+	}
+	for _, p := range positive {
+		if p.d <= 0 {
+			return fail(p.key, "%s must be positive, got %s", p.key, p.d)
+		}
+	}
+	if c.Lease.RetryMin < 0 {
+		return fail("lease.retry_min", "lease.retry_min must not be negative, got %s", c.Lease.RetryMin)
+	}
+	if c.Lease.RetryMin > c.Lease.RetryMax {
+		return fail("lease.retry_min", "lease.retry_min (%s) is greater than lease.retry_max (%s)", c.Lease.RetryMin, c.Lease.RetryMax)
+	}
+	if c.Lease.TTL < 500*time.Millisecond {
+		return fail("lease.ttl", "lease.ttl %s is too short: a holder renews every ttl/3 through Raft; use at least 500ms", c.Lease.TTL)
+	}
+	if c.Raft.HeartbeatTimeout < 50*time.Millisecond || c.Raft.ElectionTimeout < 50*time.Millisecond {
+		return fail("raft", "raft timeouts must be at least 50ms")
+	}
+	if c.Raft.SnapshotThreshold == 0 {
+		return fail("raft.snapshot_threshold", "raft.snapshot_threshold must be at least 1")
+	}
+	if c.Source != nil {
+		s := c.Source
+		if c.Tracking == nil {
+			return fail("source", "a source block needs a tracking block: the agent writes what it reads into the tracking database")
+		}
+		if s.DSN == "" {
+			return fail("source.dsn", "source.dsn is empty: set %s or write dsn = \"postgres://...\" in the source block", EnvSourceDSN)
+		}
+		if s.BatchSize < 1 || s.BatchSize > 100000 {
+			return fail("source.batch_size", "source.batch_size must be between 1 and 100000, got %d", s.BatchSize)
+		}
+		if s.PollInterval < time.Millisecond {
+			return fail("source.poll_interval", "source.poll_interval must be at least 1ms, got %s", s.PollInterval)
+		}
+		if s.GapTimeout <= 0 {
+			return fail("source.gap_timeout", "source.gap_timeout must be positive, got %s", s.GapTimeout)
+		}
+	}
+	if c.Tracking != nil {
+		if c.Source == nil {
+			return fail("tracking", "a tracking block without a source block does nothing: add a source block, or remove both to run a witness")
+		}
+		if c.Tracking.DSN == "" {
+			return fail("tracking.dsn", "tracking.dsn is empty: set %s or write dsn = \"postgres://...\" in the tracking block", EnvTrackingDSN)
+		}
+	}
+	return nil
+}
+
+func checkHostPort(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return fmt.Errorf("not HOST:PORT: %v", err)
+	}
+	if host == "" {
+		return fmt.Errorf("the host is missing: give the address peers use to reach this node, such as 127.0.0.1")
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		return fmt.Errorf("%s is not an address peers can reach: give this node's own address", host)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p < 1 || p > 65535 {
+		return fmt.Errorf("port %q is not a number from 1 to 65535", port)
+	}
+	return nil
+}

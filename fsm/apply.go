@@ -1,0 +1,131 @@
+package fsm
+
+import "time"
+
+// Apply applies one validated command to s and returns the outcome. It is
+// deterministic: it reads nothing but s and c, so replicas that apply the
+// same log hold the same state. A refused command leaves s unchanged.
+func (s *State) Apply(c Command) Result {
+	if err := c.Validate(); err != nil {
+		return s.result(err)
+	}
+	var err error
+	switch c.Op {
+	case OpAcquire:
+		err = s.acquire(c)
+	case OpRenew:
+		err = s.renew(c)
+	case OpRelease:
+		err = s.release(c)
+	case OpAdvance:
+		err = s.advance(c)
+	case OpRevoke:
+		err = s.revoke(c)
+	case OpSetMember:
+		if s.Members == nil {
+			s.Members = make(map[string]Member)
+		}
+		s.Members[c.Member.ID] = *c.Member
+	case OpRemoveMember:
+		delete(s.Members, c.Node)
+	case OpSetPaused:
+		s.Cursor.Paused = c.Paused
+	}
+	return s.result(err)
+}
+
+func (s *State) result(err error) Result {
+	return Result{Lease: s.Lease, Cursor: s.Cursor, Err: err}
+}
+
+func (s *State) acquire(c Command) error {
+	if s.Cursor.Paused {
+		return refuse(ErrPaused, "processing is paused")
+	}
+	if s.Lease.HeldAt(c.Now) && s.Lease.Holder != c.Node {
+		return refuse(ErrLeaseHeld, "held by %s (token %d) for another %s",
+			s.Lease.Holder, s.Lease.Token, time.Duration(s.Lease.ExpiresAt-c.Now))
+	}
+	s.Lease = Lease{Holder: c.Node, Token: s.Lease.Token + 1, ExpiresAt: c.Now + int64(c.TTL)}
+	s.LastHolder = c.Node
+	s.RevokedFrom = ""
+	return nil
+}
+
+// checkGrant reports whether token names the current grant held by node.
+func (s *State) checkGrant(node string, token uint64) error {
+	if token != s.Lease.Token || s.Lease.Holder != node {
+		return refuse(ErrStaleToken, "token %d of %s is not the current grant (token %d, holder %q)",
+			token, node, s.Lease.Token, s.Lease.Holder)
+	}
+	return nil
+}
+
+func (s *State) renew(c Command) error {
+	if err := s.checkGrant(c.Node, c.Token); err != nil {
+		return err
+	}
+	if c.Now >= s.Lease.ExpiresAt {
+		return refuse(ErrLeaseExpired, "token %d expired %s ago", c.Token, time.Duration(c.Now-s.Lease.ExpiresAt))
+	}
+	s.Lease.ExpiresAt = c.Now + int64(c.TTL)
+	return nil
+}
+
+func (s *State) release(c Command) error {
+	if err := s.checkGrant(c.Node, c.Token); err != nil {
+		return err
+	}
+	s.Lease.Holder, s.Lease.ExpiresAt = "", 0
+	s.RevokedFrom = ""
+	return nil
+}
+
+func (s *State) advance(c Command) error {
+	a := c.Advance
+	// The grant may have expired or been revoked since: the batch was
+	// committed under this token, so it is recorded as long as no newer
+	// grant exists. A newer holder learns the same position from the
+	// tracking database's fence row instead. A grant already released
+	// (a retried advance whose first answer was lost) is stale, so counters
+	// are never added twice.
+	current := s.Lease.Holder == c.Node || (s.Lease.Holder == "" && s.RevokedFrom == c.Node)
+	if c.Token != s.Lease.Token || !current {
+		return refuse(ErrStaleToken, "token %d of %s is not the current grant (token %d, holder %q)",
+			c.Token, c.Node, s.Lease.Token, s.Lease.Holder)
+	}
+	if a.LastEventID < s.Cursor.LastEventID {
+		return refuse(ErrCursorBackwards, "from %d to %d", s.Cursor.LastEventID, a.LastEventID)
+	}
+	if a.Keep && s.Lease.Holder == "" {
+		return refuse(ErrStaleToken, "token %d was revoked; it cannot be kept", c.Token)
+	}
+	s.Cursor.LastEventID = a.LastEventID
+	if a.LastEventDate != 0 {
+		s.Cursor.LastEventDate = a.LastEventDate
+	}
+	s.Gaps = append([]Gap(nil), a.Gaps...)
+	s.Stats.EventsProcessed += a.Events
+	s.Stats.DeadLetters += a.DeadLetters
+	s.Stats.GapsDropped += a.GapsDropped
+	if a.Events > 0 {
+		s.Stats.Batches++
+	}
+	if a.Keep {
+		s.Lease.ExpiresAt = c.Now + int64(c.TTL)
+	} else {
+		s.Lease.Holder, s.Lease.ExpiresAt = "", 0
+		s.RevokedFrom = ""
+	}
+	return nil
+}
+
+func (s *State) revoke(c Command) error {
+	if c.Token != s.Lease.Token || s.Lease.Holder == "" {
+		return refuse(ErrStaleToken, "token %d is not a current grant (token %d, holder %q)",
+			c.Token, s.Lease.Token, s.Lease.Holder)
+	}
+	s.RevokedFrom = s.Lease.Holder
+	s.Lease.Holder, s.Lease.ExpiresAt = "", 0
+	return nil
+}

@@ -1,0 +1,183 @@
+package fsm
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// Op names a command. The names are stored in the Raft log: never rename one.
+type Op string
+
+const (
+	// OpAcquire grants the lease to Node for TTL from Now, with Token+1, when
+	// the lease is free, expired at Now, or already held by Node (a peer that
+	// restarted takes a fresh grant; its older token is fenced off).
+	// Refused with ErrPaused while paused and ErrLeaseHeld while another
+	// peer's lease is unexpired at Now.
+	OpAcquire Op = "acquire"
+
+	// OpRenew extends Node's lease to Now+TTL. Refused with ErrStaleToken
+	// unless Token is the current grant held by Node, and with
+	// ErrLeaseExpired once the lease expired at Now: a holder that could not
+	// renew in time must stop, even if nobody has taken over yet.
+	OpRenew Op = "renew"
+
+	// OpRelease frees the lease. Refused with ErrStaleToken unless Token is
+	// the current grant held by Node.
+	OpRelease Op = "release"
+
+	// OpAdvance is release-and-advance: it records a batch that the holder of
+	// Token committed to the tracking database (new cursor, new gap set,
+	// counters) and then frees the lease, or with Keep renews it to Now+TTL
+	// so a holder with more work pending goes on without a new grant.
+	// Refused with ErrStaleToken unless Token is the current grant of Node
+	// (also after expiry or revocation: the batch was fenced by that very
+	// token, so recording it is correct as long as no newer grant exists;
+	// but not once the grant was released, so a retried advance is not
+	// counted twice), and with ErrCursorBackwards when LastEventID is below
+	// the cursor.
+	OpAdvance Op = "advance"
+
+	// OpRevoke frees the lease of grant Token because the leader saw its
+	// holder die or vanish. Refused with ErrStaleToken when Token is not
+	// the current grant or the lease is already free, so a late revoke never
+	// frees a newer grant.
+	OpRevoke Op = "revoke"
+
+	// OpSetMember records how to reach Member (insert or replace).
+	OpSetMember Op = "set_member"
+
+	// OpRemoveMember forgets Node's addresses.
+	OpRemoveMember Op = "remove_member"
+
+	// OpSetPaused pauses or resumes processing. Pausing does not revoke a
+	// current grant; it stops new grants.
+	OpSetPaused Op = "set_paused"
+)
+
+// Command is one entry of the Raft log. Only the fields its Op documents
+// are meaningful.
+type Command struct {
+	Op    Op     `json:"op"`
+	Node  string `json:"node,omitempty"`
+	Token uint64 `json:"token,omitempty"`
+	// TTL is the lease duration for acquire, renew and advance with Keep.
+	TTL time.Duration `json:"ttl,omitempty"`
+	// Now is stamped by the leader just before proposing (Unix nanoseconds).
+	Now int64 `json:"now,omitempty"`
+
+	Advance *Advance `json:"advance,omitempty"`
+	Member  *Member  `json:"member,omitempty"`
+	Paused  bool     `json:"paused,omitempty"`
+	// Reason is free text recorded with a revoke, for logs.
+	Reason string `json:"reason,omitempty"`
+}
+
+// Advance is the payload of OpAdvance.
+type Advance struct {
+	LastEventID   int64 `json:"last_event_id"`
+	LastEventDate int64 `json:"last_event_date"`
+	// Gaps is the complete open-gap set after the batch, sorted by ID.
+	Gaps []Gap `json:"gaps"`
+	// Keep renews the lease instead of releasing it.
+	Keep bool `json:"keep,omitempty"`
+
+	Events      uint64 `json:"events"`
+	DeadLetters uint64 `json:"dead_letters"`
+	GapsDropped uint64 `json:"gaps_dropped"`
+}
+
+// Result is what applying a command returns. Err is nil or wraps one of the
+// sentinel errors; Lease and Cursor are the state after the command.
+type Result struct {
+	Lease  Lease
+	Cursor Cursor
+	Err    error
+}
+
+// Encode serialises c for the Raft log.
+func (c Command) Encode() ([]byte, error) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("encode %s command: %w", c.Op, err)
+	}
+	return b, nil
+}
+
+// DecodeCommand parses a log entry and checks that it is well formed.
+func DecodeCommand(b []byte) (Command, error) {
+	var c Command
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&c); err != nil {
+		return Command{}, fmt.Errorf("%w: %v", ErrBadCommand, err)
+	}
+	if dec.More() {
+		return Command{}, fmt.Errorf("%w: trailing data after command", ErrBadCommand)
+	}
+	if err := c.Validate(); err != nil {
+		return Command{}, err
+	}
+	return c, nil
+}
+
+// Validate checks the fields that c.Op needs.
+func (c Command) Validate() error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrBadCommand, c.Op, fmt.Sprintf(format, args...))
+	}
+	switch c.Op {
+	case OpAcquire, OpRenew:
+		if c.Node == "" {
+			return bad("node is required")
+		}
+		if c.TTL <= 0 {
+			return bad("ttl must be positive, got %s", c.TTL)
+		}
+	case OpRelease:
+		if c.Node == "" {
+			return bad("node is required")
+		}
+	case OpAdvance:
+		if c.Node == "" {
+			return bad("node is required")
+		}
+		if c.Advance == nil {
+			return bad("advance payload is required")
+		}
+		if c.Advance.Keep && c.TTL <= 0 {
+			return bad("ttl must be positive to keep the lease, got %s", c.TTL)
+		}
+		if c.Advance.LastEventID < 0 {
+			return bad("last_event_id %d is negative", c.Advance.LastEventID)
+		}
+		prev := int64(0)
+		for i, g := range c.Advance.Gaps {
+			if g.ID <= 0 || g.ID >= c.Advance.LastEventID {
+				return bad("gap %d is outside 1..%d", g.ID, c.Advance.LastEventID-1)
+			}
+			if i > 0 && g.ID <= prev {
+				return bad("gaps are not sorted and unique at %d", g.ID)
+			}
+			prev = g.ID
+		}
+	case OpRevoke:
+		if c.Token == 0 {
+			return bad("token is required")
+		}
+	case OpSetMember:
+		if c.Member == nil || c.Member.ID == "" || c.Member.RaftAddr == "" {
+			return bad("member id and raft_addr are required")
+		}
+	case OpRemoveMember:
+		if c.Node == "" {
+			return bad("node is required")
+		}
+	case OpSetPaused:
+	default:
+		return fmt.Errorf("%w: unknown op %q", ErrBadCommand, c.Op)
+	}
+	return nil
+}

@@ -1,0 +1,93 @@
+package fsm
+
+import (
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/hashicorp/raft"
+)
+
+// FSM adapts State to raft.FSM. It adds only what Raft needs (locking,
+// snapshots) and a change signal so that local readers, such as an idle
+// cursor loop, can wait for the state to move instead of polling Raft.
+type FSM struct {
+	mu      sync.RWMutex
+	state   State
+	changed chan struct{} // closed and replaced on every change
+}
+
+var _ raft.FSM = (*FSM)(nil)
+
+// New returns an FSM holding the state of a fresh cluster.
+func New() *FSM {
+	return &FSM{changed: make(chan struct{})}
+}
+
+// Apply decodes and applies one log entry and returns a Result. A log entry
+// that does not decode yields a Result with ErrBadCommand, the same on every
+// replica.
+func (f *FSM) Apply(l *raft.Log) interface{} {
+	c, err := DecodeCommand(l.Data)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err != nil {
+		return f.state.result(err)
+	}
+	res := f.state.Apply(c)
+	if res.Err == nil {
+		f.notifyLocked()
+	}
+	return res
+}
+
+// State returns a copy of the current state.
+func (f *FSM) State() State {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.state.Clone()
+}
+
+// Watch returns the current state and a channel that is closed at the next
+// change after it.
+func (f *FSM) Watch() (State, <-chan struct{}) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.state.Clone(), f.changed
+}
+
+func (f *FSM) notifyLocked() {
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// Snapshot captures the state; persisting it happens outside the lock.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	return &snapshot{state: f.State()}, nil
+}
+
+// Restore replaces the whole state with the snapshot's.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer rc.Close()
+	s, err := ReadSnapshot(rc)
+	if err != nil {
+		return err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.state = s
+	f.notifyLocked()
+	return nil
+}
+
+type snapshot struct{ state State }
+
+func (s *snapshot) Persist(sink raft.SnapshotSink) error {
+	if err := s.state.WriteSnapshot(sink); err != nil {
+		_ = sink.Cancel()
+		return fmt.Errorf("persist snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (s *snapshot) Release() {}

@@ -1,0 +1,130 @@
+package fsm
+
+import (
+	"sort"
+	"time"
+)
+
+// Lease is the exclusive right to process the next batch of events.
+//
+// Invariant: Token only ever grows; every grant (acquire) takes Token+1, so a
+// token identifies one grant for the lifetime of the cluster and the tracking
+// database can refuse writes from any grant older than the newest it has seen.
+type Lease struct {
+	// Holder is the node ID of the peer holding the lease, or "" when free.
+	Holder string `json:"holder"`
+	// Token is the fencing token of the latest grant (0 before the first).
+	Token uint64 `json:"token"`
+	// ExpiresAt is the leader-stamped expiry in Unix nanoseconds.
+	ExpiresAt int64 `json:"expires_at"`
+}
+
+// HeldAt reports whether the lease is held by someone and not yet expired at
+// the instant now (Unix nanoseconds).
+func (l Lease) HeldAt(now int64) bool {
+	return l.Holder != "" && now < l.ExpiresAt
+}
+
+// Gap is an event ID the cursor moved past while it was not yet visible in the
+// source: its transaction had taken the ID from the sequence but not
+// committed. It is re-checked on every batch until it appears or times out.
+type Gap struct {
+	ID int64 `json:"id"`
+	// FirstSeen is when a holder first noticed the gap, in Unix nanoseconds.
+	FirstSeen int64 `json:"first_seen"`
+}
+
+// Cursor is the position in the source event log.
+type Cursor struct {
+	// LastEventID is the highest event ID processed; every ID at or below it
+	// has been processed, is an open gap, or was dropped after gap_timeout.
+	LastEventID int64 `json:"last_event_id"`
+	// LastEventDate is geo_event_log.created_at of LastEventID, Unix nanoseconds.
+	LastEventDate int64 `json:"last_event_date"`
+	// Paused stops every peer from acquiring the lease.
+	Paused bool `json:"paused"`
+}
+
+// Member is how other peers reach one node.
+type Member struct {
+	ID       string `json:"id"`
+	RaftAddr string `json:"raft_addr"`
+	HTTPAddr string `json:"http_addr"`
+}
+
+// Stats are cumulative counters, advanced by release-and-advance.
+type Stats struct {
+	EventsProcessed uint64 `json:"events_processed"`
+	Batches         uint64 `json:"batches"`
+	DeadLetters     uint64 `json:"dead_letters"`
+	GapsDropped     uint64 `json:"gaps_dropped"`
+}
+
+// State is the whole replicated state. It is a plain value: the zero State is
+// the state of a fresh cluster, and Clone gives a copy that shares nothing.
+type State struct {
+	Lease  Lease  `json:"lease"`
+	Cursor Cursor `json:"cursor"`
+	// Gaps are the open gaps, sorted by ID, each ID below Cursor.LastEventID.
+	Gaps []Gap `json:"gaps"`
+	// Members maps node ID to addresses.
+	Members map[string]Member `json:"members"`
+	Stats   Stats             `json:"stats"`
+	// LastHolder is the node that held the lease most recently; it may go on
+	// at once when work appears, while standbys wait a random delay first.
+	LastHolder string `json:"last_holder"`
+	// RevokedFrom is the holder whose current grant the leader revoked, so
+	// that the batch it may already have committed can still be recorded
+	// by advance; "" once that grant is settled or superseded.
+	RevokedFrom string `json:"revoked_from,omitempty"`
+}
+
+// Clone returns a deep copy of s.
+func (s State) Clone() State {
+	c := s
+	c.Gaps = append([]Gap(nil), s.Gaps...)
+	if s.Members != nil {
+		c.Members = make(map[string]Member, len(s.Members))
+		for k, v := range s.Members {
+			c.Members[k] = v
+		}
+	}
+	return c
+}
+
+// GapIDs returns the IDs of the open gaps in ascending order.
+func (s State) GapIDs() []int64 {
+	ids := make([]int64, len(s.Gaps))
+	for i, g := range s.Gaps {
+		ids[i] = g.ID
+	}
+	return ids
+}
+
+// SortedMembers returns the members ordered by node ID.
+func (s State) SortedMembers() []Member {
+	out := make([]Member, 0, len(s.Members))
+	for _, m := range s.Members {
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// Nanos converts t to the Unix-nanosecond form used in the state (0 for the
+// zero time).
+func Nanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// Time converts Unix nanoseconds from the state back to a UTC time (the zero
+// time for 0).
+func Time(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns).UTC()
+}
