@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 
 	"github.com/geocursor/geocursor/fsm"
@@ -58,7 +59,7 @@ func decodeBody(w http.ResponseWriter, r *http.Request, dst any) bool {
 		writeError(w, http.StatusBadRequest, "bad_request", fmt.Errorf("decode request body: %v", err))
 		return false
 	}
-	if dec.More() {
+	if _, err := dec.Token(); err != io.EOF {
 		writeError(w, http.StatusBadRequest, "bad_request", errors.New("request body has data after the JSON object"))
 		return false
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"time"
 )
 
@@ -114,7 +115,8 @@ func DecodeCommand(b []byte) (Command, error) {
 	if err := dec.Decode(&c); err != nil {
 		return Command{}, fmt.Errorf("%w: %v", ErrBadCommand, err)
 	}
-	if dec.More() {
+	// More() misses a stray closing bracket; only a clean end will do.
+	if _, err := dec.Token(); err != io.EOF {
 		return Command{}, fmt.Errorf("%w: trailing data after command", ErrBadCommand)
 	}
 	if err := c.Validate(); err != nil {
