@@ -100,6 +100,21 @@ func (s *State) advance(c Command) error {
 	if a.Keep && s.Lease.Holder == "" {
 		return refuse(ErrStaleToken, "token %d was revoked; it cannot be kept", c.Token)
 	}
+	if a.Keep && !s.Lease.HeldAt(c.Now) {
+		return refuse(ErrLeaseExpired, "token %d expired %s ago; it cannot be kept", c.Token, time.Duration(c.Now-s.Lease.ExpiresAt))
+	}
+	// A gap is an ID the cursor passed without processing. An ID at or
+	// below the old cursor that is not an open gap was processed (or given
+	// up on) already: reopening it would apply it twice.
+	open := make(map[int64]bool, len(s.Gaps))
+	for _, g := range s.Gaps {
+		open[g.ID] = true
+	}
+	for _, g := range a.Gaps {
+		if g.ID <= s.Cursor.LastEventID && !open[g.ID] {
+			return refuse(ErrBadCommand, "gap %d is at or below the cursor (%d) but was not open", g.ID, s.Cursor.LastEventID)
+		}
+	}
 	s.Cursor.LastEventID = a.LastEventID
 	if a.LastEventDate != 0 {
 		s.Cursor.LastEventDate = a.LastEventDate

@@ -33,6 +33,9 @@ const (
 	// Token committed to the tracking database (new cursor, new gap set,
 	// counters) and then frees the lease, or with Keep renews it to Now+TTL
 	// so a holder with more work pending goes on without a new grant.
+	// With Keep it is also refused with ErrLeaseExpired once the lease has
+	// expired, like renew. Gaps at or below the old cursor that were not
+	// open are refused with ErrBadCommand: that would process an ID twice.
 	// Refused with ErrStaleToken unless Token is the current grant of Node
 	// (also after expiry or revocation: the batch was fenced by that very
 	// token, so recording it is correct as long as no newer grant exists;
@@ -57,6 +60,10 @@ const (
 	// current grant; it stops new grants.
 	OpSetPaused Op = "set_paused"
 )
+
+// MaxTTL bounds a lease's TTL, so that Now+TTL cannot overflow and a typo
+// cannot hand one peer the lease for a century.
+const MaxTTL = 24 * time.Hour
 
 // Command is one entry of the Raft log. Only the fields its Op documents
 // are meaningful.
@@ -135,8 +142,8 @@ func (c Command) Validate() error {
 		if c.Node == "" {
 			return bad("node is required")
 		}
-		if c.TTL <= 0 {
-			return bad("ttl must be positive, got %s", c.TTL)
+		if c.TTL <= 0 || c.TTL > MaxTTL {
+			return bad("ttl must be positive and at most %s, got %s", MaxTTL, c.TTL)
 		}
 	case OpRelease:
 		if c.Node == "" {
@@ -149,8 +156,8 @@ func (c Command) Validate() error {
 		if c.Advance == nil {
 			return bad("advance payload is required")
 		}
-		if c.Advance.Keep && c.TTL <= 0 {
-			return bad("ttl must be positive to keep the lease, got %s", c.TTL)
+		if c.Advance.Keep && (c.TTL <= 0 || c.TTL > MaxTTL) {
+			return bad("ttl must be positive and at most %s to keep the lease, got %s", MaxTTL, c.TTL)
 		}
 		if c.Advance.LastEventID < 0 {
 			return bad("last_event_id %d is negative", c.Advance.LastEventID)
