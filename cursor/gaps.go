@@ -1,0 +1,120 @@
+package cursor
+
+import (
+	"sort"
+	"time"
+
+	"github.com/geocursor/geocursor/fsm"
+)
+
+// Position is where the cursor stands in the source event log: every ID at or
+// below LastEventID has been processed, is an open gap, or was dropped.
+type Position struct {
+	LastEventID int64
+	// LastEventDate is the created_at of LastEventID (zero before the first
+	// event).
+	LastEventDate time.Time
+	// Gaps are the open gaps, sorted by ID, all below LastEventID.
+	Gaps []fsm.Gap
+}
+
+// GapIDs returns the IDs of the open gaps in ascending order.
+func (p Position) GapIDs() []int64 {
+	ids := make([]int64, len(p.Gaps))
+	for i, g := range p.Gaps {
+		ids[i] = g.ID
+	}
+	return ids
+}
+
+// Advance works out, from a batch fetched at start, the new position and gap
+// set. It is a pure function of its arguments so that every holder, and the
+// tests, compute the same answer.
+//
+//   - Events above start.LastEventID move LastEventID to the highest of them
+//     (and LastEventDate to its CreatedAt).
+//   - Every ID between start.LastEventID+1 and that highest ID that is not in
+//     the batch is a new gap, first seen at now: its transaction took the ID
+//     from the sequence but had not committed when the batch was read.
+//   - Events whose IDs were open gaps close them.
+//   - Open gaps first seen before now-gapTimeout are dropped: the
+//     transaction most likely rolled back, and keeping the ID forever would
+//     cost a probe on every batch. gapTimeout <= 0 disables this.
+//   - If more than maxGaps gaps would remain open, the lowest IDs are dropped
+//     until maxGaps remain, so that a jump of the sequence (setval, a restore)
+//     cannot fill the replicated state with millions of gaps. maxGaps <= 0
+//     means no limit.
+//
+// dropped lists every ID given up on, in ascending order. Note that a jump of
+// N IDs yields about N dropped IDs: callers should log and count them, not
+// carry the list around.
+func Advance(start Position, events []Event, now time.Time, gapTimeout time.Duration, maxGaps int) (next Position, dropped []int64) {
+	seen := make(map[int64]struct{}, len(events))
+	next.LastEventID = start.LastEventID
+	next.LastEventDate = start.LastEventDate
+	var ahead []int64 // IDs above the start position, ascending
+	for _, ev := range events {
+		if _, dup := seen[ev.ID]; dup {
+			continue
+		}
+		seen[ev.ID] = struct{}{}
+		if ev.ID > start.LastEventID {
+			ahead = append(ahead, ev.ID)
+			if ev.ID > next.LastEventID {
+				next.LastEventID = ev.ID
+				next.LastEventDate = ev.CreatedAt
+			}
+		}
+	}
+	sort.Slice(ahead, func(i, j int) bool { return ahead[i] < ahead[j] })
+
+	// Existing gaps that are still open and not yet too old. They are all
+	// below start.LastEventID, so they sort before any new gap.
+	old := append([]fsm.Gap(nil), start.Gaps...)
+	sort.Slice(old, func(i, j int) bool { return old[i].ID < old[j].ID })
+	var open []fsm.Gap
+	cutoff := now.Add(-gapTimeout).UnixNano()
+	for _, g := range old {
+		if _, closed := seen[g.ID]; closed {
+			continue
+		}
+		if gapTimeout > 0 && g.FirstSeen < cutoff {
+			dropped = append(dropped, g.ID)
+			continue
+		}
+		open = append(open, g)
+	}
+
+	// New gaps: the holes between the start position and the new head. The
+	// lowest of all open gaps go first when there are too many, so count
+	// before building, and never build a gap only to drop it.
+	missing := next.LastEventID - start.LastEventID - int64(len(ahead))
+	extra := int64(0)
+	if total := int64(len(open)) + missing; maxGaps > 0 && total > int64(maxGaps) {
+		extra = total - int64(maxGaps)
+	}
+	if n := min(extra, int64(len(open))); n > 0 {
+		for _, g := range open[:n] {
+			dropped = append(dropped, g.ID)
+		}
+		open = append([]fsm.Gap(nil), open[n:]...)
+		extra -= n
+	}
+	first := now.UnixNano()
+	id := start.LastEventID + 1
+	for _, present := range ahead {
+		for ; id < present; id++ {
+			if extra > 0 {
+				dropped = append(dropped, id)
+				extra--
+				continue
+			}
+			open = append(open, fsm.Gap{ID: id, FirstSeen: first})
+		}
+		id = present + 1
+	}
+
+	sort.Slice(dropped, func(i, j int) bool { return dropped[i] < dropped[j] })
+	next.Gaps = open
+	return next, dropped
+}

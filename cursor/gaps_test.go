@@ -1,0 +1,182 @@
+package cursor
+
+import (
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/geocursor/geocursor/fsm"
+)
+
+func TestAdvance(t *testing.T) {
+	now := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
+	at := func(id int64) time.Time { return now.Add(-time.Hour).Add(time.Duration(id) * time.Second) }
+	evs := func(ids ...int64) []Event {
+		out := make([]Event, len(ids))
+		for i, id := range ids {
+			out[i] = Event{ID: id, CreatedAt: at(id)}
+		}
+		return out
+	}
+	gap := func(id int64, age time.Duration) fsm.Gap { return fsm.Gap{ID: id, FirstSeen: now.Add(-age).UnixNano()} }
+	fresh := func(ids ...int64) []fsm.Gap {
+		out := make([]fsm.Gap, len(ids))
+		for i, id := range ids {
+			out[i] = gap(id, 0)
+		}
+		return out
+	}
+	const timeout = time.Hour
+
+	tests := []struct {
+		name        string
+		start       Position
+		events      []Event
+		maxGaps     int
+		gapTimeout  time.Duration
+		want        Position
+		wantDropped []int64
+	}{
+		{
+			name:  "empty batch keeps the position",
+			start: Position{LastEventID: 10, LastEventDate: at(10)},
+			want:  Position{LastEventID: 10, LastEventDate: at(10)},
+		},
+		{
+			name:   "contiguous batch from the beginning",
+			start:  Position{},
+			events: evs(1, 2, 3),
+			want:   Position{LastEventID: 3, LastEventDate: at(3)},
+		},
+		{
+			name:   "holes become gaps first seen now",
+			start:  Position{LastEventID: 10, LastEventDate: at(10)},
+			events: evs(11, 13, 16),
+			want:   Position{LastEventID: 16, LastEventDate: at(16), Gaps: fresh(12, 14, 15)},
+		},
+		{
+			name:   "hole right after the start position",
+			start:  Position{LastEventID: 10},
+			events: evs(12),
+			want:   Position{LastEventID: 12, LastEventDate: at(12), Gaps: fresh(11)},
+		},
+		{
+			name:   "events out of order in the batch",
+			start:  Position{LastEventID: 10},
+			events: evs(14, 11, 12),
+			want:   Position{LastEventID: 14, LastEventDate: at(14), Gaps: fresh(13)},
+		},
+		{
+			name:   "gap rows close their gaps and keep their first-seen time otherwise",
+			start:  Position{LastEventID: 20, LastEventDate: at(20), Gaps: []fsm.Gap{gap(5, time.Minute), gap(7, 2*time.Minute), gap(9, time.Second)}},
+			events: evs(7, 21),
+			want:   Position{LastEventID: 21, LastEventDate: at(21), Gaps: []fsm.Gap{gap(5, time.Minute), gap(9, time.Second)}},
+		},
+		{
+			name:   "batch of only gap rows does not move the position",
+			start:  Position{LastEventID: 20, LastEventDate: at(20), Gaps: []fsm.Gap{gap(5, time.Minute), gap(7, time.Minute)}},
+			events: evs(5, 7),
+			want:   Position{LastEventID: 20, LastEventDate: at(20)},
+		},
+		{
+			name:        "old gaps time out",
+			start:       Position{LastEventID: 20, Gaps: []fsm.Gap{gap(3, 2*time.Hour), gap(5, time.Hour+time.Nanosecond), gap(6, time.Hour), gap(8, time.Minute)}},
+			gapTimeout:  timeout,
+			want:        Position{LastEventID: 20, Gaps: []fsm.Gap{gap(6, time.Hour), gap(8, time.Minute)}},
+			wantDropped: []int64{3, 5},
+		},
+		{
+			name:       "a visible gap row is processed even past the timeout",
+			start:      Position{LastEventID: 20, Gaps: []fsm.Gap{gap(3, 2*time.Hour)}},
+			events:     evs(3),
+			gapTimeout: timeout,
+			want:       Position{LastEventID: 20},
+		},
+		{
+			name:       "no timeout when gapTimeout is zero",
+			start:      Position{LastEventID: 20, Gaps: []fsm.Gap{gap(3, 1000*time.Hour)}},
+			gapTimeout: 0,
+			want:       Position{LastEventID: 20, Gaps: []fsm.Gap{gap(3, 1000*time.Hour)}},
+		},
+		{
+			name:        "a sequence jump keeps only the highest maxGaps gaps",
+			start:       Position{LastEventID: 10},
+			events:      evs(11, 1000011),
+			maxGaps:     3,
+			want:        Position{LastEventID: 1000011, LastEventDate: at(1000011), Gaps: fresh(1000008, 1000009, 1000010)},
+			wantDropped: seq(12, 1000007),
+		},
+		{
+			name:        "too many gaps drop existing low ones first",
+			start:       Position{LastEventID: 10, Gaps: []fsm.Gap{gap(2, time.Minute), gap(4, time.Minute), gap(6, time.Minute)}},
+			events:      evs(4, 12, 14),
+			maxGaps:     3,
+			want:        Position{LastEventID: 14, LastEventDate: at(14), Gaps: []fsm.Gap{gap(6, time.Minute), gap(11, 0), gap(13, 0)}},
+			wantDropped: []int64{2},
+		},
+		{
+			name:        "timeout and limit together",
+			start:       Position{LastEventID: 10, Gaps: []fsm.Gap{gap(1, 3*time.Hour), gap(2, time.Minute), gap(3, time.Minute)}},
+			events:      evs(13),
+			gapTimeout:  timeout,
+			maxGaps:     2,
+			want:        Position{LastEventID: 13, LastEventDate: at(13), Gaps: fresh(11, 12)},
+			wantDropped: []int64{1, 2, 3},
+		},
+		{
+			name:   "unsorted start gaps come out sorted",
+			start:  Position{LastEventID: 10, Gaps: []fsm.Gap{gap(8, time.Minute), gap(3, time.Minute)}},
+			events: evs(12),
+			want:   Position{LastEventID: 12, LastEventDate: at(12), Gaps: []fsm.Gap{gap(3, time.Minute), gap(8, time.Minute), gap(11, 0)}},
+		},
+		{
+			name:   "an event at or below the position that is not a gap changes nothing",
+			start:  Position{LastEventID: 10, LastEventDate: at(10)},
+			events: evs(9, 10),
+			want:   Position{LastEventID: 10, LastEventDate: at(10)},
+		},
+		{
+			name:   "duplicate rows count once",
+			start:  Position{LastEventID: 10},
+			events: evs(12, 12),
+			want:   Position{LastEventID: 12, LastEventDate: at(12), Gaps: fresh(11)},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			startGaps := append([]fsm.Gap(nil), tt.start.Gaps...)
+			got, dropped := Advance(tt.start, tt.events, now, tt.gapTimeout, tt.maxGaps)
+			if got.LastEventID != tt.want.LastEventID || !got.LastEventDate.Equal(tt.want.LastEventDate) {
+				t.Errorf("position = %d @ %v, want %d @ %v", got.LastEventID, got.LastEventDate, tt.want.LastEventID, tt.want.LastEventDate)
+			}
+			if len(got.Gaps) != 0 || len(tt.want.Gaps) != 0 {
+				if !reflect.DeepEqual(got.Gaps, tt.want.Gaps) {
+					t.Errorf("gaps = %v, want %v", got.Gaps, tt.want.Gaps)
+				}
+			}
+			if len(dropped) != 0 || len(tt.wantDropped) != 0 {
+				if !reflect.DeepEqual(dropped, tt.wantDropped) {
+					t.Errorf("dropped = %v, want %v", abbrev(dropped), abbrev(tt.wantDropped))
+				}
+			}
+			if !reflect.DeepEqual(tt.start.Gaps, startGaps) {
+				t.Errorf("Advance modified start.Gaps: %v, was %v", tt.start.Gaps, startGaps)
+			}
+		})
+	}
+}
+
+func seq(from, to int64) []int64 {
+	out := make([]int64, 0, to-from+1)
+	for id := from; id <= to; id++ {
+		out = append(out, id)
+	}
+	return out
+}
+
+func abbrev(ids []int64) any {
+	if len(ids) > 10 {
+		return []any{ids[:5], "...", len(ids), ids[len(ids)-5:]}
+	}
+	return ids
+}

@@ -1,0 +1,528 @@
+package cursor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/geocursor/geocursor/fsm"
+)
+
+// EventSource is what the loop reads: *Source satisfies it.
+type EventSource interface {
+	Fetch(ctx context.Context, after int64, gaps []int64, limit int) ([]Event, error)
+	Pending(ctx context.Context, after int64, gaps []int64) (bool, error)
+	Head(ctx context.Context) (int64, time.Time, error)
+}
+
+// EventSink is where the loop writes: *Tracking satisfies it.
+type EventSink interface {
+	Claim(ctx context.Context, token uint64) (Fence, error)
+	Fence(ctx context.Context) (Fence, error)
+	Commit(ctx context.Context, b Batch) (CommitResult, error)
+	Ping(ctx context.Context) error
+}
+
+// LoopConfig tunes the loop; see config.SourceConfig and config.LeaseConfig.
+type LoopConfig struct {
+	BatchSize    int
+	PollInterval time.Duration
+	GapTimeout   time.Duration
+	// MaxGaps caps the open gaps kept in the replicated state.
+	MaxGaps  int
+	LeaseTTL time.Duration
+	RetryMin time.Duration
+	RetryMax time.Duration
+	// HeadInterval is how often the source head is read for the status.
+	HeadInterval time.Duration
+}
+
+// DefaultMaxGaps bounds the gap set: far more than concurrent writers can
+// leave open, far less than a sequence jump would create.
+const DefaultMaxGaps = 10000
+
+// Messages logged at the lease transitions, worded as the classic Geo log
+// cursor words them so that existing log searches keep working.
+const (
+	msgLeaseHeld     = "Cannot obtain an exclusive lease. There must be another process already in execution."
+	msgLeaseObtained = "Lease obtained. Fetching events."
+	msgLeaseReleased = "Lease released. Finished fetching events."
+)
+
+var errLeaseLost = errors.New("lease lost")
+
+// Loop is the processing loop of one peer (design section 1): wait for work,
+// acquire the lease, process batches fenced by its token, release and
+// advance.
+type Loop struct {
+	cfg    LoopConfig
+	coord  Coordinator
+	source EventSource
+	sink   EventSink
+	logger hclog.Logger
+
+	mu       sync.Mutex
+	progress Progress
+}
+
+// Progress is the loop's view of its databases, for the status document.
+type Progress struct {
+	SourceHeadID   int64
+	SourceHeadDate time.Time
+	SourceHeadOK   bool
+	SourceError    string
+	TrackingError  string
+}
+
+// NewLoop returns a loop; Run starts it.
+func NewLoop(cfg LoopConfig, coord Coordinator, source EventSource, sink EventSink, logger hclog.Logger) *Loop {
+	if cfg.MaxGaps <= 0 {
+		cfg.MaxGaps = DefaultMaxGaps
+	}
+	if cfg.HeadInterval <= 0 {
+		cfg.HeadInterval = time.Second
+	}
+	return &Loop{cfg: cfg, coord: coord, source: source, sink: sink, logger: logger}
+}
+
+// Progress returns the latest view of the databases.
+func (l *Loop) Progress() Progress {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.progress
+}
+
+func (l *Loop) setSourceError(err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err == nil {
+		l.progress.SourceError = ""
+	} else {
+		l.progress.SourceError = err.Error()
+	}
+}
+
+func (l *Loop) setTrackingError(err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err == nil {
+		l.progress.TrackingError = ""
+	} else {
+		l.progress.TrackingError = err.Error()
+	}
+}
+
+// Run processes events until ctx ends. Failures of either database are
+// logged and retried with backoff; the lease is released first so another
+// peer, which may reach the database, can go on.
+func (l *Loop) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		l.watchHead(ctx)
+	}()
+	defer wg.Wait()
+
+	backoff := newBackoff(100*time.Millisecond, 10*time.Second)
+	for ctx.Err() == nil {
+		grant, err := l.waitAndAcquire(ctx)
+		if err == nil && grant != nil {
+			err = l.hold(ctx, *grant)
+		}
+		if err == nil {
+			backoff.reset()
+			continue
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wait := backoff.next()
+		l.logger.Warn("processing interrupted; retrying", "error", err, "retry_in_ms", wait.Milliseconds())
+		sleep(ctx, wait)
+	}
+	return ctx.Err()
+}
+
+// waitAndAcquire waits until there is work and a free lease, then competes
+// for it. It returns nil, nil when the attempt should simply be repeated.
+func (l *Loop) waitAndAcquire(ctx context.Context) (*fsm.Lease, error) {
+	me := l.coord.ID()
+	for ctx.Err() == nil {
+		st, changed := l.coord.Watch()
+		now := time.Now()
+		if st.Cursor.Paused {
+			wait(ctx, changed, time.Second)
+			continue
+		}
+		// A standby never proposes while someone else's lease is live: it
+		// waits for the local replica to show it freed, or for its expiry.
+		if st.Lease.HeldAt(now.UnixNano()) && st.Lease.Holder != me {
+			wait(ctx, changed, fsm.Time(st.Lease.ExpiresAt).Sub(now)+time.Millisecond)
+			continue
+		}
+		work, err := l.hasWork(ctx, st, now)
+		if err != nil {
+			return nil, err
+		}
+		if !work {
+			sleep(ctx, l.cfg.PollInterval)
+			continue
+		}
+		// The last holder goes on at once; a standby gives it a head start
+		// so a healthy holder keeps its turn.
+		if st.LastHolder != me && st.LastHolder != "" {
+			sleep(ctx, l.retryDelay())
+			st, _ = l.coord.Watch()
+			if st.Lease.HeldAt(time.Now().UnixNano()) && st.Lease.Holder != me {
+				continue
+			}
+		}
+		start := time.Now()
+		res, err := l.coord.Apply(ctx, fsm.Command{Op: fsm.OpAcquire, Node: me, TTL: l.cfg.LeaseTTL})
+		if err != nil {
+			return nil, fmt.Errorf("acquire lease: %w", err)
+		}
+		switch {
+		case errors.Is(res.Err, fsm.ErrLeaseHeld):
+			l.logger.Info(msgLeaseHeld, "holder", res.Lease.Holder, "token", res.Lease.Token)
+			continue
+		case errors.Is(res.Err, fsm.ErrPaused):
+			continue
+		case res.Err != nil:
+			return nil, fmt.Errorf("acquire lease: %w", res.Err)
+		}
+		l.logger.Info(msgLeaseObtained, "token", res.Lease.Token, "raft_ms", ms(time.Since(start)))
+		return &res.Lease, nil
+	}
+	return nil, ctx.Err()
+}
+
+// hasWork reports whether the source has events past the replicated
+// cursor, an open gap has become visible, or a gap has timed out.
+func (l *Loop) hasWork(ctx context.Context, st fsm.State, now time.Time) (bool, error) {
+	for _, g := range st.Gaps {
+		if now.Sub(fsm.Time(g.FirstSeen)) > l.cfg.GapTimeout {
+			return true, nil
+		}
+	}
+	pending, err := l.source.Pending(ctx, st.Cursor.LastEventID, st.GapIDs())
+	l.setSourceError(err)
+	if err != nil {
+		return false, fmt.Errorf("look for new events: %w", err)
+	}
+	return pending, nil
+}
+
+func (l *Loop) retryDelay() time.Duration {
+	span := l.cfg.RetryMax - l.cfg.RetryMin
+	if span <= 0 {
+		return l.cfg.RetryMin
+	}
+	return l.cfg.RetryMin + rand.N(span)
+}
+
+// hold processes batches under the grant until there is no more work, the
+// lease is lost, or something fails. The lease is released (with the
+// advance) on the normal path and on failures; a lost lease is left alone.
+func (l *Loop) hold(ctx context.Context, grant fsm.Lease) (err error) {
+	token := grant.Token
+	hctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	r := newRenewer(l, token)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		r.run(hctx, cancel)
+	}()
+	released := false
+	defer func() {
+		cancel(nil)
+		wg.Wait()
+		if errors.Is(context.Cause(hctx), errLeaseLost) && ctx.Err() == nil {
+			err = fmt.Errorf("token %d: %w", token, context.Cause(hctx))
+		}
+		if !released && !errors.Is(err, errLeaseLost) {
+			l.release(token)
+		}
+	}()
+
+	pos, adopted, err := l.startPosition(hctx, token)
+	if err != nil {
+		return err
+	}
+	for {
+		batchStart := time.Now()
+		events, err := l.source.Fetch(hctx, pos.LastEventID, pos.GapIDs(), l.cfg.BatchSize)
+		l.setSourceError(ctxOr(hctx, err))
+		if err != nil {
+			return fmt.Errorf("fetch events after %d: %w", pos.LastEventID, err)
+		}
+		next, dropped := Advance(pos, events, time.Now(), l.cfg.GapTimeout, l.cfg.MaxGaps)
+		if len(dropped) > 0 {
+			l.logger.Warn("gave up waiting for skipped event IDs (rolled back, or older than source.gap_timeout)",
+				"count", len(dropped), "first_id", dropped[0], "last_id", dropped[len(dropped)-1], "token", token)
+		}
+		var res CommitResult
+		if len(events) > 0 || len(dropped) > 0 {
+			res, err = l.sink.Commit(hctx, Batch{Token: token, Start: pos, Next: next, Events: events})
+			switch {
+			case errors.Is(err, ErrFenced):
+				// A holder with an older token slipped a batch in before
+				// this one claimed the fence: start again from there. A
+				// newer token means this grant is over.
+				f, ferr := l.sink.Fence(hctx)
+				if ferr == nil && f.Token <= token {
+					l.logger.Info("tracking database moved on before this batch; continuing from its fence", "token", token, "fence_last_id", f.Position.LastEventID)
+					pos, adopted = f.Position, true
+					continue
+				}
+				return fmt.Errorf("commit batch: %w", errors.Join(err, errLeaseLost))
+			case err != nil:
+				l.setTrackingError(ctxOr(hctx, err))
+				return fmt.Errorf("commit batch of %d events: %w", len(events), err)
+			}
+			l.setTrackingError(nil)
+		} else if !adopted {
+			// Nothing new after all (another peer got there first).
+			l.logger.Info(msgLeaseReleased, "token", token, "count", 0)
+			released = true
+			return l.releaseNow(ctx, token)
+		}
+
+		keep := len(events) >= l.cfg.BatchSize
+		raftStart := time.Now()
+		ares, err := l.coord.Apply(hctx, fsm.Command{Op: fsm.OpAdvance, Node: l.coord.ID(), Token: token, TTL: l.cfg.LeaseTTL,
+			Advance: &fsm.Advance{
+				LastEventID: next.LastEventID, LastEventDate: fsm.Nanos(next.LastEventDate), Gaps: next.Gaps, Keep: keep,
+				Events: uint64(len(events)), DeadLetters: uint64(res.DeadLetters), GapsDropped: uint64(len(dropped)),
+			}})
+		if err != nil {
+			// The batch is committed in the tracking database; whoever holds
+			// the lease next adopts its position from the fence row.
+			return fmt.Errorf("apply release-and-advance (token %d): %w", token, err)
+		}
+		if ares.Err != nil {
+			return fmt.Errorf("apply release-and-advance (token %d): %w", token, errors.Join(ares.Err, errLeaseLost))
+		}
+		r.renewed()
+		if len(events) > 0 {
+			l.logger.Debug("batch committed", "token", token, "first_id", events[0].ID, "last_id", events[len(events)-1].ID,
+				"count", len(events), "dead_letters", res.DeadLetters, "open_gaps", len(next.Gaps),
+				"duration_ms", ms(time.Since(batchStart)), "raft_ms", ms(time.Since(raftStart)))
+		}
+		pos, adopted = next, false
+		if !keep {
+			released = true
+			l.logger.Info(msgLeaseReleased, "token", token, "last_id", next.LastEventID, "open_gaps", len(next.Gaps))
+			return nil
+		}
+	}
+}
+
+// startPosition claims the tracking database for token and returns the
+// position to continue from. The fence row is the truth: a holder may have
+// committed a batch there and died before its release-and-advance reached
+// Raft, and only the fence row knows the gaps it left open.
+func (l *Loop) startPosition(ctx context.Context, token uint64) (Position, bool, error) {
+	fence, err := l.sink.Claim(ctx, token)
+	if err != nil {
+		if errors.Is(err, ErrFenced) {
+			return Position{}, false, errors.Join(err, errLeaseLost)
+		}
+		l.setTrackingError(ctxOr(ctx, err))
+		return Position{}, false, fmt.Errorf("claim the tracking database (token %d): %w", token, err)
+	}
+	l.setTrackingError(nil)
+	st, _ := l.coord.Watch()
+	replicated := positionOf(st)
+	switch {
+	case fence.Position.LastEventID < replicated.LastEventID:
+		return Position{}, false, fmt.Errorf("the tracking database is at event %d but the replicated cursor is at %d: was the tracking database restored from an older backup? Restore a newer one, or reset the cursor deliberately",
+			fence.Position.LastEventID, replicated.LastEventID)
+	case !samePosition(fence.Position, replicated):
+		l.logger.Warn("adopting the position of the tracking database: the previous holder committed a batch but did not advance the cursor",
+			"token", token, "fence_last_id", fence.Position.LastEventID, "cursor_last_id", replicated.LastEventID)
+		return fence.Position, true, nil
+	}
+	return replicated, false, nil
+}
+
+func samePosition(a, b Position) bool {
+	if a.LastEventID != b.LastEventID || len(a.Gaps) != len(b.Gaps) {
+		return false
+	}
+	for i := range a.Gaps {
+		if a.Gaps[i].ID != b.Gaps[i].ID {
+			return false
+		}
+	}
+	return true
+}
+
+// release frees the lease after a failure, best effort: if it does not
+// reach the leader the lease expires or is revoked anyway.
+func (l *Loop) release(token uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := l.releaseNow(ctx, token); err != nil {
+		l.logger.Debug("release lease", "token", token, "error", err)
+	}
+}
+
+func (l *Loop) releaseNow(ctx context.Context, token uint64) error {
+	res, err := l.coord.Apply(context.WithoutCancel(ctx), fsm.Command{Op: fsm.OpRelease, Node: l.coord.ID(), Token: token})
+	if err != nil {
+		return fmt.Errorf("release lease (token %d): %w", token, err)
+	}
+	if res.Err != nil && !errors.Is(res.Err, fsm.ErrStaleToken) {
+		return fmt.Errorf("release lease (token %d): %w", token, res.Err)
+	}
+	return nil
+}
+
+// watchHead reads the source head for the status document, and pings the
+// tracking database so an idle peer also knows whether it could work.
+func (l *Loop) watchHead(ctx context.Context) {
+	t := time.NewTicker(l.cfg.HeadInterval)
+	defer t.Stop()
+	for {
+		qctx, cancel := context.WithTimeout(ctx, l.cfg.HeadInterval+time.Second)
+		id, date, err := l.source.Head(qctx)
+		terr := l.sink.Ping(qctx)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		l.mu.Lock()
+		if err == nil {
+			l.progress.SourceHeadID, l.progress.SourceHeadDate, l.progress.SourceHeadOK = id, date, true
+			l.progress.SourceError = ""
+		} else {
+			l.progress.SourceHeadOK = false
+			l.progress.SourceError = err.Error()
+		}
+		if terr == nil {
+			l.progress.TrackingError = ""
+		} else {
+			l.progress.TrackingError = terr.Error()
+		}
+		l.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// renewer keeps a grant alive while a long batch runs. An advance that
+// keeps the lease counts as a renewal. If renewing fails and the lease
+// would run out before the next try, the holder's work is cancelled: it
+// must stop before another peer may take over.
+type renewer struct {
+	l     *Loop
+	token uint64
+	mu    sync.Mutex
+	last  time.Time // when the lease was last extended, by the local clock
+}
+
+func newRenewer(l *Loop, token uint64) *renewer {
+	return &renewer{l: l, token: token, last: time.Now()}
+}
+
+func (r *renewer) renewed() {
+	r.mu.Lock()
+	r.last = time.Now()
+	r.mu.Unlock()
+}
+
+func (r *renewer) run(ctx context.Context, cancel context.CancelCauseFunc) {
+	every := r.l.cfg.LeaseTTL / 3
+	t := time.NewTicker(every / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r.mu.Lock()
+		since := time.Since(r.last)
+		r.mu.Unlock()
+		if since < every {
+			continue
+		}
+		res, err := r.l.coord.Apply(ctx, fsm.Command{Op: fsm.OpRenew, Node: r.l.coord.ID(), Token: r.token, TTL: r.l.cfg.LeaseTTL})
+		switch {
+		case err == nil && res.Err == nil:
+			r.renewed()
+		case err == nil:
+			r.l.logger.Warn("lease lost while processing; stopping and discarding the batch", "token", r.token, "error", res.Err)
+			cancel(errLeaseLost)
+			return
+		case ctx.Err() != nil:
+			return
+		case since+every/2 >= r.l.cfg.LeaseTTL*2/3:
+			r.l.logger.Warn("cannot renew the lease in time; stopping and discarding the batch", "token", r.token, "error", err)
+			cancel(errLeaseLost)
+			return
+		default:
+			r.l.logger.Debug("renew lease failed; retrying", "token", r.token, "error", err)
+		}
+	}
+}
+
+// ctxOr hides errors caused only by ctx ending, so a shutdown does not
+// show as a database failure.
+func ctxOr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
+
+func wait(ctx context.Context, changed <-chan struct{}, max time.Duration) {
+	t := time.NewTimer(max)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-changed:
+	case <-t.C:
+	}
+}
+
+type backoff struct {
+	min, max, cur time.Duration
+}
+
+func newBackoff(min, max time.Duration) *backoff { return &backoff{min: min, max: max} }
+
+func (b *backoff) next() time.Duration {
+	if b.cur == 0 {
+		b.cur = b.min
+	} else {
+		b.cur = min(2*b.cur, b.max)
+	}
+	// Jitter keeps peers that failed together from retrying together.
+	return b.cur/2 + rand.N(b.cur/2+1)
+}
+
+func (b *backoff) reset() { b.cur = 0 }

@@ -1,0 +1,173 @@
+package cursor
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// migrationLock is the advisory lock key every agent takes before it looks
+// at or changes the schema, so that agents starting together apply each
+// migration once, one after the other. The value is "geocurso" in ASCII; it
+// only has to differ from any other application's key in the database.
+const migrationLock int64 = 0x67656f637572736f
+
+// migration is one schema version. Migrations are append-only: a released
+// migration is never edited, a change is a new version.
+type migration struct {
+	version int
+	name    string
+	sql     string
+}
+
+var migrations = []migration{
+	{version: 1, name: "initial schema", sql: `
+CREATE TABLE geo_registry (
+    replicable_name text NOT NULL,
+    model_record_id bigint NOT NULL,
+    state text NOT NULL,
+    last_event_id bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (replicable_name, model_record_id)
+);
+
+-- A deleted record leaves a tombstone so that a created or updated event
+-- with a lower ID, seen late because it was a gap, cannot bring it back.
+CREATE TABLE geo_registry_tombstones (
+    replicable_name text NOT NULL,
+    model_record_id bigint NOT NULL,
+    last_event_id bigint NOT NULL,
+    PRIMARY KEY (replicable_name, model_record_id)
+);
+
+CREATE TABLE geo_jobs (
+    id bigserial PRIMARY KEY,
+    event_id bigint NOT NULL UNIQUE,
+    kind text NOT NULL,
+    replicable_name text,
+    model_record_id bigint,
+    payload jsonb NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+CREATE TABLE geo_dead_letters (
+    id bigserial PRIMARY KEY,
+    event_id bigint NOT NULL UNIQUE,
+    reason text NOT NULL,
+    "row" jsonb NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+-- The fence: the highest token that has committed a batch, and the position
+-- that batch left, so that the next holder can go on even when the last one
+-- died between its commit here and its release in the Raft group.
+CREATE TABLE geocursor_fence (
+    id int PRIMARY KEY CHECK (id = 1),
+    token bigint NOT NULL,
+    last_event_id bigint NOT NULL,
+    last_event_date timestamptz,
+    gaps jsonb NOT NULL DEFAULT '[]',
+    updated_at timestamptz NOT NULL
+);
+INSERT INTO geocursor_fence (id, token, last_event_id, updated_at)
+VALUES (1, 0, 0, clock_timestamp())
+ON CONFLICT DO NOTHING;
+`},
+}
+
+// migrate brings the tracking schema up to the newest version. Each
+// migration runs in its own transaction under migrationLock: an agent that
+// waited for the lock re-reads the applied versions and finds the work done.
+func migrate(ctx context.Context, pool *pgxpool.Pool, logger hclog.Logger) error {
+	applied, err := appliedVersions(ctx, pool)
+	if err != nil {
+		return err
+	}
+	newest := 0
+	for v := range applied {
+		newest = max(newest, v)
+	}
+	if known := migrations[len(migrations)-1].version; newest > known {
+		// A newer agent has upgraded the schema. Migrations only add, so
+		// an older agent can still run; say so in case it cannot.
+		logger.Warn("tracking schema is newer than this agent", "schema_version", newest, "agent_version", known)
+	}
+	for _, m := range migrations {
+		if applied[m.version] {
+			continue
+		}
+		ran, err := apply(ctx, pool, m)
+		if err != nil {
+			return fmt.Errorf("migrate to version %d (%s): %w", m.version, m.name, err)
+		}
+		if ran {
+			logger.Info("applied tracking schema migration", "version", m.version, "name", m.name)
+		}
+	}
+	return nil
+}
+
+// appliedVersions creates the version table if needed and returns the
+// versions recorded in it.
+func appliedVersions(ctx context.Context, pool *pgxpool.Pool) (map[int]bool, error) {
+	applied := make(map[int]bool)
+	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		// CREATE TABLE IF NOT EXISTS is not safe against itself running
+		// concurrently (both can pass the check); the lock makes it so.
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLock); err != nil {
+			return fmt.Errorf("take the migration lock: %w", err)
+		}
+		if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS geocursor_schema_migrations (
+    version int PRIMARY KEY,
+    applied_at timestamptz NOT NULL DEFAULT clock_timestamp()
+)`); err != nil {
+			return fmt.Errorf("create geocursor_schema_migrations: %w", err)
+		}
+		rows, err := tx.Query(ctx, `SELECT version FROM geocursor_schema_migrations`)
+		if err != nil {
+			return fmt.Errorf("read geocursor_schema_migrations: %w", err)
+		}
+		versions, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+		if err != nil {
+			return fmt.Errorf("read geocursor_schema_migrations: %w", err)
+		}
+		for _, v := range versions {
+			applied[int(v)] = true
+		}
+		return nil
+	})
+	return applied, err
+}
+
+// apply runs m unless another agent did while this one waited for the lock;
+// ran tells which.
+func apply(ctx context.Context, pool *pgxpool.Pool, m migration) (ran bool, err error) {
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLock); err != nil {
+			return fmt.Errorf("take the migration lock: %w", err)
+		}
+		var done bool
+		if err := tx.QueryRow(ctx,
+			`SELECT EXISTS (SELECT 1 FROM geocursor_schema_migrations WHERE version = $1)`,
+			m.version).Scan(&done); err != nil {
+			return fmt.Errorf("check version: %w", err)
+		}
+		if done {
+			return nil
+		}
+		if _, err := tx.Exec(ctx, m.sql); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx,
+			`INSERT INTO geocursor_schema_migrations (version, applied_at) VALUES ($1, clock_timestamp())`,
+			m.version); err != nil {
+			return fmt.Errorf("record version: %w", err)
+		}
+		ran = true
+		return nil
+	})
+	return ran, err
+}

@@ -1,0 +1,315 @@
+package cursor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Source reads GitLab's Geo event log.
+//
+// It only ever runs plain SELECTs, so it works against a hot-standby replica:
+// no writes, no temporary tables, no LISTEN. Every read uses the primary key
+// of geo_event_log, so a poll costs an index probe however long the log is.
+type Source struct {
+	pool   *pgxpool.Pool
+	name   string // host:port/dbname, for errors and logs; never the password
+	logger hclog.Logger
+}
+
+// sourceTables are the tables the source reads, with the columns it uses. The
+// check at open time selects exactly these, so a missing table, a missing
+// column and a missing grant are all reported before the first batch.
+var sourceTables = []struct{ table, columns string }{
+	{"geo_event_log", "id, created_at, geo_event_id, cache_invalidation_event_id"},
+	{"geo_events", "id, replicable_name, event_name, payload, created_at"},
+	{"geo_cache_invalidation_events", "id, key"},
+}
+
+// OpenSource connects to the source database and checks that the event log
+// tables exist and are readable. Its errors are one line that names the
+// database (never the password) and, where it can, says what to fix.
+func OpenSource(ctx context.Context, dsn string, logger hclog.Logger) (*Source, error) {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	pool, name, err := openPool(ctx, "source", dsn)
+	if err != nil {
+		return nil, err
+	}
+	s := &Source{pool: pool, name: name, logger: logger}
+	if err := s.checkTables(ctx); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	logger.Info("connected to source database", "database", name)
+	return s, nil
+}
+
+func (s *Source) checkTables(ctx context.Context) error {
+	for _, t := range sourceTables {
+		// LIMIT 0 plans the query, which checks the table, the columns and
+		// the SELECT grant, without reading a row.
+		q := "SELECT " + t.columns + " FROM " + t.table + " LIMIT 0"
+		rows, err := s.pool.Query(ctx, q)
+		if err == nil {
+			rows.Close()
+			err = rows.Err()
+		}
+		if err == nil {
+			continue
+		}
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) {
+			switch pgErr.Code {
+			case "42P01": // undefined_table
+				return dbErrorf("source", s.name, err, "table %s does not exist: point source.dsn at the primary's database (or a replica of it)", t.table)
+			case "42703": // undefined_column
+				return dbErrorf("source", s.name, err, "table %s: %s: this does not look like GitLab's Geo event log", t.table, pgErr.Message)
+			case "42501": // insufficient_privilege
+				return dbErrorf("source", s.name, err, "cannot read table %s: %s: grant SELECT on it to the user in source.dsn", t.table, pgErr.Message)
+			}
+		}
+		return dbErrorf("source", s.name, err, "check table %s: %s", t.table, describe(err))
+	}
+	return nil
+}
+
+// fetchQuery reads the next events after $1 (at most $2 of them) and the
+// rows of the open gaps ($3) in one statement. The gap branch is bounded by
+// id <= $1 so that a row is never returned twice, and it does not count
+// against the limit: gaps are few and must be picked up as soon as they are
+// visible, however far behind the cursor is.
+const fetchQuery = `
+SELECT l.id, l.created_at, l.geo_event_id, l.cache_invalidation_event_id,
+       e.id, e.replicable_name, e.event_name, e.payload::text, e.created_at,
+       c.id, c.key
+FROM (
+    (SELECT id, created_at, geo_event_id, cache_invalidation_event_id
+     FROM geo_event_log WHERE id > $1 ORDER BY id LIMIT $2)
+    UNION ALL
+    (SELECT id, created_at, geo_event_id, cache_invalidation_event_id
+     FROM geo_event_log WHERE id = ANY($3::bigint[]) AND id <= $1)
+) AS l
+LEFT JOIN geo_events AS e ON e.id = l.geo_event_id
+LEFT JOIN geo_cache_invalidation_events AS c ON c.id = l.cache_invalidation_event_id
+ORDER BY l.id`
+
+// Fetch returns up to limit events with an ID above after, in ID order, plus
+// every event whose ID is in gaps (those do not count against limit), all
+// sorted by ID. Gap IDs that are still not visible are simply absent.
+func (s *Source) Fetch(ctx context.Context, after int64, gaps []int64, limit int) ([]Event, error) {
+	if limit < 1 {
+		return nil, fmt.Errorf("fetch events after %d: limit must be positive, got %d", after, limit)
+	}
+	if gaps == nil {
+		gaps = []int64{}
+	}
+	rows, err := s.pool.Query(ctx, fetchQuery, after, limit, gaps)
+	if err != nil {
+		return nil, fmt.Errorf("fetch events after %d: %w", after, err)
+	}
+	events := make([]Event, 0, min(limit, 1024)+len(gaps))
+	for rows.Next() {
+		var (
+			ev                Event
+			geoID, cacheID    *int64
+			geoRN, geoEN, key *string
+			geoPayload        []byte
+			geoCreated        *time.Time
+		)
+		if err := rows.Scan(&ev.ID, &ev.CreatedAt, &ev.GeoEventID, &ev.CacheInvalidationEventID,
+			&geoID, &geoRN, &geoEN, &geoPayload, &geoCreated, &cacheID, &key); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("fetch events after %d: read row: %w", after, err)
+		}
+		ev.CreatedAt = ev.CreatedAt.UTC()
+		if geoID != nil {
+			ev.GeoEvent = &GeoEvent{ID: *geoID, Payload: geoPayload}
+			if geoRN != nil {
+				ev.GeoEvent.ReplicableName = *geoRN
+			}
+			if geoEN != nil {
+				ev.GeoEvent.EventName = *geoEN
+			}
+			if geoCreated != nil {
+				ev.GeoEvent.CreatedAt = geoCreated.UTC()
+			}
+		}
+		if cacheID != nil {
+			ev.CacheInvalidation = &CacheInvalidation{ID: *cacheID}
+			if key != nil {
+				ev.CacheInvalidation.Key = *key
+			}
+		}
+		events = append(events, ev)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("fetch events after %d: %w", after, err)
+	}
+	return events, nil
+}
+
+// Pending reports whether there is any event after the cursor or in one of
+// the open gaps. It is the idle poll, run without the lease, so it is two
+// primary-key probes and reads no row data.
+func (s *Source) Pending(ctx context.Context, after int64, gaps []int64) (bool, error) {
+	if gaps == nil {
+		gaps = []int64{}
+	}
+	var pending bool
+	err := s.pool.QueryRow(ctx,
+		`SELECT EXISTS (SELECT 1 FROM geo_event_log WHERE id > $1)
+		     OR EXISTS (SELECT 1 FROM geo_event_log WHERE id = ANY($2::bigint[]))`,
+		after, gaps).Scan(&pending)
+	if err != nil {
+		return false, fmt.Errorf("check for events after %d: %w", after, err)
+	}
+	return pending, nil
+}
+
+// Head returns the highest event ID in the source and its created_at, or
+// (0, zero time) when the log is empty. It is used to report lag.
+func (s *Source) Head(ctx context.Context) (int64, time.Time, error) {
+	var (
+		id        int64
+		createdAt time.Time
+	)
+	err := s.pool.QueryRow(ctx,
+		`SELECT id, created_at FROM geo_event_log ORDER BY id DESC LIMIT 1`).Scan(&id, &createdAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, time.Time{}, nil
+	}
+	if err != nil {
+		return 0, time.Time{}, fmt.Errorf("read the newest event: %w", err)
+	}
+	return id, createdAt.UTC(), nil
+}
+
+// Close closes the connections. It waits for queries in flight to finish.
+func (s *Source) Close() {
+	s.pool.Close()
+}
+
+// defaultConnectTimeout bounds a connection attempt when the DSN does not set
+// connect_timeout, so that an unreachable database is reported at start-up
+// instead of hanging until the caller gives up.
+const defaultConnectTimeout = 10 * time.Second
+
+// openPool parses dsn, connects and pings. role ("source" or "tracking") and
+// the returned name (host:port/dbname) make up the prefix of every error, so
+// an operator with two DSNs knows which one is wrong.
+func openPool(ctx context.Context, role, dsn string) (*pgxpool.Pool, string, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		// The parse error quotes the DSN, password and all, so only its
+		// cause is kept.
+		msg := "cannot parse the DSN"
+		if cause := parseCause(err); cause != "" {
+			msg += ": " + cause
+		}
+		return nil, "", &dbError{role: role, msg: msg, err: err}
+	}
+	cc := cfg.ConnConfig
+	name := cc.Host + ":" + strconv.Itoa(int(cc.Port)) + "/" + cc.Database
+	if cc.ConnectTimeout == 0 {
+		cc.ConnectTimeout = defaultConnectTimeout
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, "", dbErrorf(role, name, err, "%s", describe(err))
+	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, "", dbErrorf(role, name, err, "%s", describe(err))
+	}
+	return pool, name, nil
+}
+
+// dbError is an error about one of the two databases. Error is one line,
+// "<role> database <host:port/db>: <what is wrong>"; Unwrap gives the driver's
+// error for errors.Is and errors.As.
+type dbError struct {
+	role, name, msg string
+	err             error
+}
+
+func dbErrorf(role, name string, err error, format string, args ...any) error {
+	return &dbError{role: role, name: name, msg: fmt.Sprintf(format, args...), err: err}
+}
+
+func (e *dbError) Error() string {
+	if e.name == "" {
+		return e.role + " database: " + e.msg
+	}
+	return e.role + " database " + e.name + ": " + e.msg
+}
+
+func (e *dbError) Unwrap() error { return e.err }
+
+// describe reduces a driver error to the one line an operator needs: the
+// server's own message, or the network error, without the driver's
+// multi-line preamble (which also repeats user and database).
+func describe(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Message
+	}
+	var opErr *net.OpError
+	if errors.As(err, &opErr) {
+		return opErr.Error()
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		return dnsErr.Error()
+	}
+	if errors.Is(err, context.DeadlineExceeded) || pgconn.Timeout(err) {
+		return "timed out connecting (check the host, the port and any firewall)"
+	}
+	if errors.Is(err, context.Canceled) {
+		return "canceled"
+	}
+	return oneLine(err.Error())
+}
+
+// parseCause is the part of a DSN parse error that cannot contain the
+// password: the parser's complaint and the cause under it, without the DSN it
+// quotes (its redaction is best effort) or a URL error's copy of the URL.
+func parseCause(err error) string {
+	var pcErr *pgconn.ParseConfigError
+	if !errors.As(err, &pcErr) {
+		return ""
+	}
+	msg := pcErr.Error()
+	i := strings.LastIndex(msg, "`: ")
+	if i < 0 {
+		return ""
+	}
+	msg = msg[i+len("`: "):]
+	inner := pcErr.Unwrap()
+	if inner == nil {
+		return oneLine(msg)
+	}
+	// msg is "<complaint> (<inner error>)".
+	msg = strings.TrimSuffix(msg, " ("+inner.Error()+")")
+	var urlErr *url.Error
+	if errors.As(inner, &urlErr) {
+		inner = urlErr.Err
+	}
+	return oneLine(msg + ": " + inner.Error())
+}
+
+func oneLine(s string) string {
+	lines := strings.Fields(strings.ReplaceAll(s, "\n", " ; "))
+	return strings.ReplaceAll(strings.Join(lines, " "), " ; ", "; ")
+}
