@@ -137,6 +137,7 @@ const (
 	codeNotLeader = "not_leader"
 	codeConflict  = "conflict"
 	codeShutdown  = "shutting_down"
+	codeUnknown   = "outcome_unknown"
 )
 
 func errorCode(err error) string {
@@ -149,6 +150,8 @@ func errorCode(err error) string {
 		return codeConflict
 	case errors.Is(err, ErrShutdown):
 		return codeShutdown
+	case errors.Is(err, ErrUnknownOutcome):
+		return codeUnknown
 	}
 	return fsm.Code(err)
 }
@@ -165,6 +168,8 @@ func errorFromWire(status int, w *wireError) error {
 		return fmt.Errorf("%w: %s", ErrNotLeader, w.Message)
 	case codeConflict:
 		return fmt.Errorf("%w: %s", ErrJoinConflict, w.Message)
+	case codeUnknown:
+		return fmt.Errorf("%w: %s", ErrUnknownOutcome, w.Message)
 	}
 	return errors.New(w.Message)
 }

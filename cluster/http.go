@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,6 +18,7 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("GET /v1/health/ready", n.handleReady)
 	mux.HandleFunc("POST /v1/cluster/join", n.handleJoin)
 	mux.HandleFunc("POST /v1/internal/apply", n.handleApply)
+	mux.HandleFunc("POST /v1/lease/{op}", n.handleLease)
 	return mux
 }
 
@@ -39,6 +41,9 @@ func statusFor(err error) int {
 		return http.StatusServiceUnavailable
 	case errors.Is(err, ErrJoinConflict):
 		return http.StatusConflict
+	case errors.Is(err, ErrUnknownOutcome):
+		// Retrying may apply the command twice; the caller decides.
+		return http.StatusServiceUnavailable
 	case errors.Is(err, fsm.ErrBadCommand):
 		return http.StatusBadRequest
 	}
@@ -48,14 +53,22 @@ func statusFor(err error) int {
 // decodeBody reads one JSON object of at most maxBody bytes, rejecting
 // unknown fields, so a malformed request gets a 400 that says why.
 func decodeBody(w http.ResponseWriter, r *http.Request, dst any) bool {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(dst); err != nil {
+	// Read the whole body before decoding, so that a body over the limit is
+	// refused as too large (413) whatever its first bytes are, not as
+	// malformed or as having data after the object.
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
 			writeError(w, http.StatusRequestEntityTooLarge, "bad_request", fmt.Errorf("request body is larger than %d bytes", maxBody))
 			return false
 		}
+		writeError(w, http.StatusBadRequest, "bad_request", fmt.Errorf("read request body: %v", err))
+		return false
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
 		writeError(w, http.StatusBadRequest, "bad_request", fmt.Errorf("decode request body: %v", err))
 		return false
 	}

@@ -110,6 +110,11 @@ func (n *Node) addVoter(req JoinRequest) (JoinResponse, error) {
 		case string(s.ID) == req.NodeID:
 			return resp, fmt.Errorf("%w: node ID %s is already a member at raft address %s, not %s: give the new node another node_id, or remove the old one first",
 				ErrJoinConflict, req.NodeID, s.Address, req.RaftAddr)
+		case string(s.ID) == n.cfg.NodeID && string(s.Address) == req.RaftAddr:
+			// This leader is alive at that address, so the joiner cannot be
+			// its renamed successor: replacing it would remove the leader.
+			return resp, fmt.Errorf("%w: raft address %s is the leader's own (node %s): give %s its own raft_addr",
+				ErrJoinConflict, req.RaftAddr, s.ID, req.NodeID)
 		case string(s.Address) == req.RaftAddr:
 			n.logger.Warn("removing a member whose raft address a new node now uses", "old_id", s.ID, "new_id", req.NodeID, "raft_addr", req.RaftAddr)
 			if err := n.raft.RemoveServer(s.ID, 0, applyTimeout).Error(); err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
 
 	"github.com/geocursor/geocursor/config"
 	"github.com/geocursor/geocursor/fsm"
@@ -82,7 +83,11 @@ func Open(cfg Config, join bool) (*Node, error) {
 		}
 	}()
 
-	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db")})
+	// Without a lock timeout bbolt waits forever for a data_dir that another
+	// agent holds; with one, the operator gets the error below.
+	boltOpts := *bbolt.DefaultOptions
+	boltOpts.Timeout = 2 * time.Second
+	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft.db"), BoltOptions: &boltOpts})
 	if err != nil {
 		return nil, fmt.Errorf("open raft store in %s: %w (is another agent using this data_dir?)", cfg.DataDir, err)
 	}
