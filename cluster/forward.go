@@ -25,6 +25,13 @@ func (n *Node) Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
 	if err := cmd.Validate(); err != nil {
 		return fsm.Result{}, err
 	}
+	call := time.Now()
+	res, err := n.apply(ctx, cmd)
+	n.record(call, cmd, res, err)
+	return res, err
+}
+
+func (n *Node) apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
 	var res fsm.Result
 	err := n.onLeader(ctx, func(ctx context.Context, leaderHTTP string) error {
 		if leaderHTTP == "" {
@@ -93,6 +100,15 @@ func retryable(err error) bool {
 	return errors.Is(err, ErrNoLeader) || errors.Is(err, ErrNotLeader)
 }
 
+// applyRecorded is applyLocal for the leader's own commands (revokes,
+// member changes), recorded in the history like the commands of peers.
+func (n *Node) applyRecorded(cmd fsm.Command) (fsm.Result, error) {
+	call := time.Now()
+	res, err := n.applyLocal(cmd)
+	n.record(call, cmd, res, err)
+	return res, err
+}
+
 // applyLocal stamps the leader's clock into the command and proposes it.
 func (n *Node) applyLocal(cmd fsm.Command) (fsm.Result, error) {
 	cmd.Now = time.Now().UnixNano()
@@ -120,11 +136,12 @@ type wireError struct {
 type applyResponse struct {
 	Lease  fsm.Lease  `json:"lease"`
 	Cursor fsm.Cursor `json:"cursor"`
+	Now    int64      `json:"now"`
 	Error  *wireError `json:"error,omitempty"`
 }
 
 func (r applyResponse) result() fsm.Result {
-	res := fsm.Result{Lease: r.Lease, Cursor: r.Cursor}
+	res := fsm.Result{Lease: r.Lease, Cursor: r.Cursor, Now: r.Now}
 	if r.Error != nil {
 		res.Err = fsm.ErrorFromCode(r.Error.Code, r.Error.Message)
 	}

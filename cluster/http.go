@@ -136,7 +136,7 @@ func (n *Node) handleApply(w http.ResponseWriter, r *http.Request) {
 		writeError(w, statusFor(err), errorCode(err), err)
 		return
 	}
-	resp := applyResponse{Lease: res.Lease, Cursor: res.Cursor}
+	resp := applyResponse{Lease: res.Lease, Cursor: res.Cursor, Now: res.Now}
 	if res.Err != nil {
 		resp.Error = &wireError{Code: fsm.Code(res.Err), Message: res.Err.Error()}
 	}

@@ -120,7 +120,7 @@ func (n *Node) addVoter(req JoinRequest) (JoinResponse, error) {
 			if err := n.raft.RemoveServer(s.ID, 0, applyTimeout).Error(); err != nil {
 				return resp, fmt.Errorf("remove stale member %s: %w", s.ID, mapRaftError(err))
 			}
-			if _, err := n.applyLocal(fsm.Command{Op: fsm.OpRemoveMember, Node: string(s.ID)}); err != nil {
+			if _, err := n.applyRecorded(fsm.Command{Op: fsm.OpRemoveMember, Node: string(s.ID)}); err != nil {
 				return resp, err
 			}
 		}
@@ -133,7 +133,7 @@ func (n *Node) addVoter(req JoinRequest) (JoinResponse, error) {
 	}
 	m := fsm.Member{ID: req.NodeID, RaftAddr: req.RaftAddr, HTTPAddr: req.HTTPAddr}
 	if cur, ok := n.fsm.State().Members[req.NodeID]; !ok || cur != m {
-		res, err := n.applyLocal(fsm.Command{Op: fsm.OpSetMember, Member: &m})
+		res, err := n.applyRecorded(fsm.Command{Op: fsm.OpSetMember, Member: &m})
 		if err != nil {
 			return resp, err
 		}

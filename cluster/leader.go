@@ -66,7 +66,7 @@ func (n *Node) onElected() {
 	self := fsm.Member{ID: n.cfg.NodeID, RaftAddr: string(n.transport.LocalAddr()), HTTPAddr: n.cfg.HTTPAddr}
 	st := n.fsm.State()
 	if st.Members[self.ID] != self {
-		if _, err := n.applyLocal(fsm.Command{Op: fsm.OpSetMember, Member: &self}); err != nil {
+		if _, err := n.applyRecorded(fsm.Command{Op: fsm.OpSetMember, Member: &self}); err != nil {
 			n.logger.Warn("publish own addresses", "error", err)
 		}
 	}
@@ -81,7 +81,7 @@ func (n *Node) onElected() {
 	}
 	for id := range st.Members {
 		if !inConfig[id] {
-			if _, err := n.applyLocal(fsm.Command{Op: fsm.OpRemoveMember, Node: id}); err != nil {
+			if _, err := n.applyRecorded(fsm.Command{Op: fsm.OpRemoveMember, Node: id}); err != nil {
 				n.logger.Warn("remove member no longer in the configuration", "peer", id, "error", err)
 			}
 		}
@@ -116,7 +116,7 @@ func (n *Node) onHeartbeatFailed(o raft.FailedHeartbeatObservation) {
 }
 
 func (n *Node) revoke(l fsm.Lease, reason string) {
-	res, err := n.applyLocal(fsm.Command{Op: fsm.OpRevoke, Token: l.Token, Reason: reason})
+	res, err := n.applyRecorded(fsm.Command{Op: fsm.OpRevoke, Token: l.Token, Reason: reason})
 	switch {
 	case err != nil:
 		n.logger.Warn("revoke lease failed", "holder", l.Holder, "token", l.Token, "error", err)

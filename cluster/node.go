@@ -48,6 +48,7 @@ type Node struct {
 	httpClient *http.Client
 
 	progress atomic.Pointer[func() Progress]
+	history  history
 
 	observer *raft.Observer
 	stop     chan struct{}

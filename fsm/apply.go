@@ -9,6 +9,12 @@ func (s *State) Apply(c Command) Result {
 	if err := c.Validate(); err != nil {
 		return s.result(err)
 	}
+	res := s.apply(c)
+	res.Now = c.Now
+	return res
+}
+
+func (s *State) apply(c Command) Result {
 	var err error
 	switch c.Op {
 	case OpAcquire:

@@ -98,10 +98,13 @@ type Advance struct {
 }
 
 // Result is what applying a command returns. Err is nil or wraps one of the
-// sentinel errors; Lease and Cursor are the state after the command.
+// sentinel errors; Lease and Cursor are the state after the command, Now
+// the time the leader stamped into it (so a history checker can replay the
+// command exactly).
 type Result struct {
 	Lease  Lease
 	Cursor Cursor
+	Now    int64
 	Err    error
 }
 

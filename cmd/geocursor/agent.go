@@ -15,6 +15,10 @@ import (
 	"github.com/geocursor/geocursor/config"
 )
 
+// envHistoryFile names a file to which the agent appends every command it
+// issues, for the linearizability checker of the fault tests.
+const envHistoryFile = "GEOCURSOR_HISTORY_FILE"
+
 func runAgent(args []string, stderr io.Writer) error {
 	fs := newFlagSet("agent", stderr)
 	var (
@@ -104,6 +108,15 @@ func agent(ctx context.Context, cfg *config.Config, logger hclog.Logger) error {
 		}
 		logger.Info("stopped")
 	}()
+	if path := os.Getenv(envHistoryFile); path != "" {
+		f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return fmt.Errorf("open %s %s: %w", envHistoryFile, path, err)
+		}
+		defer f.Close()
+		node.SetHistory(f)
+		logger.Warn("recording every command to a history file (fault testing only)", "path", path)
+	}
 	logger.Info("agent started", "http_addr", cfg.HTTPAddr, "raft_addr", cfg.RaftAddr, "data_dir", cfg.DataDir,
 		"witness", cfg.Source == nil, "version", version)
 

@@ -1,0 +1,39 @@
+package fsm
+
+// HistoryEntry is one command as the peer that issued it saw it: when it
+// called, when the answer came, what it asked and what it got. Fault tests
+// collect these from every peer and check them for linearizability against
+// State.Apply.
+type HistoryEntry struct {
+	Node   string  `json:"node"`
+	Call   int64   `json:"call"`   // Unix nanoseconds
+	Return int64   `json:"return"` // Unix nanoseconds
+	Cmd    Command `json:"cmd"`
+	// For an answered command: the state after it and the leader's time.
+	Lease  *Lease  `json:"lease,omitempty"`
+	Cursor *Cursor `json:"cursor,omitempty"`
+	Now    int64   `json:"now,omitempty"`
+	// Code is the refusal's sentinel code ("" when the command was granted).
+	Code string `json:"code,omitempty"`
+	// Error is set when no answer came back (no leader, timeout, leadership
+	// lost): the command may or may not have been applied.
+	Error string `json:"error,omitempty"`
+}
+
+// NewHistoryEntry records the outcome of one command.
+func NewHistoryEntry(node string, call, ret int64, cmd Command, res Result, err error) HistoryEntry {
+	e := HistoryEntry{Node: node, Call: call, Return: ret, Cmd: cmd}
+	if err != nil {
+		e.Error = err.Error()
+		return e
+	}
+	lease, cursor := res.Lease, res.Cursor
+	e.Lease, e.Cursor, e.Now = &lease, &cursor, res.Now
+	if res.Err != nil {
+		e.Code = Code(res.Err)
+		if e.Code == "" {
+			e.Code = res.Err.Error()
+		}
+	}
+	return e
+}
