@@ -19,6 +19,8 @@ func (n *Node) routes() http.Handler {
 	mux.HandleFunc("POST /v1/cluster/join", n.handleJoin)
 	mux.HandleFunc("POST /v1/internal/apply", n.handleApply)
 	mux.HandleFunc("POST /v1/lease/{op}", n.handleLease)
+	mux.HandleFunc("POST /v1/cursor/pause", n.handlePause(true))
+	mux.HandleFunc("POST /v1/cursor/resume", n.handlePause(false))
 	return mux
 }
 

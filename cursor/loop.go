@@ -281,7 +281,10 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Lease) (err error) {
 			l.logger.Warn("gave up waiting for skipped event IDs (rolled back, or older than source.gap_timeout)",
 				"count", len(dropped), "first_id", dropped[0], "last_id", dropped[len(dropped)-1], "token", token)
 		}
-		keep := len(events) >= l.cfg.BatchSize
+		// Keep the lease for the next batch only while there is more to do
+		// and nobody asked to pause.
+		st, _ := l.coord.Watch()
+		keep := len(events) >= l.cfg.BatchSize && !st.Cursor.Paused
 		if keep {
 			prefetch = l.fetchAsync(hctx, next)
 		}

@@ -106,6 +106,9 @@ func (s *State) advance(c Command) error {
 	if a.Keep && s.Lease.Holder == "" {
 		return refuse(ErrStaleToken, "token %d was revoked; it cannot be kept", c.Token)
 	}
+	if a.Keep && s.Cursor.Paused {
+		return refuse(ErrPaused, "processing is paused; token %d cannot be kept", c.Token)
+	}
 	if a.Keep && !s.Lease.HeldAt(c.Now) {
 		return refuse(ErrLeaseExpired, "token %d expired %s ago; it cannot be kept", c.Token, time.Duration(c.Now-s.Lease.ExpiresAt))
 	}

@@ -709,6 +709,8 @@ func TestPauseStopsNewGrantsButNotCurrentGrant(t *testing.T) {
 	step(Command{Op: OpAcquire, Node: "a", TTL: ttl, Now: t0}, nil)
 	step(Command{Op: OpSetPaused, Paused: true}, nil)
 	step(Command{Op: OpRenew, Node: "a", Token: 1, TTL: ttl, Now: t0 + sec}, nil)
+	// A holder draining a backlog may not keep the lease past a pause.
+	step(Command{Op: OpAdvance, Node: "a", Token: 1, TTL: ttl, Now: t0 + 2*sec, Advance: &Advance{LastEventID: 10, Events: 10, Keep: true}}, ErrPaused)
 	step(Command{Op: OpAdvance, Node: "a", Token: 1, Now: t0 + 2*sec, Advance: &Advance{LastEventID: 10, Events: 10}}, nil)
 	step(Command{Op: OpAcquire, Node: "a", TTL: ttl, Now: t0 + 3*sec}, ErrPaused)
 	step(Command{Op: OpAcquire, Node: "b", TTL: ttl, Now: t0 + 3*sec}, ErrPaused)

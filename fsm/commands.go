@@ -34,7 +34,7 @@ const (
 	// counters) and then frees the lease, or with Keep renews it to Now+TTL
 	// so a holder with more work pending goes on without a new grant.
 	// With Keep it is also refused with ErrLeaseExpired once the lease has
-	// expired, like renew. Gaps at or below the old cursor that were not
+	// expired, like renew, and with ErrPaused while paused. Gaps at or below the old cursor that were not
 	// open are refused with ErrBadCommand: that would process an ID twice.
 	// Refused with ErrStaleToken unless Token is the current grant of Node
 	// (also after expiry or revocation: the batch was fenced by that very

@@ -20,11 +20,7 @@ const defaultAddr = "127.0.0.1:8470"
 
 func runClusterStatus(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("cluster status", stderr)
-	addrDefault := os.Getenv("GEOCURSOR_ADDR")
-	if addrDefault == "" {
-		addrDefault = defaultAddr
-	}
-	addr := fs.String("addr", addrDefault, "HTTP address of any member (default $GEOCURSOR_ADDR, then "+defaultAddr+")")
+	addr := fs.String("addr", defaultAgentAddr(), "HTTP address of any member (default $GEOCURSOR_ADDR, then "+defaultAddr+")")
 	format := fs.String("format", "table", "output format: table or json")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -47,6 +43,14 @@ func runClusterStatus(args []string, stdout, stderr io.Writer) error {
 		return fmt.Errorf("decode status from %s: %w", *addr, err)
 	}
 	return printStatusTable(stdout, st, time.Now())
+}
+
+// defaultAgentAddr is $GEOCURSOR_ADDR, else the default http_addr.
+func defaultAgentAddr() string {
+	if a := os.Getenv("GEOCURSOR_ADDR"); a != "" {
+		return a
+	}
+	return defaultAddr
 }
 
 func fetchStatus(ctx context.Context, addr string) ([]byte, error) {

@@ -28,6 +28,8 @@ const usage = `Usage: geocursor <command> [flags]
 Commands:
   agent            run a peer of the geocursor Raft group
   cluster status   show the group: leader, members, lease, cursor and lag
+  cursor pause     stop processing after the batch in flight (all peers)
+  cursor resume    let the peers process again
   version          print the version
 
 Run "geocursor <command> -h" for a command's flags.
@@ -61,7 +63,7 @@ var errHelp = errors.New("help requested")
 func dispatch(args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
-		return usagef("no command given: run geocursor agent, cluster status or version")
+		return usagef("no command given: run geocursor agent, cluster status, cursor pause|resume or version")
 	}
 	switch args[0] {
 	case "agent":
@@ -75,6 +77,15 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 			return runClusterStatus(args[2:], stdout, stderr)
 		}
 		return usagef("unknown command \"cluster %s\": the cluster commands are: status", args[1])
+	case "cursor":
+		if len(args) < 2 {
+			return usagef("cursor needs a subcommand: geocursor cursor pause or geocursor cursor resume")
+		}
+		switch args[1] {
+		case "pause", "resume":
+			return runCursorPause(args[1], args[2:], stdout, stderr)
+		}
+		return usagef("unknown command \"cursor %s\": the cursor commands are: pause, resume", args[1])
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "geocursor %s\n", version)
 		return nil
@@ -82,5 +93,5 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stdout, usage)
 		return errHelp
 	}
-	return usagef("unknown command %q: the commands are agent, cluster status and version", args[0])
+	return usagef("unknown command %q: the commands are agent, cluster status, cursor pause, cursor resume and version", args[0])
 }

@@ -1,0 +1,25 @@
+package cluster
+
+import (
+	"net/http"
+
+	"github.com/geocursor/geocursor/fsm"
+)
+
+// handlePause serves POST /v1/cursor/pause and /v1/cursor/resume on any
+// node. Pausing stops new grants, so processing stops after the batch in
+// flight; resuming lets the peers compete again. Both are idempotent.
+func (n *Node) handlePause(paused bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		res, err := n.Apply(r.Context(), fsm.Command{Op: fsm.OpSetPaused, Paused: paused})
+		if err != nil {
+			writeError(w, statusFor(err), errorCode(err), err)
+			return
+		}
+		resp := applyResponse{Lease: res.Lease, Cursor: res.Cursor, Now: res.Now}
+		if res.Err != nil {
+			resp.Error = &wireError{Code: fsm.Code(res.Err), Message: res.Err.Error()}
+		}
+		writeJSON(w, http.StatusOK, resp)
+	}
+}
