@@ -1,8 +1,8 @@
 # geocursor agent configuration: a working example for a first local node.
 #   geocursor agent -config config.hcl
 # Further nodes can share this file and override what differs with flags:
-#   geocursor agent -config config.hcl -node-id node2 -http-addr 127.0.0.1:8480 \
-#     -raft-addr 127.0.0.1:8481 -join 127.0.0.1:8470
+#   geocursor agent -config config.hcl -node-id node2 -data-dir data/node2 \
+#     -http-addr 127.0.0.1:8480 -raft-addr 127.0.0.1:8481 -join 127.0.0.1:8470
 # Precedence: this file < GEOCURSOR_* environment variables < flags.
 
 node_id      = "node1"

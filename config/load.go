@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"math"
 	"math/big"
 	"os"
 	"strings"
@@ -66,11 +67,28 @@ func Load(path string, environ []string, flags Overrides) (*Config, error) {
 // ("source.dsn"), so validation can point at the right place.
 type origins map[string]string
 
+// of says where key's value came from. A key left at its default is
+// blamed on its block when the file has one ("source.dsn" on the source
+// block), else on nothing: the message alone names the key.
 func (o origins) of(key string) string {
 	if w, ok := o[key]; ok {
 		return w
 	}
-	return "default for " + key
+	if blk, _, ok := strings.Cut(key, "."); ok {
+		return o[blk]
+	}
+	return ""
+}
+
+// either returns a, unless only b was set explicitly: an error about two
+// settings points at one that the user wrote.
+func (o origins) either(a, b string) string {
+	if _, ok := o[a]; !ok {
+		if _, ok := o[b]; ok {
+			return b
+		}
+	}
+	return a
 }
 
 func envMap(environ []string) map[string]string {
@@ -195,19 +213,59 @@ func (d *decoder) integer(key string, a *hcl.Attribute, dst *int64) {
 	if !ok {
 		return
 	}
+	// Never format the big.Float itself: its decimal form of 1e-9999999
+	// takes minutes.
 	bf := v.AsBigFloat()
+	if !bf.IsInt() {
+		msg := key + " must be a whole number"
+		if f, _ := bf.Float64(); f != 0 && !math.IsInf(f, 0) {
+			msg += fmt.Sprintf(", got %g", f)
+		}
+		d.err = &Error{Where: d.origins[key], Msg: msg}
+		return
+	}
 	n, acc := bf.Int64()
 	if acc != big.Exact {
-		d.err = &Error{Where: d.origins[key], Msg: fmt.Sprintf("%s must be a whole number, got %s", key, bf.Text('g', -1))}
+		d.err = &Error{Where: d.origins[key], Msg: key + " is out of range"}
 		return
 	}
 	*dst = n
+}
+
+// maxNumberExp bounds number literals to about float64's range (2^1024).
+const maxNumberExp = 1024
+
+// checkNumbers refuses number literals far beyond any setting's range
+// before anything evaluates them: cty turns a number into a string digit by
+// digit, so node_id = 1e999999 would take seconds and give a megabyte of
+// error message.
+func checkNumbers(body hcl.Body) error {
+	b, ok := body.(*hclsyntax.Body)
+	if !ok {
+		return nil
+	}
+	var err error
+	hclsyntax.VisitAll(b, func(node hclsyntax.Node) hcl.Diagnostics {
+		lit, ok := node.(*hclsyntax.LiteralValueExpr)
+		if !ok || err != nil || !lit.Val.IsKnown() || lit.Val.IsNull() || lit.Val.Type() != cty.Number {
+			return nil
+		}
+		bf := lit.Val.AsBigFloat()
+		if exp := bf.MantExp(nil); bf.IsInf() || exp > maxNumberExp || exp < -maxNumberExp {
+			err = &Error{Where: where(lit.SrcRange), Msg: "number is out of range"}
+		}
+		return nil
+	})
+	return err
 }
 
 func parse(src []byte, path string, env map[string]string) (*Config, origins, error) {
 	file, diags := hclsyntax.ParseConfig(src, path, hcl.InitialPos)
 	if diags.HasErrors() {
 		return nil, nil, diagError(diags)
+	}
+	if err := checkNumbers(file.Body); err != nil {
+		return nil, nil, err
 	}
 	content, diags := file.Body.Content(topSchema)
 	if diags.HasErrors() {

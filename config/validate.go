@@ -1,6 +1,7 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"regexp"
@@ -29,7 +30,7 @@ func validate(c *Config, o origins) error {
 		}
 	}
 	if c.HTTPAddr == c.RaftAddr {
-		return fail("raft_addr", "raft_addr and http_addr are both %q: they need different ports", c.RaftAddr)
+		return fail(o.either("raft_addr", "http_addr"), "raft_addr and http_addr are both %q: they need different ports", c.RaftAddr)
 	}
 	for _, j := range c.Join {
 		if err := checkHostPort(j); err != nil {
@@ -66,7 +67,7 @@ func validate(c *Config, o origins) error {
 		return fail("lease.retry_min", "lease.retry_min must not be negative, got %s", c.Lease.RetryMin)
 	}
 	if c.Lease.RetryMin > c.Lease.RetryMax {
-		return fail("lease.retry_min", "lease.retry_min (%s) is greater than lease.retry_max (%s)", c.Lease.RetryMin, c.Lease.RetryMax)
+		return fail(o.either("lease.retry_min", "lease.retry_max"), "lease.retry_min (%s) is greater than lease.retry_max (%s)", c.Lease.RetryMin, c.Lease.RetryMax)
 	}
 	if c.Lease.TTL < 500*time.Millisecond {
 		return fail("lease.ttl", "lease.ttl %s is too short: a holder renews every ttl/3 through Raft; use at least 500ms", c.Lease.TTL)
@@ -109,6 +110,12 @@ func validate(c *Config, o origins) error {
 func checkHostPort(s string) error {
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
+		// Only the reason: the caller quotes the value, and net's message
+		// repeats it unquoted, which could break the one-line error.
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			return fmt.Errorf("not HOST:PORT: %s", ae.Err)
+		}
 		return fmt.Errorf("not HOST:PORT: %v", err)
 	}
 	if host == "" {

@@ -1,0 +1,679 @@
+package config_test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/geocursor/geocursor/config"
+)
+
+// mark is written into a test's HCL where the error must point; writeConfig
+// removes it and reports its line and column.
+const mark = "@@"
+
+// writeConfig writes src (without its mark) to a temporary config.hcl and
+// returns the path and, if src has a mark, the "PATH:LINE,COL" it stands at.
+func writeConfig(t *testing.T, src string) (path, at string) {
+	t.Helper()
+	path = filepath.Join(t.TempDir(), "config.hcl")
+	if i := strings.Index(src, mark); i >= 0 {
+		before := src[:i]
+		line := strings.Count(before, "\n") + 1
+		col := i - strings.LastIndex(before, "\n") // bytes; the tests use ASCII only
+		at = fmt.Sprintf("%s:%d,%d", path, line, col)
+		src = before + src[i+len(mark):]
+	}
+	if strings.Contains(src, mark) {
+		t.Fatalf("test HCL has more than one %s mark", mark)
+	}
+	if err := os.WriteFile(path, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path, at
+}
+
+func load(t *testing.T, src string, env []string, flags config.Overrides) (*config.Config, error) {
+	t.Helper()
+	path, _ := writeConfig(t, src)
+	return config.Load(path, env, flags)
+}
+
+func mustLoad(t *testing.T, src string, env []string, flags config.Overrides) *config.Config {
+	t.Helper()
+	cfg, err := load(t, src, env, flags)
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	return cfg
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func defaultRaft() config.RaftConfig {
+	return config.RaftConfig{
+		HeartbeatTimeout:  config.DefaultHeartbeatTimeout,
+		ElectionTimeout:   config.DefaultElectionTimeout,
+		SnapshotThreshold: config.DefaultSnapshotThreshold,
+		SnapshotInterval:  config.DefaultSnapshotInterval,
+		TrailingLogs:      config.DefaultTrailingLogs,
+	}
+}
+
+func TestExampleConfigLoadsAsNode1(t *testing.T) {
+	// The DSNs being set must not turn the example's witness into a
+	// processing node: its source and tracking blocks are commented out.
+	env := []string{"GEOCURSOR_SOURCE_DSN=postgres://src", "GEOCURSOR_TRACKING_DSN=postgres://trk"}
+	cfg, err := config.Load(filepath.Join("..", "config.hcl"), env, config.Overrides{})
+	if err != nil {
+		t.Fatalf("the example config.hcl does not load: %v", err)
+	}
+	want := &config.Config{
+		NodeID:      "node1",
+		DataDir:     "data/node1",
+		HTTPAddr:    "127.0.0.1:8470",
+		RaftAddr:    "127.0.0.1:8471",
+		Join:        []string{},
+		JoinTimeout: 60 * time.Second,
+		LogLevel:    "info",
+		LogFormat:   "json",
+		Lease:       config.LeaseConfig{TTL: 5 * time.Second, RetryMin: 100 * time.Millisecond, RetryMax: 300 * time.Millisecond},
+		Raft:        defaultRaft(),
+	}
+	if !reflect.DeepEqual(cfg, want) {
+		t.Errorf("example config:\n got %+v\nwant %+v", cfg, want)
+	}
+}
+
+func TestDefaultsWhenKeysAreAbsent(t *testing.T) {
+	tests := []struct {
+		name string
+		src  string
+		want config.Config
+	}{
+		{
+			name: "only node_id",
+			src:  `node_id = "n1"`,
+			want: config.Config{
+				NodeID: "n1", DataDir: "data/n1",
+				HTTPAddr: config.DefaultHTTPAddr, RaftAddr: config.DefaultRaftAddr,
+				JoinTimeout: config.DefaultJoinTimeout, LogLevel: config.DefaultLogLevel, LogFormat: config.DefaultLogFormat,
+				Lease: config.LeaseConfig{TTL: config.DefaultLeaseTTL, RetryMin: config.DefaultRetryMin, RetryMax: config.DefaultRetryMax},
+				Raft:  defaultRaft(),
+			},
+		},
+		{
+			name: "empty blocks keep their defaults",
+			src: `
+node_id = "n1"
+lease {}
+raft {}
+source {
+  dsn = "postgres://src"
+}
+tracking {
+  dsn = "postgres://trk"
+}
+`,
+			want: config.Config{
+				NodeID: "n1", DataDir: "data/n1",
+				HTTPAddr: config.DefaultHTTPAddr, RaftAddr: config.DefaultRaftAddr,
+				JoinTimeout: config.DefaultJoinTimeout, LogLevel: config.DefaultLogLevel, LogFormat: config.DefaultLogFormat,
+				Lease: config.LeaseConfig{TTL: config.DefaultLeaseTTL, RetryMin: config.DefaultRetryMin, RetryMax: config.DefaultRetryMax},
+				Raft:  defaultRaft(),
+				Source: &config.SourceConfig{
+					DSN: "postgres://src", BatchSize: config.DefaultBatchSize,
+					PollInterval: config.DefaultPollInterval, GapTimeout: config.DefaultGapTimeout,
+				},
+				Tracking: &config.TrackingConfig{DSN: "postgres://trk"},
+			},
+		},
+		{
+			name: "every key set",
+			src: `
+node_id      = "n2"
+data_dir     = "/var/lib/geocursor"
+http_addr    = "10.0.0.2:9470"
+raft_addr    = "10.0.0.2:9471"
+join         = ["10.0.0.1:8470", "10.0.0.3:8470"]
+join_timeout = "2m"
+log_level    = "debug"
+log_format   = "text"
+lease {
+  ttl       = "10s"
+  retry_min = "0s"
+  retry_max = "2s"
+}
+raft {
+  heartbeat_timeout  = "1s"
+  election_timeout   = "2s"
+  snapshot_threshold = 100
+  snapshot_interval  = "1m"
+  trailing_logs      = 50
+}
+source {
+  dsn           = "postgres://src"
+  batch_size    = 500
+  poll_interval = "1s"
+  gap_timeout   = "30m"
+}
+tracking {
+  dsn = "postgres://trk"
+}
+`,
+			want: config.Config{
+				NodeID: "n2", DataDir: "/var/lib/geocursor",
+				HTTPAddr: "10.0.0.2:9470", RaftAddr: "10.0.0.2:9471",
+				Join:        []string{"10.0.0.1:8470", "10.0.0.3:8470"},
+				JoinTimeout: 2 * time.Minute, LogLevel: "debug", LogFormat: "text",
+				Lease: config.LeaseConfig{TTL: 10 * time.Second, RetryMin: 0, RetryMax: 2 * time.Second},
+				Raft: config.RaftConfig{
+					HeartbeatTimeout: time.Second, ElectionTimeout: 2 * time.Second,
+					SnapshotThreshold: 100, SnapshotInterval: time.Minute, TrailingLogs: 50,
+				},
+				Source:   &config.SourceConfig{DSN: "postgres://src", BatchSize: 500, PollInterval: time.Second, GapTimeout: 30 * time.Minute},
+				Tracking: &config.TrackingConfig{DSN: "postgres://trk"},
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := mustLoad(t, tt.src, nil, config.Overrides{})
+			if !reflect.DeepEqual(*cfg, tt.want) {
+				t.Errorf("\n got %+v\nwant %+v", *cfg, tt.want)
+			}
+		})
+	}
+}
+
+func TestEnvExpressionsInTheFile(t *testing.T) {
+	src := `
+node_id = env.MY_NODE
+data_dir = "${env.MY_BASE}/${env.MY_NODE}"
+source {
+  dsn = env.MY_SOURCE
+}
+tracking {
+  dsn = env.GEOCURSOR_TRACKING_DSN
+}
+`
+	env := []string{
+		"MY_NODE=n7", "MY_BASE=/srv", "MY_SOURCE=postgres://replica/gitlab",
+		"GEOCURSOR_TRACKING_DSN=postgres://localhost/tracking",
+		"UNRELATED=x=y", // a value may hold '='
+	}
+	cfg := mustLoad(t, src, env, config.Overrides{})
+	if cfg.NodeID != "n7" || cfg.DataDir != "/srv/n7" {
+		t.Errorf("node_id, data_dir = %q, %q; want n7, /srv/n7", cfg.NodeID, cfg.DataDir)
+	}
+	if cfg.Source == nil || cfg.Source.DSN != "postgres://replica/gitlab" {
+		t.Errorf("source = %+v; want dsn from MY_SOURCE", cfg.Source)
+	}
+	if cfg.Tracking == nil || cfg.Tracking.DSN != "postgres://localhost/tracking" {
+		t.Errorf("tracking = %+v; want dsn from GEOCURSOR_TRACKING_DSN", cfg.Tracking)
+	}
+}
+
+// TestPrecedenceFileEnvFlags checks every overridable key: the file's value
+// holds alone, the environment beats the file, a flag beats both.
+func TestPrecedenceFileEnvFlags(t *testing.T) {
+	const file = `
+node_id   = "file-node"
+data_dir  = "file-dir"
+http_addr = "127.0.0.1:1001"
+raft_addr = "127.0.0.1:1002"
+join      = ["127.0.0.1:1003"]
+log_level = "warn"
+source {
+  dsn = "postgres://file-source"
+}
+tracking {
+  dsn = "postgres://file-tracking"
+}
+`
+	type get func(*config.Config) any
+	tests := []struct {
+		key      string
+		get      get
+		env      string // GEOCURSOR_* name
+		fileVal  any
+		envVal   string
+		envWant  any
+		flags    config.Overrides // empty: the key has no flag
+		flagWant any
+	}{
+		{
+			key: "node_id", get: func(c *config.Config) any { return c.NodeID }, env: "GEOCURSOR_NODE_ID",
+			fileVal: "file-node", envVal: "env-node", envWant: "env-node",
+			flags: config.Overrides{NodeID: ptr("flag-node")}, flagWant: "flag-node",
+		},
+		{
+			key: "data_dir", get: func(c *config.Config) any { return c.DataDir }, env: "GEOCURSOR_DATA_DIR",
+			fileVal: "file-dir", envVal: "env-dir", envWant: "env-dir",
+			flags: config.Overrides{DataDir: ptr("flag-dir")}, flagWant: "flag-dir",
+		},
+		{
+			key: "http_addr", get: func(c *config.Config) any { return c.HTTPAddr }, env: "GEOCURSOR_HTTP_ADDR",
+			fileVal: "127.0.0.1:1001", envVal: "127.0.0.1:2001", envWant: "127.0.0.1:2001",
+			flags: config.Overrides{HTTPAddr: ptr("127.0.0.1:3001")}, flagWant: "127.0.0.1:3001",
+		},
+		{
+			key: "raft_addr", get: func(c *config.Config) any { return c.RaftAddr }, env: "GEOCURSOR_RAFT_ADDR",
+			fileVal: "127.0.0.1:1002", envVal: "127.0.0.1:2002", envWant: "127.0.0.1:2002",
+			flags: config.Overrides{RaftAddr: ptr("127.0.0.1:3002")}, flagWant: "127.0.0.1:3002",
+		},
+		{
+			key: "join", get: func(c *config.Config) any { return c.Join }, env: "GEOCURSOR_JOIN",
+			fileVal: []string{"127.0.0.1:1003"},
+			envVal:  " 127.0.0.1:2003, ,127.0.0.1:2004,", envWant: []string{"127.0.0.1:2003", "127.0.0.1:2004"},
+			flags: config.Overrides{Join: ptr([]string{"127.0.0.1:3003"})}, flagWant: []string{"127.0.0.1:3003"},
+		},
+		{
+			key: "log_level", get: func(c *config.Config) any { return c.LogLevel }, env: "GEOCURSOR_LOG_LEVEL",
+			fileVal: "warn", envVal: "debug", envWant: "debug",
+			flags: config.Overrides{LogLevel: ptr("trace")}, flagWant: "trace",
+		},
+		{
+			key: "source.dsn", get: func(c *config.Config) any { return c.Source.DSN }, env: "GEOCURSOR_SOURCE_DSN",
+			fileVal: "postgres://file-source", envVal: "postgres://env-source", envWant: "postgres://env-source",
+		},
+		{
+			key: "tracking.dsn", get: func(c *config.Config) any { return c.Tracking.DSN }, env: "GEOCURSOR_TRACKING_DSN",
+			fileVal: "postgres://file-tracking", envVal: "postgres://env-tracking", envWant: "postgres://env-tracking",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key, func(t *testing.T) {
+			check := func(stage string, env []string, flags config.Overrides, want any) {
+				t.Helper()
+				cfg := mustLoad(t, file, env, flags)
+				if got := tt.get(cfg); !reflect.DeepEqual(got, want) {
+					t.Errorf("%s: %s = %#v, want %#v", stage, tt.key, got, want)
+				}
+			}
+			check("file only", nil, config.Overrides{}, tt.fileVal)
+			check("empty env var is ignored", []string{tt.env + "="}, config.Overrides{}, tt.fileVal)
+			env := []string{tt.env + "=" + tt.envVal}
+			check("env over file", env, config.Overrides{}, tt.envWant)
+			if tt.flagWant != nil {
+				check("flag over env", env, tt.flags, tt.flagWant)
+				check("flag over file", nil, tt.flags, tt.flagWant)
+			}
+		})
+	}
+}
+
+func TestEmptyJoinFlagClearsTheFilesList(t *testing.T) {
+	cfg := mustLoad(t, `
+node_id = "n1"
+join    = ["127.0.0.1:1003"]
+`, []string{"GEOCURSOR_JOIN=127.0.0.1:2003"}, config.Overrides{Join: ptr([]string{})})
+	if len(cfg.Join) != 0 {
+		t.Errorf("join = %q, want empty: an explicit -join \"\" overrides the file and the environment", cfg.Join)
+	}
+}
+
+func TestDataDirFollowsNodeIDOverride(t *testing.T) {
+	// Without data_dir in the file, each node gets data/<node_id>, so nodes
+	// sharing a file and differing by -node-id do not share a data_dir.
+	cfg := mustLoad(t, `node_id = "node1"`, []string{"GEOCURSOR_NODE_ID=node2"}, config.Overrides{NodeID: ptr("node3")})
+	if cfg.DataDir != "data/node3" {
+		t.Errorf("data_dir = %q, want data/node3", cfg.DataDir)
+	}
+}
+
+func TestEmptyDataDirMeansTheDefault(t *testing.T) {
+	cfg := mustLoad(t, "node_id = \"n1\"\ndata_dir = \"/srv/x\"\n", nil, config.Overrides{DataDir: ptr("")})
+	if cfg.DataDir != "data/n1" {
+		t.Errorf("data_dir = %q, want data/n1: an empty data_dir means the default", cfg.DataDir)
+	}
+}
+
+func TestDSNEnvDoesNotCreateASourceBlock(t *testing.T) {
+	env := []string{"GEOCURSOR_SOURCE_DSN=postgres://src", "GEOCURSOR_TRACKING_DSN=postgres://trk"}
+	cfg := mustLoad(t, `node_id = "witness1"`, env, config.Overrides{})
+	if cfg.Source != nil || cfg.Tracking != nil {
+		t.Errorf("source = %+v, tracking = %+v; want both nil: the DSN variables must not turn a witness into a processing node", cfg.Source, cfg.Tracking)
+	}
+}
+
+func TestDSNEnvFillsBlocksWithoutDSN(t *testing.T) {
+	env := []string{"GEOCURSOR_SOURCE_DSN=postgres://src", "GEOCURSOR_TRACKING_DSN=postgres://trk"}
+	cfg := mustLoad(t, `
+node_id = "n1"
+source {}
+tracking {}
+`, env, config.Overrides{})
+	if cfg.Source == nil || cfg.Source.DSN != "postgres://src" || cfg.Tracking == nil || cfg.Tracking.DSN != "postgres://trk" {
+		t.Errorf("source = %+v, tracking = %+v; want the DSNs from the environment", cfg.Source, cfg.Tracking)
+	}
+}
+
+// TestFileErrorsPointAtTheBadValue checks that an error in the file starts
+// with FILE:LINE,COL of the offending text, marked @@ in the HCL.
+func TestFileErrorsPointAtTheBadValue(t *testing.T) {
+	const pair = "\nsource {\n  dsn = \"postgres://src\"\n}\ntracking {\n  dsn = \"postgres://trk\"\n}\n"
+	tests := []struct {
+		name string
+		src  string
+		env  []string
+		msg  string // a part of the message after the position
+	}{
+		{
+			name: "unknown top-level key",
+			src:  "node_id = \"n1\"\n@@nodeid = \"n1\"\n",
+			msg:  "Unsupported argument",
+		},
+		{
+			name: "unknown key inside lease",
+			src:  "node_id = \"n1\"\nlease {\n  ttl = \"5s\"\n  @@retry = \"1s\"\n}\n",
+			msg:  "Unsupported argument",
+		},
+		{
+			name: "unknown key inside source",
+			src:  "node_id = \"n1\"\nsource {\n  dsn = \"x\"\n  @@batchsize = 10\n}\ntracking {\n  dsn = \"y\"\n}\n",
+			msg:  "Unsupported argument",
+		},
+		{
+			name: "unknown block",
+			src:  "node_id = \"n1\"\n@@sources {\n  dsn = \"x\"\n}\n",
+			msg:  "Unsupported block type",
+		},
+		{
+			name: "block with a label",
+			src:  "node_id = \"n1\"\nlease @@\"main\" {\n}\n",
+			msg:  "Extraneous label for lease",
+		},
+		{
+			name: "duplicate block",
+			src:  "node_id = \"n1\"\nlease {\n  ttl = \"5s\"\n}\n@@lease {\n  retry_min = \"1s\"\n}\n",
+			msg:  "duplicate lease block",
+		},
+		{
+			name: "syntax error: missing value",
+			src:  "node_id = \"n1\"\nhttp_addr = @@\nraft_addr = \"127.0.0.1:1\"\n",
+			msg:  "Invalid expression",
+		},
+		{
+			name: "syntax error: unclosed block",
+			src:  "node_id = \"n1\"\nlease @@{\n  ttl = \"5s\"\n",
+			msg:  "Unclosed configuration block",
+		},
+		{
+			name: "duration with words",
+			src:  "node_id = \"n1\"\nlease {\n  ttl = @@\"5 seconds\"\n}\n",
+			msg:  `lease.ttl: "5 seconds" is not a duration`,
+		},
+		{
+			name: "duration as a number",
+			src:  "node_id = \"n1\"\njoin_timeout = @@[60]\n",
+			msg:  "join_timeout must be string",
+		},
+		{
+			name: "string where a number belongs",
+			src:  "node_id = \"n1\"\nsource {\n  dsn = \"x\"\n  batch_size = @@\"x\"\n}\ntracking {\n  dsn = \"y\"\n}\n",
+			msg:  "source.batch_size must be number, got string",
+		},
+		{
+			name: "string where a list belongs",
+			src:  "node_id = \"n1\"\njoin = @@\"127.0.0.1:8470\"\n",
+			msg:  "join must be list of string, got string",
+		},
+		{
+			name: "null in a list",
+			src:  "node_id = \"n1\"\njoin = @@[\"127.0.0.1:8470\", null]\n",
+			msg:  "join must not contain null",
+		},
+		{
+			name: "null value",
+			src:  "node_id = @@null\n",
+			msg:  "node_id must not be null",
+		},
+		{
+			name: "number that is not whole",
+			src:  "node_id = \"n1\"\nsource {\n  dsn = \"x\"\n  batch_size = @@1.5\n}\ntracking {\n  dsn = \"y\"\n}\n",
+			msg:  "source.batch_size must be a whole number, got 1.5",
+		},
+		{
+			name: "whole number out of range",
+			src:  "node_id = \"n1\"\nraft {\n  snapshot_threshold = @@1e30\n}\n",
+			msg:  "raft.snapshot_threshold is out of range",
+		},
+		{
+			name: "huge number literal",
+			src:  "node_id = \"n1\"\nsource {\n  dsn = \"x\"\n  batch_size = @@1e999999\n}\ntracking {\n  dsn = \"y\"\n}\n",
+			msg:  "number is out of range",
+		},
+		{
+			name: "tiny number literal in a string",
+			src:  "node_id = \"n-${@@1e-999999}\"\n",
+			msg:  "number is out of range",
+		},
+		{
+			name: "negative raft count",
+			src:  "node_id = \"n1\"\nraft {\n  trailing_logs = @@-1\n}\n",
+			msg:  "raft.trailing_logs must not be negative",
+		},
+		{
+			name: "env reference to an unset variable",
+			src:  "node_id = \"n1\"\nsource {\n  dsn = env@@.GEOCURSOR_SOURCE_DSN\n}\ntracking {\n  dsn = \"y\"\n}\n",
+			env:  []string{"GEOCURSOR_TRACKING_DSN=x"},
+			msg:  `Unsupported attribute`,
+		},
+		{
+			name: "bad node_id",
+			src:  "node_id = @@\"node 1!\"\n",
+			msg:  `node_id "node 1!" is not valid`,
+		},
+		{
+			name: "node_id too long",
+			src:  "node_id = @@\"" + strings.Repeat("n", 64) + "\"\n",
+			msg:  "is not valid",
+		},
+		{
+			name: "address without a port",
+			src:  "node_id = \"n1\"\nhttp_addr = @@\"localhost\"\n",
+			msg:  `http_addr "localhost": not HOST:PORT`,
+		},
+		{
+			name: "address without a host",
+			src:  "node_id = \"n1\"\nraft_addr = @@\":8471\"\n",
+			msg:  "the host is missing",
+		},
+		{
+			name: "port out of range",
+			src:  "node_id = \"n1\"\nraft_addr = @@\"127.0.0.1:70000\"\n",
+			msg:  `port "70000" is not a number from 1 to 65535`,
+		},
+		{
+			name: "unspecified address",
+			src:  "node_id = \"n1\"\nraft_addr = @@\"0.0.0.0:8471\"\n",
+			msg:  "0.0.0.0 is not an address peers can reach",
+		},
+		{
+			name: "unspecified IPv6 address",
+			src:  "node_id = \"n1\"\nhttp_addr = @@\"[::]:8470\"\n",
+			msg:  ":: is not an address peers can reach",
+		},
+		{
+			name: "bad join address",
+			src:  "node_id = \"n1\"\njoin = @@[\"127.0.0.1:8470\", \"node2\"]\n",
+			msg:  `join address "node2"`,
+		},
+		{
+			name: "same http and raft address",
+			src:  "node_id = \"n1\"\nhttp_addr = \"127.0.0.1:9000\"\nraft_addr = @@\"127.0.0.1:9000\"\n",
+			msg:  "they need different ports",
+		},
+		{
+			name: "http address set to the default raft address",
+			src:  "node_id = \"n1\"\nhttp_addr = @@\"127.0.0.1:8471\"\n",
+			msg:  "they need different ports",
+		},
+		{
+			name: "retry_min above retry_max",
+			src:  "node_id = \"n1\"\nlease {\n  retry_min = @@\"2s\"\n  retry_max = \"1s\"\n}\n",
+			msg:  "lease.retry_min (2s) is greater than lease.retry_max (1s)",
+		},
+		{
+			name: "retry_max below the default retry_min",
+			src:  "node_id = \"n1\"\nlease {\n  retry_max = @@\"50ms\"\n}\n",
+			msg:  "lease.retry_min (100ms) is greater than lease.retry_max (50ms)",
+		},
+		{
+			name: "zero ttl",
+			src:  "node_id = \"n1\"\nlease {\n  ttl = @@\"0s\"\n}\n",
+			msg:  "lease.ttl must be positive",
+		},
+		{
+			name: "negative join_timeout",
+			src:  "node_id = \"n1\"\njoin_timeout = @@\"-1s\"\n",
+			msg:  "join_timeout must be positive",
+		},
+		{
+			name: "unknown log level",
+			src:  "node_id = \"n1\"\nlog_level = @@\"verbose\"\n",
+			msg:  `log_level "verbose" is not one of`,
+		},
+		{
+			name: "unknown log format",
+			src:  "node_id = \"n1\"\nlog_format = @@\"xml\"\n",
+			msg:  `log_format "xml" is not json or text`,
+		},
+		{
+			name: "batch_size out of range",
+			src:  "node_id = \"n1\"\nsource {\n  dsn = \"x\"\n  batch_size = @@0\n}\ntracking {\n  dsn = \"y\"\n}\n",
+			msg:  "source.batch_size must be between 1 and 100000, got 0",
+		},
+		{
+			name: "source without tracking",
+			src:  "node_id = \"n1\"\n@@source {\n  dsn = \"postgres://src\"\n}\n",
+			msg:  "a source block needs a tracking block",
+		},
+		{
+			name: "tracking without source",
+			src:  "node_id = \"n1\"\n@@tracking {\n  dsn = \"postgres://trk\"\n}\n",
+			msg:  "a tracking block without a source block does nothing",
+		},
+		{
+			name: "empty source dsn",
+			src:  "node_id = \"n1\"\nsource {\n  dsn = @@\"\"\n}\ntracking {\n  dsn = \"postgres://trk\"\n}\n",
+			msg:  "source.dsn is empty: set GEOCURSOR_SOURCE_DSN",
+		},
+		{
+			name: "empty tracking dsn",
+			src:  "node_id = \"n1\"\nsource {\n  dsn = \"postgres://src\"\n}\ntracking {\n  dsn = @@\"\"\n}\n",
+			msg:  "tracking.dsn is empty: set GEOCURSOR_TRACKING_DSN",
+		},
+		{
+			name: "source dsn absent points at its block",
+			src:  "node_id = \"n1\"\n@@source {\n  batch_size = 10\n}\ntracking {\n  dsn = \"postgres://trk\"\n}\n",
+			msg:  "source.dsn is empty",
+		},
+		{
+			name: "raft timeout too short",
+			src:  "node_id = \"n1\"\n@@raft {\n  heartbeat_timeout = \"10ms\"\n}\n" + pair,
+			msg:  "raft timeouts must be at least 50ms",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path, at := writeConfig(t, tt.src)
+			if at == "" {
+				t.Fatal("test HCL has no @@ mark")
+			}
+			_, err := config.Load(path, tt.env, config.Overrides{})
+			checkError(t, err, at+": ", tt.msg)
+		})
+	}
+}
+
+// checkError asserts that err is a single-line *config.Error that starts
+// with prefix and contains msg.
+func checkError(t *testing.T, err error, prefix, msg string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("Load succeeded; want an error starting %q", prefix)
+	}
+	var cerr *config.Error
+	if !errors.As(err, &cerr) {
+		t.Errorf("error is %T, want *config.Error: %v", err, err)
+	}
+	s := err.Error()
+	if !strings.HasPrefix(s, prefix) {
+		t.Errorf("error %q\ndoes not start with %q", s, prefix)
+	}
+	if !strings.Contains(s, msg) {
+		t.Errorf("error %q\ndoes not say %q", s, msg)
+	}
+	if strings.ContainsAny(s, "\r\n") {
+		t.Errorf("error %q is not a single line", s)
+	}
+}
+
+func TestEnvAndFlagErrorsNameTheirSource(t *testing.T) {
+	const file = "node_id = \"n1\"\nsource {\n  dsn = \"postgres://src\"\n}\ntracking {\n  dsn = \"postgres://trk\"\n}\n"
+	tests := []struct {
+		name   string
+		env    []string
+		flags  config.Overrides
+		prefix string
+		msg    string
+	}{
+		{"bad node_id in env", []string{"GEOCURSOR_NODE_ID=a b"}, config.Overrides{},
+			"environment variable GEOCURSOR_NODE_ID: ", `node_id "a b" is not valid`},
+		{"bad http_addr in env", []string{"GEOCURSOR_HTTP_ADDR=0.0.0.0:1"}, config.Overrides{},
+			"environment variable GEOCURSOR_HTTP_ADDR: ", "not an address peers can reach"},
+		{"bad raft_addr in env", []string{"GEOCURSOR_RAFT_ADDR=127.0.0.1"}, config.Overrides{},
+			"environment variable GEOCURSOR_RAFT_ADDR: ", "not HOST:PORT"},
+		{"bad join in env", []string{"GEOCURSOR_JOIN=127.0.0.1:1,node2"}, config.Overrides{},
+			"environment variable GEOCURSOR_JOIN: ", `join address "node2"`},
+		{"bad log level in env", []string{"GEOCURSOR_LOG_LEVEL=loud"}, config.Overrides{},
+			"environment variable GEOCURSOR_LOG_LEVEL: ", `log_level "loud"`},
+		{"bad node_id flag", nil, config.Overrides{NodeID: ptr("-x")},
+			"flag -node-id: ", `node_id "-x" is not valid`},
+		{"empty node_id flag", nil, config.Overrides{NodeID: ptr("")},
+			"", "node_id is not set"},
+		{"bad http_addr flag", nil, config.Overrides{HTTPAddr: ptr("127.0.0.1:0")},
+			"flag -http-addr: ", "is not a number from 1 to 65535"},
+		{"raft_addr flag equal to http_addr", nil, config.Overrides{RaftAddr: ptr(config.DefaultHTTPAddr)},
+			"flag -raft-addr: ", "they need different ports"},
+		{"bad join flag", nil, config.Overrides{Join: ptr([]string{"127.0.0.1:8470", "x:y"})},
+			"flag -join: ", `join address "x:y"`},
+		{"bad log level flag", nil, config.Overrides{LogLevel: ptr("INFO")},
+			"flag -log-level: ", `log_level "INFO"`},
+		{"flag is blamed over env", []string{"GEOCURSOR_NODE_ID=ok"}, config.Overrides{NodeID: ptr("not ok")},
+			"flag -node-id: ", `node_id "not ok"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := load(t, file, tt.env, tt.flags)
+			checkError(t, err, tt.prefix, tt.msg)
+		})
+	}
+}
+
+func TestMissingNodeID(t *testing.T) {
+	_, err := load(t, "log_level = \"info\"\n", nil, config.Overrides{})
+	checkError(t, err, "node_id is not set", "-node-id")
+
+	// The flag alone is enough.
+	cfg := mustLoad(t, "log_level = \"info\"\n", nil, config.Overrides{NodeID: ptr("n9")})
+	if cfg.NodeID != "n9" {
+		t.Errorf("node_id = %q, want n9", cfg.NodeID)
+	}
+}
+
+func TestMissingFileIsAClearError(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "nope.hcl")
+	_, err := config.Load(path, nil, config.Overrides{})
+	checkError(t, err, path+": ", "cannot read config file")
+	if !errors.Is(err, os.ErrNotExist) && !strings.Contains(err.Error(), "no such file") {
+		t.Errorf("error %q does not say the file does not exist", err)
+	}
+}
