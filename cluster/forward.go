@@ -170,7 +170,10 @@ func errorCode(err error) string {
 	case errors.Is(err, ErrUnknownOutcome):
 		return codeUnknown
 	}
-	return fsm.Code(err)
+	if c := fsm.Code(err); c != "" {
+		return c
+	}
+	return "internal"
 }
 
 func errorFromWire(status int, w *wireError) error {

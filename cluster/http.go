@@ -134,6 +134,12 @@ func (n *Node) handleApply(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	res, err := n.applyLocal(cmd)
+	writeApplyResult(w, res, err)
+}
+
+// writeApplyResult answers a command: 200 with the state machine's answer
+// (a refusal included, as error), or the transport-level error's status.
+func writeApplyResult(w http.ResponseWriter, res fsm.Result, err error) {
 	if err != nil {
 		writeError(w, statusFor(err), errorCode(err), err)
 		return

@@ -12,14 +12,6 @@ import (
 func (n *Node) handlePause(paused bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		res, err := n.Apply(r.Context(), fsm.Command{Op: fsm.OpSetPaused, Paused: paused})
-		if err != nil {
-			writeError(w, statusFor(err), errorCode(err), err)
-			return
-		}
-		resp := applyResponse{Lease: res.Lease, Cursor: res.Cursor, Now: res.Now}
-		if res.Err != nil {
-			resp.Error = &wireError{Code: fsm.Code(res.Err), Message: res.Err.Error()}
-		}
-		writeJSON(w, http.StatusOK, resp)
+		writeApplyResult(w, res, err)
 	}
 }

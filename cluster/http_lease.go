@@ -76,17 +76,5 @@ func (n *Node) handleLease(w http.ResponseWriter, r *http.Request) {
 		cmd.TTL = ttl
 	}
 	res, err := n.Apply(r.Context(), cmd)
-	if err != nil {
-		code := errorCode(err)
-		if code == "" {
-			code = "internal"
-		}
-		writeError(w, statusFor(err), code, err)
-		return
-	}
-	resp := applyResponse{Lease: res.Lease, Cursor: res.Cursor, Now: res.Now}
-	if res.Err != nil {
-		resp.Error = &wireError{Code: fsm.Code(res.Err), Message: res.Err.Error()}
-	}
-	writeJSON(w, http.StatusOK, resp)
+	writeApplyResult(w, res, err)
 }
