@@ -21,32 +21,35 @@ const applyTimeout = 5 * time.Second
 // leader's HTTP API. While there is no leader it waits for one as long as
 // ctx allows (at most a few election timeouts) and then returns ErrNoLeader.
 // A refusal by the state machine is in Result.Err, not in the error.
+//
+// A forward that gets no answer within a few Raft timeouts (a leader cut
+// off without a reset, or frozen) is tried again at the leader the node
+// knows then. Each attempt is recorded in the history on its own, since an
+// attempt that timed out may still have been applied.
 func (n *Node) Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
 	if err := cmd.Validate(); err != nil {
 		return fsm.Result{}, err
 	}
-	call := time.Now()
-	res, err := n.apply(ctx, cmd)
-	n.record(call, cmd, res, err)
+	var res fsm.Result
+	err := n.onLeader(ctx, func(ctx context.Context, leaderHTTP string) error {
+		call := time.Now()
+		var err error
+		res, err = n.applyAt(ctx, leaderHTTP, cmd)
+		n.record(call, cmd, res, err)
+		return err
+	})
 	return res, err
 }
 
-func (n *Node) apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
-	var res fsm.Result
-	err := n.onLeader(ctx, func(ctx context.Context, leaderHTTP string) error {
-		if leaderHTTP == "" {
-			var err error
-			res, err = n.applyLocal(cmd)
-			return err
-		}
-		var wire applyResponse
-		if err := n.post(ctx, leaderHTTP, "/v1/internal/apply", cmd, &wire); err != nil {
-			return err
-		}
-		res = wire.result()
-		return nil
-	})
-	return res, err
+func (n *Node) applyAt(ctx context.Context, leaderHTTP string, cmd fsm.Command) (fsm.Result, error) {
+	if leaderHTTP == "" {
+		return n.applyLocal(cmd)
+	}
+	var wire applyResponse
+	if err := n.post(ctx, leaderHTTP, "/v1/internal/apply", cmd, &wire); err != nil {
+		return fsm.Result{}, err
+	}
+	return wire.result(), nil
 }
 
 // onLeader calls fn with the leader's HTTP address, or "" when this node
@@ -85,6 +88,12 @@ func (n *Node) tryLeader(ctx context.Context, fn func(ctx context.Context, leade
 	if n.IsLeader() {
 		return fn(ctx, "")
 	}
+	// A leader answers in milliseconds, or says it lost leadership within
+	// its lease timeout; silence this long means it is cut off or frozen,
+	// and a new leader may already exist.
+	attempt := n.cfg.Raft.HeartbeatTimeout + n.cfg.Raft.ElectionTimeout + 500*time.Millisecond
+	actx, cancel := context.WithTimeout(ctx, attempt)
+	defer cancel()
 	id, _ := n.Leader()
 	if id == "" {
 		return ErrNoLeader
@@ -93,7 +102,11 @@ func (n *Node) tryLeader(ctx context.Context, fn func(ctx context.Context, leade
 	if !ok || m.HTTPAddr == "" {
 		return fmt.Errorf("%w: leader %s has not published its HTTP address yet", ErrNoLeader, id)
 	}
-	return fn(ctx, m.HTTPAddr)
+	err := fn(actx, m.HTTPAddr)
+	if err != nil && actx.Err() != nil && ctx.Err() == nil {
+		return fmt.Errorf("%w: leader %s at %s did not answer within %s", ErrNotLeader, id, m.HTTPAddr, attempt)
+	}
+	return err
 }
 
 func retryable(err error) bool {

@@ -40,6 +40,8 @@ type LoopConfig struct {
 	RetryMax time.Duration
 	// HeadInterval is how often the source head is read for the status.
 	HeadInterval time.Duration
+	// DBTimeout bounds each database call; 0 means LeaseTTL.
+	DBTimeout time.Duration
 }
 
 // DefaultMaxGaps bounds the gap set: far more than concurrent writers can
@@ -87,6 +89,9 @@ func NewLoop(cfg LoopConfig, coord Coordinator, source EventSource, sink EventSi
 	if cfg.HeadInterval <= 0 {
 		cfg.HeadInterval = time.Second
 	}
+	if cfg.DBTimeout <= 0 {
+		cfg.DBTimeout = cfg.LeaseTTL
+	}
 	return &Loop{cfg: cfg, coord: coord, source: source, sink: sink, logger: logger}
 }
 
@@ -130,11 +135,15 @@ func (l *Loop) Run(ctx context.Context) error {
 	defer wg.Wait()
 
 	backoff := newBackoff(100*time.Millisecond, 10*time.Second)
+	// After a failure this peer lets any healthy standby go first: the
+	// failure may be its own (a database it alone cannot reach).
+	yield := false
 	for ctx.Err() == nil {
-		grant, err := l.waitAndAcquire(ctx)
+		grant, err := l.waitAndAcquire(ctx, yield)
 		if err == nil && grant != nil {
 			err = l.hold(ctx, *grant)
 		}
+		yield = err != nil
 		if err == nil {
 			backoff.reset()
 			continue
@@ -151,7 +160,7 @@ func (l *Loop) Run(ctx context.Context) error {
 
 // waitAndAcquire waits until there is work and a free lease, then competes
 // for it. It returns nil, nil when the attempt should simply be repeated.
-func (l *Loop) waitAndAcquire(ctx context.Context) (*fsm.Lease, error) {
+func (l *Loop) waitAndAcquire(ctx context.Context, yield bool) (*fsm.Lease, error) {
 	me := l.coord.ID()
 	for ctx.Err() == nil {
 		st, changed := l.coord.Watch()
@@ -175,9 +184,10 @@ func (l *Loop) waitAndAcquire(ctx context.Context) (*fsm.Lease, error) {
 			continue
 		}
 		// The last holder goes on at once; a standby gives it a head start
-		// so a healthy holder keeps its turn.
-		if st.LastHolder != me && st.LastHolder != "" {
-			sleep(ctx, l.retryDelay())
+		// so a healthy holder keeps its turn. A peer that just failed waits
+		// longer than any standby does.
+		if delay := l.turnDelay(st, yield); delay > 0 {
+			sleep(ctx, delay)
 			st, _ = l.coord.Watch()
 			if st.Lease.HeldAt(time.Now().UnixNano()) && st.Lease.Holder != me {
 				continue
@@ -211,12 +221,24 @@ func (l *Loop) hasWork(ctx context.Context, st fsm.State, now time.Time) (bool, 
 			return true, nil
 		}
 	}
-	pending, err := l.source.Pending(ctx, st.Cursor.LastEventID, st.GapIDs())
+	qctx, cancel := l.dbContext(ctx)
+	defer cancel()
+	pending, err := l.source.Pending(qctx, st.Cursor.LastEventID, st.GapIDs())
 	l.setSourceError(err)
 	if err != nil {
 		return false, fmt.Errorf("look for new events: %w", err)
 	}
 	return pending, nil
+}
+
+func (l *Loop) turnDelay(st fsm.State, yield bool) time.Duration {
+	switch {
+	case yield:
+		return l.cfg.RetryMax + l.retryDelay()
+	case st.LastHolder != l.coord.ID() && st.LastHolder != "":
+		return l.retryDelay()
+	}
+	return 0
 }
 
 func (l *Loop) retryDelay() time.Duration {
@@ -269,7 +291,7 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Lease) (err error) {
 			r := <-prefetch
 			events, err, prefetch = r.events, r.err, nil
 		} else {
-			events, err = l.source.Fetch(hctx, pos.LastEventID, pos.GapIDs(), l.cfg.BatchSize)
+			events, err = l.fetch(hctx, pos)
 		}
 		l.setSourceError(ctxOr(hctx, err))
 		if err != nil {
@@ -290,13 +312,17 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Lease) (err error) {
 		}
 		var res CommitResult
 		if len(events) > 0 || len(dropped) > 0 {
-			res, err = l.sink.Commit(hctx, Batch{Token: token, Start: pos, Next: next, Events: events})
+			qctx, cancel := l.dbContext(hctx)
+			res, err = l.sink.Commit(qctx, Batch{Token: token, Start: pos, Next: next, Events: events})
+			cancel()
 			switch {
 			case errors.Is(err, ErrFenced):
 				// A holder with an older token slipped a batch in before
 				// this one claimed the fence: start again from there. A
 				// newer token means this grant is over.
-				f, ferr := l.sink.Fence(hctx)
+				qctx, cancel := l.dbContext(hctx)
+				f, ferr := l.sink.Fence(qctx)
+				cancel()
 				if ferr == nil && f.Token <= token {
 					l.logger.Info("tracking database moved on before this batch; continuing from its fence", "token", token, "fence_last_id", f.Position.LastEventID)
 					pos, adopted, prefetch = f.Position, true, nil
@@ -345,6 +371,22 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Lease) (err error) {
 	}
 }
 
+// dbContext bounds one database call. A database that stops answering
+// without closing the connection (a silent partition) would otherwise hold
+// the holder forever while its lease is still renewed through Raft; a
+// bounded call fails, the holder releases the lease, and a peer that can
+// reach the database goes on. The bound is the lease TTL: hundreds of times
+// a healthy batch, and what the design already allows a silent holder.
+func (l *Loop) dbContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, l.cfg.DBTimeout)
+}
+
+func (l *Loop) fetch(ctx context.Context, pos Position) ([]Event, error) {
+	qctx, cancel := l.dbContext(ctx)
+	defer cancel()
+	return l.source.Fetch(qctx, pos.LastEventID, pos.GapIDs(), l.cfg.BatchSize)
+}
+
 type fetchResult struct {
 	events []Event
 	err    error
@@ -355,7 +397,7 @@ type fetchResult struct {
 func (l *Loop) fetchAsync(ctx context.Context, pos Position) <-chan fetchResult {
 	ch := make(chan fetchResult, 1)
 	go func() {
-		events, err := l.source.Fetch(ctx, pos.LastEventID, pos.GapIDs(), l.cfg.BatchSize)
+		events, err := l.fetch(ctx, pos)
 		ch <- fetchResult{events, err}
 	}()
 	return ch
@@ -366,7 +408,9 @@ func (l *Loop) fetchAsync(ctx context.Context, pos Position) <-chan fetchResult 
 // committed a batch there and died before its release-and-advance reached
 // Raft, and only the fence row knows the gaps it left open.
 func (l *Loop) startPosition(ctx context.Context, token uint64) (Position, bool, error) {
-	fence, err := l.sink.Claim(ctx, token)
+	qctx, cancel := l.dbContext(ctx)
+	defer cancel()
+	fence, err := l.sink.Claim(qctx, token)
 	if err != nil {
 		if errors.Is(err, ErrFenced) {
 			return Position{}, false, errors.Join(err, errLeaseLost)
