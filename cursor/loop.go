@@ -188,8 +188,11 @@ func (l *Loop) waitAndAcquire(ctx context.Context, yield bool) (*fsm.Lease, erro
 		// longer than any standby does.
 		if delay := l.turnDelay(st, yield); delay > 0 {
 			sleep(ctx, delay)
-			st, _ = l.coord.Watch()
-			if st.Lease.HeldAt(time.Now().UnixNano()) && st.Lease.Holder != me {
+			after, _ := l.coord.Watch()
+			// A grant during the delay means the last holder is alive and
+			// working, even if its lease is free again by now (short
+			// batches): it keeps its turn.
+			if after.Lease.Token != st.Lease.Token || (after.Lease.HeldAt(time.Now().UnixNano()) && after.Lease.Holder != me) {
 				continue
 			}
 		}
