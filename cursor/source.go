@@ -43,7 +43,7 @@ func OpenSource(ctx context.Context, dsn string, logger hclog.Logger) (*Source, 
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	pool, name, err := openPool(ctx, "source", dsn)
+	pool, name, err := openPool(ctx, "source", dsn, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -208,8 +208,9 @@ const defaultConnectTimeout = 10 * time.Second
 
 // openPool parses dsn, connects and pings. role ("source" or "tracking") and
 // the returned name (host:port/dbname) make up the prefix of every error, so
-// an operator with two DSNs knows which one is wrong.
-func openPool(ctx context.Context, role, dsn string) (*pgxpool.Pool, string, error) {
+// an operator with two DSNs knows which one is wrong. params are server
+// settings for every connection, each unless the DSN sets it itself.
+func openPool(ctx context.Context, role, dsn string, params map[string]string) (*pgxpool.Pool, string, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		// The parse error quotes the DSN, password and all, so only its
@@ -224,6 +225,11 @@ func openPool(ctx context.Context, role, dsn string) (*pgxpool.Pool, string, err
 	name := cc.Host + ":" + strconv.Itoa(int(cc.Port)) + "/" + cc.Database
 	if cc.ConnectTimeout == 0 {
 		cc.ConnectTimeout = defaultConnectTimeout
+	}
+	for k, v := range params {
+		if _, set := cc.RuntimeParams[k]; !set {
+			cc.RuntimeParams[k] = v
+		}
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

@@ -34,6 +34,16 @@ type Tracking struct {
 	logger hclog.Logger
 }
 
+// idleInTransactionTimeout makes the server end a tracking session that
+// sits inside a transaction without sending anything. A healthy holder never
+// does: Commit sends its statements back to back. A holder that was paused
+// (SIGSTOP, a VM freeze) or cut off in the middle of Commit still holds the
+// fence row lock, and without this the next holder's Claim would wait on it
+// for as long as the pause lasts; ending the session rolls the stale batch
+// back and frees the row. The value is the default lease TTL: far longer
+// than any gap between a healthy holder's statements.
+const idleInTransactionTimeout = "0"
+
 // OpenTracking connects to the tracking database and brings its schema up to
 // date. Several agents may open the same database at once; the migrations
 // serialize on an advisory lock. Errors are one line naming the database.
@@ -41,7 +51,9 @@ func OpenTracking(ctx context.Context, dsn string, logger hclog.Logger) (*Tracki
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	pool, name, err := openPool(ctx, "tracking", dsn)
+	pool, name, err := openPool(ctx, "tracking", dsn, map[string]string{
+		"idle_in_transaction_session_timeout": idleInTransactionTimeout,
+	})
 	if err != nil {
 		return nil, err
 	}

@@ -524,8 +524,11 @@ func BulkLoad(ctx context.Context, pool *pgxpool.Pool, n int, seed int64) error 
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
 
 	// SHARE ROW EXCLUSIVE blocks inserts (which take their ID from the
-	// sequence only after locking the table) and other bulk loads.
-	if _, err := tx.Exec(ctx, `LOCK TABLE geo_event_log, geo_events, geo_cache_invalidation_events
+	// sequence only after locking the table) and other bulk loads. The
+	// tables are locked in the order Run's writers lock them (the
+	// referenced row first, then geo_event_log): the other order deadlocks
+	// with a writer that has inserted its geo_events row.
+	if _, err := tx.Exec(ctx, `LOCK TABLE geo_events, geo_cache_invalidation_events, geo_event_log
 		IN SHARE ROW EXCLUSIVE MODE`); err != nil {
 		return fmt.Errorf("bulk load: lock source tables: %w", err)
 	}
