@@ -1,7 +1,9 @@
 package testsupport
 
 // Helpers that run real geocursor agents as child processes on loopback
-// ports, for system tests that check the cluster from the outside.
+// ports, for system tests that check the cluster from the outside. The
+// processes are managed by internal/devcluster; these helpers turn its
+// errors into test failures and tie every process to the test's lifetime.
 
 import (
 	"bytes"
@@ -9,20 +11,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/geocursor/geocursor/cluster"
 	"github.com/geocursor/geocursor/fsm"
+	"github.com/geocursor/geocursor/internal/devcluster"
 )
 
 var (
@@ -52,14 +50,7 @@ func BuildBinary(tb testing.TB) string {
 			buildErr = fmt.Errorf("chmod build dir: %w", err)
 			return
 		}
-		out := filepath.Join(dir, "geocursor")
-		cmd := exec.Command("go", "build", "-o", out, "./cmd/geocursor")
-		cmd.Dir = root
-		if b, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/geocursor: %v\n%s", err, b)
-			return
-		}
-		buildPath = out
+		buildPath, buildErr = devcluster.Build(context.Background(), root, dir)
 	})
 	if buildErr != nil {
 		tb.Fatalf("build geocursor: %v", buildErr)
@@ -70,20 +61,7 @@ func BuildBinary(tb testing.TB) string {
 // ModuleRoot walks up from the working directory to the directory that
 // holds go.mod.
 func ModuleRoot() (string, error) {
-	dir, err := os.Getwd()
-	if err != nil {
-		return "", fmt.Errorf("find module root: %w", err)
-	}
-	for {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return "", errors.New("find module root: no go.mod above the working directory")
-		}
-		dir = parent
-	}
+	return devcluster.ModuleRoot()
 }
 
 // TempDir makes a directory under os.TempDir that is removed when the test
@@ -103,33 +81,15 @@ func TempDir(tb testing.TB, pattern string) string {
 	return dir
 }
 
-var (
-	portsMu sync.Mutex
-	// portsGiven keeps this process from handing out one port twice, e.g.
-	// when a port is freed and the kernel offers it again at once.
-	portsGiven = map[int]bool{}
-)
-
 // FreeAddr returns a loopback address whose port was free a moment ago:
 // the kernel picks it for a listener on 127.0.0.1:0 that is closed at once.
 func FreeAddr(tb testing.TB) string {
 	tb.Helper()
-	portsMu.Lock()
-	defer portsMu.Unlock()
-	for range 100 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			tb.Fatalf("find a free port: %v", err)
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		if !portsGiven[port] {
-			portsGiven[port] = true
-			return fmt.Sprintf("127.0.0.1:%d", port)
-		}
+	addr, err := devcluster.FreeAddr()
+	if err != nil {
+		tb.Fatalf("%v", err)
 	}
-	tb.Fatalf("find a free port: the kernel keeps offering ports already handed out")
-	return ""
+	return addr
 }
 
 // AgentSpec says how to start one agent.
@@ -155,13 +115,7 @@ type Agent struct {
 	// Cmd is the current process (a new one after Restart).
 	Cmd *exec.Cmd
 
-	spec   AgentSpec
-	binary string
-	client *http.Client
-
-	mu      sync.Mutex
-	done    chan struct{} // closed when the current process has exited
-	waitErr error         // set before done is closed
+	proc *devcluster.Agent
 }
 
 // StartAgent writes a config file for spec in a new directory under dir
@@ -173,144 +127,66 @@ func StartAgent(tb testing.TB, dir string, spec AgentSpec) *Agent {
 	if spec.NodeID == "" {
 		tb.Fatalf("StartAgent: AgentSpec.NodeID is required")
 	}
-	agentDir := filepath.Join(dir, spec.NodeID)
-	for i := 2; ; i++ {
-		if _, err := os.Stat(agentDir); errors.Is(err, os.ErrNotExist) {
-			break
-		}
-		agentDir = filepath.Join(dir, fmt.Sprintf("%s-%d", spec.NodeID, i))
+	proc, err := devcluster.NewAgent(BuildBinary(tb), dir, devcluster.AgentSpec{
+		NodeID: spec.NodeID, Join: spec.Join, ExtraHCL: spec.ExtraHCL, Env: spec.Env, Args: spec.Args,
+	})
+	if err != nil {
+		tb.Fatalf("%v", err)
 	}
-	if err := os.MkdirAll(agentDir, 0o755); err != nil {
-		tb.Fatalf("create agent dir: %v", err)
-	}
+	a := adopt(tb, proc)
+	a.started(tb, proc.Start())
+	return a
+}
+
+// adopt wraps an agent that has not started yet and arranges for it to be
+// killed when the test ends, with the tail of its log on failure.
+func adopt(tb testing.TB, proc *devcluster.Agent) *Agent {
+	tb.Helper()
 	a := &Agent{
-		ID:         spec.NodeID,
-		HTTPAddr:   FreeAddr(tb),
-		RaftAddr:   FreeAddr(tb),
-		DataDir:    filepath.Join(agentDir, "data"),
-		ConfigPath: filepath.Join(agentDir, "agent.hcl"),
-		LogPath:    filepath.Join(agentDir, "agent.log"),
-		spec:       spec,
-		binary:     BuildBinary(tb),
-		client:     &http.Client{Timeout: 5 * time.Second},
-	}
-	conf := fmt.Sprintf("node_id   = %q\ndata_dir  = %q\nhttp_addr = %q\nraft_addr = %q\n\n%s\n",
-		a.ID, a.DataDir, a.HTTPAddr, a.RaftAddr, spec.ExtraHCL)
-	if err := os.WriteFile(a.ConfigPath, []byte(conf), 0o644); err != nil {
-		tb.Fatalf("write agent config: %v", err)
+		ID: proc.ID, HTTPAddr: proc.HTTPAddr, RaftAddr: proc.RaftAddr,
+		DataDir: proc.DataDir, ConfigPath: proc.ConfigPath, LogPath: proc.LogPath,
+		proc: proc,
 	}
 	tb.Cleanup(func() {
-		a.kill()
+		proc.Kill()
 		if tb.Failed() {
 			tb.Logf("--- %s: last lines of %s ---\n%s", a.ID, a.LogPath, a.LogTail(40))
 		}
 	})
-	var join []string
-	if len(spec.Join) > 0 {
-		join = []string{"-join", strings.Join(spec.Join, ",")}
-	}
-	a.start(tb, join)
 	return a
 }
 
-func (a *Agent) start(tb testing.TB, extra []string) {
+// started records the process that a start began, or fails the test.
+func (a *Agent) started(tb testing.TB, err error) {
 	tb.Helper()
-	args := append([]string{"agent", "-config", a.ConfigPath}, a.spec.Args...)
-	args = append(args, extra...)
-	logf, err := os.OpenFile(a.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		tb.Fatalf("open agent log: %v", err)
+		tb.Fatalf("%v", err)
 	}
-	defer logf.Close() // the child has its own descriptor
-	fmt.Fprintf(logf, "=== %s: geocursor %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(args, " "))
-
-	cmd := exec.Command(a.binary, args...)
-	cmd.Env = append(environWithoutGeocursor(), a.spec.Env...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		tb.Fatalf("start agent %s: %v", a.ID, err)
-	}
-	done := make(chan struct{})
-	a.mu.Lock()
-	a.Cmd, a.done, a.waitErr = cmd, done, nil
-	a.mu.Unlock()
-	go func() {
-		err := cmd.Wait()
-		a.mu.Lock()
-		a.waitErr = err
-		a.mu.Unlock()
-		close(done)
-	}()
-}
-
-func environWithoutGeocursor() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "GEOCURSOR_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
-func (a *Agent) current() (*exec.Cmd, chan struct{}) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.Cmd, a.done
+	a.Cmd = a.proc.Cmd()
 }
 
 // Running reports whether the current process has not exited.
 func (a *Agent) Running() bool {
-	_, done := a.current()
-	select {
-	case <-done:
-		return false
-	default:
-		return true
-	}
-}
-
-func (a *Agent) kill() {
-	cmd, done := a.current()
-	if cmd == nil {
-		return
-	}
-	select {
-	case <-done:
-		return
-	default:
-	}
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	<-done
+	return a.proc.Running()
 }
 
 // Kill sends SIGKILL and waits for the process to end.
 func (a *Agent) Kill(tb testing.TB) {
 	tb.Helper()
-	a.kill()
+	a.proc.Kill()
 }
 
 // Stop sends SIGTERM and waits up to 10s for a clean exit (status 0);
 // otherwise it kills the process and fails the test.
 func (a *Agent) Stop(tb testing.TB) {
 	tb.Helper()
-	cmd, done := a.current()
-	select {
-	case <-done:
-		tb.Fatalf("stop %s: it is not running (%s)", a.ID, a.exitState())
-	default:
-	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		tb.Fatalf("stop %s: %v", a.ID, err)
-	}
-	select {
-	case <-done:
-		if err := a.exitErr(); err != nil {
-			tb.Errorf("agent %s exited with %v after SIGTERM, want status 0\n%s", a.ID, err, a.LogTail(20))
-		}
-	case <-time.After(10 * time.Second):
-		a.kill()
-		tb.Fatalf("agent %s did not exit within 10s of SIGTERM\n%s", a.ID, a.LogTail(20))
+	err := a.proc.Stop(10 * time.Second)
+	var exit *devcluster.ExitError
+	switch {
+	case errors.As(err, &exit):
+		tb.Errorf("%v", err)
+	case err != nil:
+		tb.Fatalf("%v", err)
 	}
 }
 
@@ -318,48 +194,19 @@ func (a *Agent) Stop(tb testing.TB) {
 // -join is passed only if the spec's Args say so.
 func (a *Agent) Restart(tb testing.TB) {
 	tb.Helper()
-	if a.Running() {
-		tb.Fatalf("restart %s: it is still running", a.ID)
-	}
-	a.start(tb, nil)
+	a.started(tb, a.proc.Restart())
 }
 
 // RestartWith starts the agent again like Restart, with extra flags added
 // for this start only (e.g. -join, to check that it is ignored).
 func (a *Agent) RestartWith(tb testing.TB, extra ...string) {
 	tb.Helper()
-	if a.Running() {
-		tb.Fatalf("restart %s: it is still running", a.ID)
-	}
-	a.start(tb, extra)
+	a.started(tb, a.proc.RestartWith(extra...))
 }
 
 // Signal sends sig (SIGSTOP, SIGCONT, ...) to the current process.
 func (a *Agent) Signal(sig os.Signal) error {
-	cmd, _ := a.current()
-	if err := cmd.Process.Signal(sig); err != nil {
-		return fmt.Errorf("signal %s to %s: %w", sig, a.ID, err)
-	}
-	return nil
-}
-
-// exitState describes how the last process ended, for failure messages.
-// A clean exit nobody asked for usually means a signal from outside the
-// test (the log then says "shutting down" with the signal).
-func (a *Agent) exitState() string {
-	cmd, done := a.current()
-	select {
-	case <-done:
-		return cmd.ProcessState.String()
-	default:
-		return "still running"
-	}
-}
-
-func (a *Agent) exitErr() error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.waitErr
+	return a.proc.Signal(sig)
 }
 
 // WaitExit waits up to timeout for the process to exit by itself and
@@ -367,65 +214,33 @@ func (a *Agent) exitErr() error {
 // running then.
 func (a *Agent) WaitExit(tb testing.TB, timeout time.Duration) int {
 	tb.Helper()
-	cmd, done := a.current()
-	select {
-	case <-done:
-	case <-time.After(timeout):
-		a.kill()
-		tb.Fatalf("agent %s still running after %s\n%s", a.ID, timeout, a.LogTail(20))
+	code, err := a.proc.WaitExit(timeout)
+	if err != nil {
+		tb.Fatalf("%v", err)
 	}
-	return cmd.ProcessState.ExitCode()
+	return code
 }
 
 // Status fetches GET /v1/status: the decoded document and its raw body.
 func (a *Agent) Status(ctx context.Context) (cluster.Status, []byte, error) {
-	var st cluster.Status
-	body, code, err := a.do(ctx, http.MethodGet, "/v1/status", nil)
-	if err != nil {
-		return st, body, err
-	}
-	if code != http.StatusOK {
-		return st, body, fmt.Errorf("GET /v1/status on %s: HTTP %d: %s", a.ID, code, bytes.TrimSpace(body))
-	}
-	if err := json.Unmarshal(body, &st); err != nil {
-		return st, body, fmt.Errorf("decode status of %s: %w", a.ID, err)
-	}
-	return st, body, nil
+	return a.proc.Status(ctx)
 }
 
 // WaitReady polls /v1/health/ready until it answers 200.
 func (a *Agent) WaitReady(tb testing.TB, timeout time.Duration) {
 	tb.Helper()
-	WaitFor(tb, timeout, a.ID+" ready", func() (bool, string) {
-		if !a.Running() {
-			tb.Fatalf("agent %s exited while waiting for it to be ready (%s)\n%s", a.ID, a.exitState(), a.LogTail(20))
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		body, code, err := a.do(ctx, http.MethodGet, "/v1/health/ready", nil)
-		if err != nil {
-			return false, err.Error()
-		}
-		return code == http.StatusOK, fmt.Sprintf("HTTP %d: %s", code, bytes.TrimSpace(body))
-	})
+	if err := a.proc.WaitReady(context.Background(), timeout); err != nil {
+		tb.Fatalf("%v", err)
+	}
 }
 
 // WaitUp polls /v1/health until it answers 200: the process has opened its
 // stores and its Raft and HTTP ports.
 func (a *Agent) WaitUp(tb testing.TB, timeout time.Duration) {
 	tb.Helper()
-	WaitFor(tb, timeout, a.ID+" answering /v1/health", func() (bool, string) {
-		if !a.Running() {
-			tb.Fatalf("agent %s exited while waiting for it to start (%s)\n%s", a.ID, a.exitState(), a.LogTail(20))
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		body, code, err := a.do(ctx, http.MethodGet, "/v1/health", nil)
-		if err != nil {
-			return false, err.Error()
-		}
-		return code == http.StatusOK, fmt.Sprintf("HTTP %d: %s", code, bytes.TrimSpace(body))
-	})
+	if err := a.proc.WaitUp(context.Background(), timeout); err != nil {
+		tb.Fatalf("%v", err)
+	}
 }
 
 // LeaseAnswer is the answer of POST /v1/lease/{op}.
@@ -454,7 +269,7 @@ func (a *Agent) Lease(ctx context.Context, op, node string, token uint64, ttl ti
 		req["ttl"] = ttl.String()
 	}
 	var ans LeaseAnswer
-	body, code, err := a.do(ctx, http.MethodPost, "/v1/lease/"+op, req)
+	body, code, err := a.proc.Post(ctx, "/v1/lease/"+op, req)
 	if err != nil {
 		return ans, err
 	}
@@ -471,54 +286,17 @@ func (a *Agent) Lease(ctx context.Context, op, node string, token uint64, ttl ti
 
 // Post sends a JSON body to path and returns the answer's body and status.
 func (a *Agent) Post(ctx context.Context, path string, in any) ([]byte, int, error) {
-	return a.do(ctx, http.MethodPost, path, in)
-}
-
-func (a *Agent) do(ctx context.Context, method, path string, in any) ([]byte, int, error) {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return nil, 0, fmt.Errorf("encode request: %w", err)
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+a.HTTPAddr+path, body)
-	if err != nil {
-		return nil, 0, err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := a.client.Do(req)
-	if err != nil {
-		return nil, 0, fmt.Errorf("%s %s on %s: %w", method, path, a.ID, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
-	if err != nil {
-		return nil, resp.StatusCode, fmt.Errorf("read answer of %s %s on %s: %w", method, path, a.ID, err)
-	}
-	return b, resp.StatusCode, nil
+	return a.proc.Post(ctx, path, in)
 }
 
 // LogTail returns the last n lines of the agent's log.
 func (a *Agent) LogTail(n int) string {
-	b, err := os.ReadFile(a.LogPath)
-	if err != nil {
-		return fmt.Sprintf("(cannot read %s: %v)", a.LogPath, err)
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return a.proc.LogTail(n)
 }
 
 // Log returns the agent's whole log.
 func (a *Agent) Log() string {
-	b, _ := os.ReadFile(a.LogPath)
-	return string(b)
+	return a.proc.Log()
 }
 
 // Cluster is a group of agents started by StartCluster.
@@ -533,16 +311,38 @@ type Cluster struct {
 func StartCluster(tb testing.TB, n int, extraHCL string, env []string) *Cluster {
 	tb.Helper()
 	c := &Cluster{Dir: TempDir(tb, "geocursor-cluster-")}
-	first := StartAgent(tb, c.Dir, AgentSpec{NodeID: "node1", ExtraHCL: extraHCL, Env: env})
-	c.Agents = append(c.Agents, first)
-	first.WaitReady(tb, 20*time.Second)
-	for i := 2; i <= n; i++ {
-		c.Agents = append(c.Agents, StartAgent(tb, c.Dir, AgentSpec{
-			NodeID: fmt.Sprintf("node%d", i), Join: []string{first.HTTPAddr}, ExtraHCL: extraHCL, Env: env,
-		}))
+	procs := &devcluster.Cluster{
+		Binary:  BuildBinary(tb),
+		Dir:     c.Dir,
+		OnAgent: func(p *devcluster.Agent) { c.Agents = append(c.Agents, adopt(tb, p)) },
 	}
-	c.WaitFormed(tb, 30*time.Second)
+	err := procs.Start(context.Background(), n, extraHCL, env)
+	for _, a := range c.Agents {
+		a.Cmd = a.proc.Cmd()
+	}
+	if err != nil {
+		tb.Fatalf("%v", err)
+	}
 	return c
+}
+
+// procs is the devcluster view of the agents the test holds now.
+func (c *Cluster) procs() *devcluster.Cluster {
+	pc := &devcluster.Cluster{Dir: c.Dir}
+	for _, a := range c.Agents {
+		pc.Agents = append(pc.Agents, a.proc)
+	}
+	return pc
+}
+
+// wrapper returns the agent of c that runs proc.
+func (c *Cluster) wrapper(proc *devcluster.Agent) *Agent {
+	for _, a := range c.Agents {
+		if a.proc == proc {
+			return a
+		}
+	}
+	return nil
 }
 
 // Live returns the agents whose processes are running.
@@ -572,94 +372,20 @@ func (c *Cluster) Agent(tb testing.TB, id string) *Agent {
 // as reachable members and one leader that all agree on.
 func (c *Cluster) WaitFormed(tb testing.TB, timeout time.Duration) {
 	tb.Helper()
-	WaitFor(tb, timeout, fmt.Sprintf("all %d agents agree on a leader and see every member reachable", len(c.Agents)), func() (bool, string) {
-		leader := ""
-		for _, a := range c.Agents {
-			if !a.Running() {
-				tb.Fatalf("agent %s exited unexpectedly (%s)\n%s", a.ID, a.exitState(), a.LogTail(20))
-			}
-			st, err := quickStatus(a)
-			if err != nil {
-				return false, err.Error()
-			}
-			if detail := membersDetail(st, c.Agents); detail != "" {
-				return false, detail
-			}
-			if st.Leader == nil {
-				return false, a.ID + " knows no leader"
-			}
-			if leader != "" && st.Leader.ID != leader {
-				return false, fmt.Sprintf("%s sees leader %s, others %s", a.ID, st.Leader.ID, leader)
-			}
-			leader = st.Leader.ID
-		}
-		return true, ""
-	})
-}
-
-// membersDetail says what is wrong when st does not list exactly the
-// agents as reachable members, or "" when it does.
-func membersDetail(st cluster.Status, agents []*Agent) string {
-	if len(st.Members) != len(agents) {
-		return fmt.Sprintf("%s sees %d members, want %d: %+v", st.NodeID, len(st.Members), len(agents), st.Members)
+	if err := c.procs().WaitFormed(context.Background(), timeout); err != nil {
+		tb.Fatalf("%v", err)
 	}
-	for _, want := range agents {
-		found := false
-		for _, m := range st.Members {
-			if m.ID == want.ID {
-				found = true
-				if m.RaftAddr != want.RaftAddr || m.HTTPAddr != want.HTTPAddr || !m.Reachable || !m.Voter {
-					return fmt.Sprintf("%s sees member %+v, want voter at raft %s, http %s, reachable", st.NodeID, m, want.RaftAddr, want.HTTPAddr)
-				}
-			}
-		}
-		if !found {
-			return fmt.Sprintf("%s does not list %s among its members", st.NodeID, want.ID)
-		}
-	}
-	return ""
-}
-
-func quickStatus(a *Agent) (cluster.Status, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	st, _, err := a.Status(ctx)
-	return st, err
 }
 
 // Leader polls the status of every live agent until all agree on one
 // leader that is itself live, and returns it.
 func (c *Cluster) Leader(tb testing.TB) *Agent {
 	tb.Helper()
-	var leader *Agent
-	WaitFor(tb, 20*time.Second, "live agents agree on a live leader", func() (bool, string) {
-		live := c.Live()
-		if len(live) == 0 {
-			tb.Fatalf("no agent is running")
-		}
-		id := ""
-		for _, a := range live {
-			st, err := quickStatus(a)
-			if err != nil {
-				return false, err.Error()
-			}
-			if st.Leader == nil {
-				return false, a.ID + " knows no leader"
-			}
-			if id != "" && st.Leader.ID != id {
-				return false, fmt.Sprintf("%s sees leader %s, others %s", a.ID, st.Leader.ID, id)
-			}
-			id = st.Leader.ID
-		}
-		for _, a := range live {
-			if a.ID == id {
-				leader = a
-				return true, ""
-			}
-		}
-		return false, fmt.Sprintf("the agreed leader %s is not running", id)
-	})
-	return leader
+	proc, err := c.procs().Leader(context.Background(), 20*time.Second)
+	if err != nil {
+		tb.Fatalf("%v", err)
+	}
+	return c.wrapper(proc)
 }
 
 // Followers returns the live agents other than leader.
@@ -677,15 +403,11 @@ func (c *Cluster) Followers(leader *Agent) []*Agent {
 // with what and cond's last detail if that takes longer than timeout.
 func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
 	tb.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
+	err := devcluster.WaitFor(context.Background(), timeout, what, func() (bool, string, error) {
 		ok, detail := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			tb.Fatalf("timed out after %s waiting for %s: %s", timeout, what, detail)
-		}
-		time.Sleep(20 * time.Millisecond)
+		return ok, detail, nil
+	})
+	if err != nil {
+		tb.Fatalf("%v", err)
 	}
 }

@@ -1,0 +1,454 @@
+package devcluster
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/geocursor/geocursor/cluster"
+)
+
+// AgentSpec says how to start one agent.
+type AgentSpec struct {
+	NodeID string
+	// HTTPAddr and RaftAddr are the agent's addresses; empty means a free
+	// loopback port (FreeAddr).
+	HTTPAddr, RaftAddr string
+	// Join are HTTP addresses passed as -join on the first start only.
+	Join []string
+	// ExtraHCL is appended to the generated config file (which sets only
+	// node_id, data_dir, http_addr and raft_addr), e.g. join_timeout or
+	// lease, source, tracking and raft blocks.
+	ExtraHCL string
+	// Env is added to the environment, which has no GEOCURSOR_* variables
+	// of this process.
+	Env []string
+	// Args are extra agent flags, passed on every start (put -join here to
+	// pass it on restarts too).
+	Args []string
+	// Supervised puts the agent in its own process group, so that a Ctrl-C
+	// at the terminal reaches only this process, which then stops the
+	// agents in its own order; and has the kernel kill the agent if this
+	// process dies without stopping it, so that no agent outlives it.
+	Supervised bool
+}
+
+// Agent is one agent process and everything needed to start it again.
+// Its methods are safe for concurrent use.
+type Agent struct {
+	ID, HTTPAddr, RaftAddr, DataDir, ConfigPath, LogPath string
+
+	spec   AgentSpec
+	binary string
+	client *http.Client
+
+	mu      sync.Mutex
+	cmd     *exec.Cmd     // the current process; nil before the first start
+	done    chan struct{} // closed when the current process has exited
+	waitErr error         // set before done is closed
+}
+
+// NewAgent prepares an agent of binary in a new directory under dir, named
+// after the node ID (with a suffix if taken): it picks its addresses and
+// writes its config file there. Start starts it; its stdout and stderr are
+// appended to LogPath.
+func NewAgent(binary, dir string, spec AgentSpec) (*Agent, error) {
+	if spec.NodeID == "" {
+		return nil, errors.New("new agent: AgentSpec.NodeID is required")
+	}
+	agentDir := filepath.Join(dir, spec.NodeID)
+	for i := 2; ; i++ {
+		if _, err := os.Stat(agentDir); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		agentDir = filepath.Join(dir, fmt.Sprintf("%s-%d", spec.NodeID, i))
+	}
+	if err := os.MkdirAll(agentDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create agent dir: %v", err)
+	}
+	a := &Agent{
+		ID:         spec.NodeID,
+		HTTPAddr:   spec.HTTPAddr,
+		RaftAddr:   spec.RaftAddr,
+		DataDir:    filepath.Join(agentDir, "data"),
+		ConfigPath: filepath.Join(agentDir, "agent.hcl"),
+		LogPath:    filepath.Join(agentDir, "agent.log"),
+		spec:       spec,
+		binary:     binary,
+		client:     &http.Client{Timeout: 5 * time.Second},
+	}
+	for _, addr := range []*string{&a.HTTPAddr, &a.RaftAddr} {
+		if *addr != "" {
+			continue
+		}
+		free, err := FreeAddr()
+		if err != nil {
+			return nil, err
+		}
+		*addr = free
+	}
+	conf := fmt.Sprintf("node_id   = %q\ndata_dir  = %q\nhttp_addr = %q\nraft_addr = %q\n\n%s\n",
+		a.ID, a.DataDir, a.HTTPAddr, a.RaftAddr, spec.ExtraHCL)
+	if err := os.WriteFile(a.ConfigPath, []byte(conf), 0o644); err != nil {
+		return nil, fmt.Errorf("write agent config: %v", err)
+	}
+	return a, nil
+}
+
+// Start starts the agent for the first time: with -join if the spec has
+// Join addresses.
+func (a *Agent) Start() error {
+	var join []string
+	if len(a.spec.Join) > 0 {
+		join = []string{"-join", strings.Join(a.spec.Join, ",")}
+	}
+	return a.start(join)
+}
+
+// Restart starts the agent again with the same ports, data dir and config.
+// -join is passed only if the spec's Args say so.
+func (a *Agent) Restart() error {
+	return a.RestartWith()
+}
+
+// RestartWith starts the agent again like Restart, with extra flags added
+// for this start only (e.g. -join, to check that it is ignored).
+func (a *Agent) RestartWith(extra ...string) error {
+	if a.Running() {
+		return fmt.Errorf("restart %s: it is still running", a.ID)
+	}
+	return a.start(extra)
+}
+
+func (a *Agent) start(extra []string) error {
+	args := append([]string{"agent", "-config", a.ConfigPath}, a.spec.Args...)
+	args = append(args, extra...)
+	logf, err := os.OpenFile(a.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("open agent log: %v", err)
+	}
+	defer logf.Close() // the child has its own descriptor
+	fmt.Fprintf(logf, "=== %s: geocursor %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(args, " "))
+
+	cmd := exec.Command(a.binary, args...)
+	cmd.Env = append(environWithoutGeocursor(), a.spec.Env...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if a.spec.Supervised {
+		cmd.SysProcAttr = supervisedAttr()
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start agent %s: %v", a.ID, err)
+	}
+	done := make(chan struct{})
+	a.mu.Lock()
+	a.cmd, a.done, a.waitErr = cmd, done, nil
+	a.mu.Unlock()
+	go func() {
+		err := cmd.Wait()
+		a.mu.Lock()
+		a.waitErr = err
+		a.mu.Unlock()
+		close(done)
+	}()
+	return nil
+}
+
+func environWithoutGeocursor() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GEOCURSOR_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+func (a *Agent) current() (*exec.Cmd, chan struct{}) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cmd, a.done
+}
+
+// Cmd returns the current process (a new one after each restart), nil
+// before the first start.
+func (a *Agent) Cmd() *exec.Cmd {
+	cmd, _ := a.current()
+	return cmd
+}
+
+// Pid returns the process ID of the current process, 0 before the first
+// start.
+func (a *Agent) Pid() int {
+	cmd, _ := a.current()
+	if cmd == nil || cmd.Process == nil {
+		return 0
+	}
+	return cmd.Process.Pid
+}
+
+// Running reports whether the current process has not exited.
+func (a *Agent) Running() bool {
+	_, done := a.current()
+	if done == nil {
+		return false
+	}
+	select {
+	case <-done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Kill sends SIGKILL and waits for the process to end. Killing an agent
+// that is not running does nothing.
+func (a *Agent) Kill() {
+	cmd, done := a.current()
+	if cmd == nil {
+		return
+	}
+	select {
+	case <-done:
+		return
+	default:
+	}
+	_ = cmd.Process.Signal(syscall.SIGKILL)
+	<-done
+}
+
+// ExitError is returned by Stop when the agent exited after SIGTERM, but
+// not with status 0.
+type ExitError struct {
+	ID  string
+	Err error
+	// LogTail is the end of the agent's log.
+	LogTail string
+}
+
+func (e *ExitError) Error() string {
+	return fmt.Sprintf("agent %s exited with %v after SIGTERM, want status 0\n%s", e.ID, e.Err, e.LogTail)
+}
+
+func (e *ExitError) Unwrap() error { return e.Err }
+
+// Stop sends SIGTERM and waits up to timeout for a clean exit. It returns
+// an *ExitError if the agent exited with another status than 0; if it is
+// still running after timeout, Stop kills it and says so.
+func (a *Agent) Stop(timeout time.Duration) error {
+	cmd, done := a.current()
+	if cmd == nil {
+		return fmt.Errorf("stop %s: it was never started", a.ID)
+	}
+	select {
+	case <-done:
+		return fmt.Errorf("stop %s: it is not running (%s)", a.ID, a.ExitState())
+	default:
+	}
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		return fmt.Errorf("stop %s: %v", a.ID, err)
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+		if err := a.exitErr(); err != nil {
+			return &ExitError{ID: a.ID, Err: err, LogTail: a.LogTail(20)}
+		}
+		return nil
+	case <-t.C:
+		a.Kill()
+		return fmt.Errorf("agent %s did not exit within %s of SIGTERM\n%s", a.ID, timeout, a.LogTail(20))
+	}
+}
+
+// Signal sends sig (SIGSTOP, SIGCONT, ...) to the current process.
+func (a *Agent) Signal(sig os.Signal) error {
+	cmd, _ := a.current()
+	if cmd == nil {
+		return fmt.Errorf("signal %s to %s: it was never started", sig, a.ID)
+	}
+	if err := cmd.Process.Signal(sig); err != nil {
+		return fmt.Errorf("signal %s to %s: %w", sig, a.ID, err)
+	}
+	return nil
+}
+
+// ExitState describes how the last process ended, for failure messages.
+// A clean exit nobody asked for usually means a signal from outside (the
+// log then says "shutting down" with the signal).
+func (a *Agent) ExitState() string {
+	cmd, done := a.current()
+	if cmd == nil {
+		return "never started"
+	}
+	select {
+	case <-done:
+		return cmd.ProcessState.String()
+	default:
+		return "still running"
+	}
+}
+
+func (a *Agent) exitErr() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.waitErr
+}
+
+// WaitExit waits up to timeout for the process to exit by itself and
+// returns its exit status. If it is still running then, WaitExit kills it
+// and returns an error.
+func (a *Agent) WaitExit(timeout time.Duration) (int, error) {
+	cmd, done := a.current()
+	if cmd == nil {
+		return -1, fmt.Errorf("wait for %s to exit: it was never started", a.ID)
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		a.Kill()
+		return -1, fmt.Errorf("agent %s still running after %s\n%s", a.ID, timeout, a.LogTail(20))
+	}
+	return cmd.ProcessState.ExitCode(), nil
+}
+
+// Status fetches GET /v1/status: the decoded document and its raw body.
+func (a *Agent) Status(ctx context.Context) (cluster.Status, []byte, error) {
+	var st cluster.Status
+	body, code, err := a.do(ctx, http.MethodGet, "/v1/status", nil)
+	if err != nil {
+		return st, body, err
+	}
+	if code != http.StatusOK {
+		return st, body, fmt.Errorf("GET /v1/status on %s: HTTP %d: %s", a.ID, code, bytes.TrimSpace(body))
+	}
+	if err := json.Unmarshal(body, &st); err != nil {
+		return st, body, fmt.Errorf("decode status of %s: %w", a.ID, err)
+	}
+	return st, body, nil
+}
+
+// WaitReady polls /v1/health/ready until it answers 200, for at most
+// timeout. It fails at once if the process exits.
+func (a *Agent) WaitReady(ctx context.Context, timeout time.Duration) error {
+	return a.waitHealth(ctx, timeout, "/v1/health/ready", a.ID+" ready", "be ready")
+}
+
+// WaitUp polls /v1/health until it answers 200: the process has opened its
+// stores and its Raft and HTTP ports. It fails at once if the process
+// exits.
+func (a *Agent) WaitUp(ctx context.Context, timeout time.Duration) error {
+	return a.waitHealth(ctx, timeout, "/v1/health", a.ID+" answering /v1/health", "start")
+}
+
+func (a *Agent) waitHealth(ctx context.Context, timeout time.Duration, path, what, goal string) error {
+	return WaitFor(ctx, timeout, what, func() (bool, string, error) {
+		if !a.Running() {
+			return false, "", fmt.Errorf("agent %s exited while waiting for it to %s (%s)\n%s", a.ID, goal, a.ExitState(), a.LogTail(20))
+		}
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		body, code, err := a.do(rctx, http.MethodGet, path, nil)
+		if err != nil {
+			return false, err.Error(), nil
+		}
+		return code == http.StatusOK, fmt.Sprintf("HTTP %d: %s", code, bytes.TrimSpace(body)), nil
+	})
+}
+
+// Post sends a JSON body to path and returns the answer's body and status.
+func (a *Agent) Post(ctx context.Context, path string, in any) ([]byte, int, error) {
+	return a.do(ctx, http.MethodPost, path, in)
+}
+
+func (a *Agent) do(ctx context.Context, method, path string, in any) ([]byte, int, error) {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, 0, fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+a.HTTPAddr+path, body)
+	if err != nil {
+		return nil, 0, err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := a.client.Do(req)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%s %s on %s: %w", method, path, a.ID, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil {
+		return nil, resp.StatusCode, fmt.Errorf("read answer of %s %s on %s: %w", method, path, a.ID, err)
+	}
+	return b, resp.StatusCode, nil
+}
+
+// LogTail returns the last n lines of the agent's log.
+func (a *Agent) LogTail(n int) string {
+	b, err := os.ReadFile(a.LogPath)
+	if err != nil {
+		return fmt.Sprintf("(cannot read %s: %v)", a.LogPath, err)
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Log returns the agent's whole log.
+func (a *Agent) Log() string {
+	b, _ := os.ReadFile(a.LogPath)
+	return string(b)
+}
+
+// PeakRSS returns the current process's peak resident set size in bytes
+// (VmHWM in /proc/PID/status). It fails when the process is not running.
+func (a *Agent) PeakRSS() (int64, error) {
+	if !a.Running() {
+		return 0, fmt.Errorf("peak RSS of %s: it is not running", a.ID)
+	}
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", a.Pid()))
+	if err != nil {
+		return 0, fmt.Errorf("peak RSS of %s: %w", a.ID, err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// "VmHWM:	   12345 kB"
+		rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:")
+		if !ok {
+			continue
+		}
+		kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("peak RSS of %s: parse %q: %w", a.ID, sc.Text(), err)
+		}
+		return kb * 1024, nil
+	}
+	if err := sc.Err(); err != nil {
+		return 0, fmt.Errorf("peak RSS of %s: %w", a.ID, err)
+	}
+	return 0, fmt.Errorf("peak RSS of %s: no VmHWM line in /proc/%d/status", a.ID, a.Pid())
+}

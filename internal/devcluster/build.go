@@ -1,0 +1,50 @@
+// Package devcluster runs real `geocursor agent` processes on loopback
+// ports for the demo, the benchmark and (through internal/testsupport) the
+// system tests. It owns everything about those processes: building the
+// binary, choosing ports, writing config files, starting, signalling,
+// restarting and waiting for them, and asking them for their status.
+//
+// It must not depend on package testing: functions return errors, and
+// testsupport turns them into test failures. It holds no product logic; it
+// only drives the binary from the outside, as an operator would.
+package devcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+)
+
+// Build builds ./cmd/geocursor of the module at moduleRoot into
+// outDir/geocursor and returns the binary's path.
+func Build(ctx context.Context, moduleRoot, outDir string) (string, error) {
+	out := filepath.Join(outDir, "geocursor")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/geocursor")
+	cmd.Dir = moduleRoot
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/geocursor: %v\n%s", err, b)
+	}
+	return out, nil
+}
+
+// ModuleRoot walks up from the working directory to the directory that
+// holds go.mod.
+func ModuleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", fmt.Errorf("find module root: %w", err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("find module root: no go.mod above the working directory")
+		}
+		dir = parent
+	}
+}
