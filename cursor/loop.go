@@ -70,6 +70,10 @@ type Loop struct {
 
 	mu       sync.Mutex
 	progress Progress
+
+	// lastFullGapProbe is when an idle probe last looked for every open gap
+	// (only the Run goroutine touches it).
+	lastFullGapProbe time.Time
 }
 
 // Progress is the loop's view of its databases, for the status document.
@@ -226,12 +230,37 @@ func (l *Loop) hasWork(ctx context.Context, st fsm.State, now time.Time) (bool, 
 	}
 	qctx, cancel := l.dbContext(ctx)
 	defer cancel()
-	pending, err := l.source.Pending(qctx, st.Cursor.LastEventID, st.GapIDs())
+	pending, err := l.source.Pending(qctx, st.Cursor.LastEventID, l.gapsToProbe(st.Gaps, now))
 	l.setSourceError(err)
 	if err != nil {
 		return false, fmt.Errorf("look for new events: %w", err)
 	}
 	return pending, nil
+}
+
+// Gaps younger than recentGap are probed on every poll: a transaction that
+// commits late usually does so within seconds, and its event should follow
+// within one poll. Older gaps are most likely rolled back, and probing
+// thousands of them 40 times a second on every idle peer costs the source
+// real CPU, so they are probed once per oldGapProbeInterval.
+const (
+	recentGap           = 10 * time.Second
+	oldGapProbeInterval = time.Second
+)
+
+// gapsToProbe returns the IDs of the gaps an idle probe should look for.
+func (l *Loop) gapsToProbe(gaps []fsm.Gap, now time.Time) []int64 {
+	all := now.Sub(l.lastFullGapProbe) >= oldGapProbeInterval
+	if all {
+		l.lastFullGapProbe = now
+	}
+	ids := make([]int64, 0, len(gaps))
+	for _, g := range gaps {
+		if all || now.Sub(fsm.Time(g.FirstSeen)) < recentGap {
+			ids = append(ids, g.ID)
+		}
+	}
+	return ids
 }
 
 func (l *Loop) turnDelay(st fsm.State, yield bool) time.Duration {
