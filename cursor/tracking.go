@@ -42,7 +42,7 @@ type Tracking struct {
 // for as long as the pause lasts; ending the session rolls the stale batch
 // back and frees the row. The value is the default lease TTL: far longer
 // than any gap between a healthy holder's statements.
-const idleInTransactionTimeout = "0"
+const idleInTransactionTimeout = "5s"
 
 // OpenTracking connects to the tracking database and brings its schema up to
 // date. Several agents may open the same database at once; the migrations
