@@ -164,7 +164,7 @@ func (l *Loop) Run(ctx context.Context) error {
 
 // waitAndAcquire waits until there is work and a free lease, then competes
 // for it. It returns nil, nil when the attempt should simply be repeated.
-func (l *Loop) waitAndAcquire(ctx context.Context, yield bool) (*fsm.Lease, error) {
+func (l *Loop) waitAndAcquire(ctx context.Context, yield bool) (*fsm.Result, error) {
 	me := l.coord.ID()
 	for ctx.Err() == nil {
 		st, changed := l.coord.Watch()
@@ -215,7 +215,7 @@ func (l *Loop) waitAndAcquire(ctx context.Context, yield bool) (*fsm.Lease, erro
 			return nil, fmt.Errorf("acquire lease: %w", res.Err)
 		}
 		l.logger.Info(msgLeaseObtained, "token", res.Lease.Token, "raft_ms", ms(time.Since(start)))
-		return &res.Lease, nil
+		return &res, nil
 	}
 	return nil, ctx.Err()
 }
@@ -284,8 +284,8 @@ func (l *Loop) retryDelay() time.Duration {
 // hold processes batches under the grant until there is no more work, the
 // lease is lost, or something fails. The lease is released (with the
 // advance) on the normal path and on failures; a lost lease is left alone.
-func (l *Loop) hold(ctx context.Context, grant fsm.Lease) (err error) {
-	token := grant.Token
+func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
+	token := grant.Lease.Token
 	hctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	r := newRenewer(l, token)
@@ -307,7 +307,7 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Lease) (err error) {
 		}
 	}()
 
-	pos, adopted, err := l.startPosition(hctx, token)
+	pos, adopted, err := l.startPosition(hctx, token, grant.Cursor)
 	if err != nil {
 		return err
 	}
@@ -327,7 +327,7 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Lease) (err error) {
 		}
 		l.setSourceError(ctxOr(hctx, err))
 		if err != nil {
-			return fmt.Errorf("fetch events after %d: %w", pos.LastEventID, err)
+			return err
 		}
 		fetched := time.Now()
 		next, dropped := Advance(pos, events, time.Now(), l.cfg.GapTimeout, l.cfg.MaxGaps)
@@ -438,8 +438,10 @@ func (l *Loop) fetchAsync(ctx context.Context, pos Position) <-chan fetchResult 
 // startPosition claims the tracking database for token and returns the
 // position to continue from. The fence row is the truth: a holder may have
 // committed a batch there and died before its release-and-advance reached
-// Raft, and only the fence row knows the gaps it left open.
-func (l *Loop) startPosition(ctx context.Context, token uint64) (Position, bool, error) {
+// Raft, and only the fence row knows the gaps it left open. granted is the
+// cursor as the leader had it when it granted token; the local replica may
+// not have applied the last advance yet, which is no cause for alarm.
+func (l *Loop) startPosition(ctx context.Context, token uint64, granted fsm.Cursor) (Position, bool, error) {
 	qctx, cancel := l.dbContext(ctx)
 	defer cancel()
 	fence, err := l.sink.Claim(qctx, token)
@@ -454,15 +456,15 @@ func (l *Loop) startPosition(ctx context.Context, token uint64) (Position, bool,
 	st, _ := l.coord.Watch()
 	replicated := positionOf(st)
 	switch {
-	case fence.Position.LastEventID < replicated.LastEventID:
+	case fence.Position.LastEventID < granted.LastEventID:
 		return Position{}, false, fmt.Errorf("the tracking database is at event %d but the replicated cursor is at %d: was the tracking database restored from an older backup? Restore a newer one, or reset the cursor deliberately",
-			fence.Position.LastEventID, replicated.LastEventID)
-	case !samePosition(fence.Position, replicated):
+			fence.Position.LastEventID, granted.LastEventID)
+	case fence.Position.LastEventID > granted.LastEventID:
 		l.logger.Warn("adopting the position of the tracking database: the previous holder committed a batch but did not advance the cursor",
-			"token", token, "fence_last_id", fence.Position.LastEventID, "cursor_last_id", replicated.LastEventID)
-		return fence.Position, true, nil
+			"token", token, "fence_last_id", fence.Position.LastEventID, "cursor_last_id", granted.LastEventID)
 	}
-	return replicated, false, nil
+	// Recorded in Raft with the next advance if the local replica differs.
+	return fence.Position, !samePosition(fence.Position, replicated), nil
 }
 
 func samePosition(a, b Position) bool {
