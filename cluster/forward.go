@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
+	"sync/atomic"
 	"time"
 
 	"github.com/geocursor/geocursor/fsm"
@@ -103,7 +105,8 @@ func (n *Node) tryLeader(ctx context.Context, fn func(ctx context.Context, leade
 		return fmt.Errorf("%w: leader %s has not published its HTTP address yet", ErrNoLeader, id)
 	}
 	err := fn(actx, m.HTTPAddr)
-	if err != nil && actx.Err() != nil && ctx.Err() == nil {
+	if err != nil && actx.Err() != nil && ctx.Err() == nil && !errors.Is(err, ErrUnknownOutcome) {
+		// Not even written: the leader is unreachable; ask again.
 		return fmt.Errorf("%w: leader %s at %s did not answer within %s", ErrNotLeader, id, m.HTTPAddr, attempt)
 	}
 	return err
@@ -196,9 +199,14 @@ func errorFromWire(status int, w *wireError) error {
 	switch w.Code {
 	case codeNoLeader:
 		return fmt.Errorf("%w: %s", ErrNoLeader, w.Message)
-	case codeNotLeader, codeShutdown:
-		// The node we reached is not (or no longer) the leader: find it again.
+	case codeNotLeader:
+		// The node we reached is not (or no longer) the leader and applied
+		// nothing: find the leader again.
 		return fmt.Errorf("%w: %s", ErrNotLeader, w.Message)
+	case codeShutdown:
+		// The leader was shutting down while applying: it may have been
+		// applied.
+		return fmt.Errorf("%w: %s", ErrUnknownOutcome, w.Message)
 	case codeConflict:
 		return fmt.Errorf("%w: %s", ErrJoinConflict, w.Message)
 	case codeUnknown:
@@ -211,29 +219,37 @@ func errorFromWire(status int, w *wireError) error {
 const maxBody = 1 << 20
 
 // post sends a JSON request to another node and decodes its JSON answer.
-// A transport failure is reported as ErrNotLeader so that onLeader looks
-// the leader up again.
+// A failure before the request was written (the node is down, or cannot be
+// reached) is reported as ErrNotLeader, so that onLeader looks the leader up
+// again and retries. A failure after it was written is ErrUnknownOutcome:
+// the command may have been applied, and sending it again could apply it
+// twice, so the caller decides.
 func (n *Node) post(ctx context.Context, httpAddr, path string, in, out any) error {
 	body, err := json.Marshal(in)
 	if err != nil {
 		return fmt.Errorf("encode request for %s: %w", path, err)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+httpAddr+path, bytes.NewReader(body))
+	var written atomic.Bool
+	trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { written.Store(true) }}
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), http.MethodPost, "http://"+httpAddr+path, bytes.NewReader(body))
 	if err != nil {
 		return fmt.Errorf("build request for %s: %w", httpAddr, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
+	lost := func(what string, err error) error {
+		if written.Load() {
+			return fmt.Errorf("%w: %s %s%s: %v", ErrUnknownOutcome, what, httpAddr, path, err)
+		}
+		return fmt.Errorf("%w: %s %s%s: %v", ErrNotLeader, what, httpAddr, path, err)
+	}
 	resp, err := n.httpClient.Do(req)
 	if err != nil {
-		if ctx.Err() != nil {
-			return fmt.Errorf("forward to %s%s: %w", httpAddr, path, ctx.Err())
-		}
-		return fmt.Errorf("%w: forward to %s%s: %v", ErrNotLeader, httpAddr, path, err)
+		return lost("forward to", err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
 	if err != nil {
-		return fmt.Errorf("%w: read answer from %s%s: %v", ErrNotLeader, httpAddr, path, err)
+		return lost("read answer from", err)
 	}
 	if resp.StatusCode != http.StatusOK {
 		var e struct {
@@ -243,7 +259,7 @@ func (n *Node) post(ctx context.Context, httpAddr, path string, in, out any) err
 		return errorFromWire(resp.StatusCode, e.Error)
 	}
 	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("decode answer from %s%s: %w", httpAddr, path, err)
+		return fmt.Errorf("%w: decode answer from %s%s: %v", ErrUnknownOutcome, httpAddr, path, err)
 	}
 	return nil
 }

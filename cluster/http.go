@@ -129,7 +129,8 @@ func (n *Node) handleApply(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fsm.Code(err), err)
 		return
 	}
-	if !n.IsLeader() {
+	if !n.IsLeader() || n.closing.Load() {
+		// Refused before proposing: safe for the sender to try elsewhere.
 		writeError(w, http.StatusServiceUnavailable, codeNotLeader, fmt.Errorf("%w: %s", ErrNotLeader, n.cfg.NodeID))
 		return
 	}

@@ -316,6 +316,9 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 	// at once. A prefetch is dropped whenever the position changes any
 	// other way.
 	var prefetch <-chan fetchResult
+	// seq numbers this grant's advances, so that a retried advance whose
+	// first answer was lost is not applied twice.
+	seq := uint64(1)
 	for {
 		batchStart := time.Now()
 		var events []Event
@@ -376,7 +379,7 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 		raftStart := time.Now()
 		ares, err := l.coord.Apply(hctx, fsm.Command{Op: fsm.OpAdvance, Node: l.coord.ID(), Token: token, TTL: l.cfg.LeaseTTL,
 			Advance: &fsm.Advance{
-				LastEventID: next.LastEventID, LastEventDate: fsm.Nanos(next.LastEventDate), Gaps: next.Gaps, Keep: keep,
+				LastEventID: next.LastEventID, LastEventDate: fsm.Nanos(next.LastEventDate), Gaps: next.Gaps, Keep: keep, Seq: seq,
 				Events: uint64(len(events)), DeadLetters: uint64(res.DeadLetters), GapsDropped: uint64(len(dropped)),
 			}})
 		if err != nil {
@@ -387,6 +390,7 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 		if ares.Err != nil {
 			return fmt.Errorf("apply release-and-advance (token %d): %w", token, errors.Join(ares.Err, errLeaseLost))
 		}
+		seq++
 		r.renewed()
 		if len(events) > 0 {
 			l.logger.Debug("batch committed", "token", token, "first_id", events[0].ID, "last_id", events[len(events)-1].ID,

@@ -100,6 +100,10 @@ func (s *State) advance(c Command) error {
 		return refuse(ErrStaleToken, "token %d of %s is not the current grant (token %d, holder %q)",
 			c.Token, c.Node, s.Lease.Token, s.Lease.Holder)
 	}
+	if a.Seq != 0 && a.Seq != s.Lease.Advances+1 {
+		return refuse(ErrStaleToken, "advance %d of token %d is not the next one (%d applied): a retry of an applied advance",
+			a.Seq, c.Token, s.Lease.Advances)
+	}
 	if a.LastEventID < s.Cursor.LastEventID {
 		return refuse(ErrCursorBackwards, "from %d to %d", s.Cursor.LastEventID, a.LastEventID)
 	}
@@ -124,6 +128,7 @@ func (s *State) advance(c Command) error {
 			return refuse(ErrBadCommand, "gap %d is at or below the cursor (%d) but was not open", g.ID, s.Cursor.LastEventID)
 		}
 	}
+	s.Lease.Advances++
 	s.Cursor.LastEventID = a.LastEventID
 	if a.LastEventDate != 0 {
 		s.Cursor.LastEventDate = a.LastEventDate

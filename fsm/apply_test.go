@@ -404,6 +404,7 @@ func TestAdvance(t *testing.T) {
 			s.Gaps = gaps
 			s.Stats = Stats{EventsProcessed: 1040, Batches: 11, DeadLetters: 5, GapsDropped: 2}
 			s.Lease.Holder, s.Lease.ExpiresAt = "", 0
+			s.Lease.Advances++
 			s.RevokedFrom = ""
 		}
 	}
@@ -429,7 +430,7 @@ func TestAdvance(t *testing.T) {
 			cmd: Command{Op: OpAdvance, Node: "a", Token: 7, Now: t0, TTL: 3 * time.Second,
 				Advance: func() *Advance { a := batch(150, newGaps...); a.Keep = true; return a }()},
 			change: then(recorded(newGaps...), func(s *State) {
-				s.Lease = Lease{Holder: "a", Token: 7, ExpiresAt: t0 + 3*sec}
+				s.Lease = Lease{Holder: "a", Token: 7, ExpiresAt: t0 + 3*sec, Advances: 1}
 			}),
 		},
 		{
@@ -450,7 +451,7 @@ func TestAdvance(t *testing.T) {
 			cmd: Command{Op: OpAdvance, Node: "a", Token: 7, Now: t0,
 				Advance: &Advance{LastEventID: 100, Gaps: []Gap{{ID: 90, FirstSeen: t0 - 30*sec}, {ID: 95, FirstSeen: t0 - 20*sec}}}},
 			change: func(s *State) {
-				s.Lease = Lease{Token: 7}
+				s.Lease = Lease{Token: 7, Advances: 1}
 			},
 		},
 		{
@@ -969,5 +970,36 @@ func TestNanosAndTimeRoundTrip(t *testing.T) {
 	back := Time(Nanos(tm))
 	if !back.Equal(tm) || back.Location() != time.UTC {
 		t.Errorf("Time(Nanos(%v)) = %v, want the same instant in UTC", tm, back)
+	}
+}
+
+// A holder whose advance was applied but whose answer was lost sends it
+// again; with Seq the retry is refused and the batch is counted once,
+// whether the first advance kept the lease or released it.
+func TestRetriedAdvanceWithSeqCountedOnce(t *testing.T) {
+	for _, keep := range []bool{true, false} {
+		s := State{}
+		if res := s.Apply(Command{Op: OpAcquire, Node: "a", TTL: ttl, Now: t0}); res.Err != nil {
+			t.Fatal(res.Err)
+		}
+		adv := Command{Op: OpAdvance, Node: "a", Token: 1, TTL: ttl, Now: t0 + sec,
+			Advance: &Advance{LastEventID: 1000, Keep: keep, Seq: 1, Events: 1000, DeadLetters: 3}}
+		if res := s.Apply(adv); res.Err != nil {
+			t.Fatalf("keep=%v: first advance: %v", keep, res.Err)
+		}
+		if res := s.Apply(adv); !errors.Is(res.Err, ErrStaleToken) {
+			t.Errorf("keep=%v: retried advance answered %v, want ErrStaleToken", keep, res.Err)
+		}
+		if s.Stats != (Stats{EventsProcessed: 1000, Batches: 1, DeadLetters: 3}) {
+			t.Errorf("keep=%v: stats %+v, want one batch of 1000 events and 3 dead letters", keep, s.Stats)
+		}
+		if !keep {
+			continue
+		}
+		next := Command{Op: OpAdvance, Node: "a", Token: 1, TTL: ttl, Now: t0 + 2*sec,
+			Advance: &Advance{LastEventID: 1500, Seq: 2, Events: 500}}
+		if res := s.Apply(next); res.Err != nil || s.Cursor.LastEventID != 1500 {
+			t.Errorf("second advance under the kept lease: %v, cursor %d", res.Err, s.Cursor.LastEventID)
+		}
 	}
 }

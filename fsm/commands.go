@@ -91,6 +91,11 @@ type Advance struct {
 	Gaps []Gap `json:"gaps"`
 	// Keep renews the lease instead of releasing it.
 	Keep bool `json:"keep,omitempty"`
+	// Seq numbers the advances under one token from 1. When set, an advance
+	// is applied only if it is the next one (Lease.Advances+1): a retry of
+	// an advance that was applied already is refused with ErrStaleToken
+	// instead of counting its batch twice. 0 skips the check.
+	Seq uint64 `json:"seq,omitempty"`
 
 	Events      uint64 `json:"events"`
 	DeadLetters uint64 `json:"dead_letters"`

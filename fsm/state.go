@@ -17,6 +17,9 @@ type Lease struct {
 	Token uint64 `json:"token"`
 	// ExpiresAt is the leader-stamped expiry in Unix nanoseconds.
 	ExpiresAt int64 `json:"expires_at"`
+	// Advances counts the advances applied under Token, so that a retried
+	// advance (its first answer lost) is recognised and not counted twice.
+	Advances uint64 `json:"advances,omitempty"`
 }
 
 // HeldAt reports whether the lease is held by someone and not yet expired at
