@@ -1,0 +1,537 @@
+package chaos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/geocursor/geocursor/cluster"
+	"github.com/geocursor/geocursor/internal/loadgen"
+	"github.com/geocursor/geocursor/internal/pgserver"
+)
+
+// Options configures a Cluster. Zero values take the defaults below.
+type Options struct {
+	// Name labels the run in logs and the report.
+	Name string
+	// Dir receives configs, Raft data, agent logs, histories and the
+	// report. It is not removed: the caller decides what to keep.
+	Dir string
+	// Peers is the group size (default 3).
+	Peers int
+	// Binary is the geocursor binary; built into Dir when empty.
+	Binary string
+	// Source and Tracking are running servers to create this run's
+	// databases on. Nil: Start starts one each and Close stops them.
+	Source, Tracking *pgserver.Server
+	// LeaseTTL is the agents' lease.ttl (default 2s): the fallback that
+	// bounds a frozen holder's turn.
+	LeaseTTL time.Duration
+	// BatchSize is source.batch_size (default 200).
+	BatchSize int
+	// Load drives the source while the cluster runs; the zero value means
+	// DefaultLoad.
+	Load loadgen.Config
+	// NoLoad leaves the source empty: the lease stays free and the cursor
+	// loops idle, for tests that drive the lease themselves.
+	NoLoad bool
+	// Seed makes the choice of targets repeatable (the rest is timing).
+	Seed uint64
+	// LogLevel is the agents' log_level (default info).
+	LogLevel string
+	// Logf receives progress lines.
+	Logf func(format string, args ...any)
+	// OnFault, if set, is called with each fault once it has been healed
+	// and the group has recovered (or failed to).
+	OnFault func(Fault)
+}
+
+// DefaultLoad is a steady mixed load: concurrent writers, held and rolled
+// back transactions (gaps), cache invalidations and malformed events.
+var DefaultLoad = loadgen.Config{
+	Writers: 4, Rate: 150,
+	RollbackFraction: 0.02, HoldFraction: 0.05, HoldFor: 300 * time.Millisecond,
+	CacheInvalidationFraction: 0.05, BadFraction: 0.02,
+}
+
+func (o Options) withDefaults() Options {
+	if o.Name == "" {
+		o.Name = "chaos"
+	}
+	if o.Peers == 0 {
+		o.Peers = 3
+	}
+	if o.LeaseTTL == 0 {
+		o.LeaseTTL = 2 * time.Second
+	}
+	if o.BatchSize == 0 {
+		o.BatchSize = 200
+	}
+	if o.Load.Writers == 0 && o.Load.Rate == 0 {
+		o.Load = DefaultLoad
+	}
+	if o.Seed == 0 {
+		o.Seed = rand.Uint64()
+	}
+	if o.LogLevel == "" {
+		o.LogLevel = "info"
+	}
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+	return o
+}
+
+// Cluster is a geocursor group running in network namespaces with its two
+// databases, a steady load on the source, and a record of the faults
+// injected into it.
+type Cluster struct {
+	opts   Options
+	Net    *Net
+	Agents []*Agent
+
+	Source, Tracking *pgserver.Server
+	ownPG            []*pgserver.Server
+	// SourceDSN and TrackingDSN reach the databases from the root
+	// namespace, past the proxies.
+	SourceDSN, TrackingDSN string
+	srcProxies, trkProxies []*Proxy
+	sourcePool             *pgxpool.Pool
+
+	load    *load
+	monitor *monitor
+
+	rng     *rand.Rand
+	mu      sync.Mutex
+	Faults  []*Fault
+	notes   []string
+	Started time.Time
+}
+
+// Start sets up the network, databases, proxies and agents, waits until
+// the group has formed, and starts the load. On error everything created
+// so far is removed.
+func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
+	opts = opts.withDefaults()
+	if opts.Dir == "" {
+		return nil, errors.New("chaos: Options.Dir is required")
+	}
+	if entries, err := os.ReadDir(opts.Dir); err == nil && len(entries) > 0 {
+		// Agents would find the Raft state of an earlier run there.
+		return nil, fmt.Errorf("chaos: %s is not empty: give each run a new directory", opts.Dir)
+	}
+	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create %s: %w", opts.Dir, err)
+	}
+	c := &Cluster{opts: opts, rng: rand.New(rand.NewPCG(opts.Seed, 0x6763)), Started: time.Now()}
+	defer func() {
+		if err != nil {
+			if cerr := c.Close(); cerr != nil {
+				opts.Logf("chaos: clean up after failed start: %v", cerr)
+			}
+		}
+	}()
+	if c.Net, err = NewNet(ctx, opts.Peers, opts.Logf); err != nil {
+		return nil, err
+	}
+	if err := c.startDatabases(ctx); err != nil {
+		return nil, err
+	}
+	if opts.Binary == "" {
+		if opts.Binary, err = BuildBinary(ctx, filepath.Join(opts.Dir, "bin")); err != nil {
+			return nil, err
+		}
+		c.opts.Binary = opts.Binary
+	}
+	for i, h := range c.Net.Hosts {
+		src, err := NewProxy(net.JoinHostPort(c.Net.HostIP, "0"), net.JoinHostPort("127.0.0.1", strconv.Itoa(c.Source.Port)))
+		if err != nil {
+			return nil, err
+		}
+		c.srcProxies = append(c.srcProxies, src)
+		trk, err := NewProxy(net.JoinHostPort(c.Net.HostIP, "0"), net.JoinHostPort("127.0.0.1", strconv.Itoa(c.Tracking.Port)))
+		if err != nil {
+			return nil, err
+		}
+		c.trkProxies = append(c.trkProxies, trk)
+		env := []string{
+			"GEOCURSOR_SOURCE_DSN=" + viaProxy(c.SourceDSN, src.Addr()),
+			"GEOCURSOR_TRACKING_DSN=" + viaProxy(c.TrackingDSN, trk.Addr()),
+		}
+		a, err := newAgent(fmt.Sprintf("n%d", i+1), h, opts.Dir, opts.Binary, c.agentHCL(), env)
+		if err != nil {
+			return nil, err
+		}
+		c.Agents = append(c.Agents, a)
+	}
+
+	c.monitor = startMonitor(c.TrackingDSN, opts.Logf)
+	first := c.Agents[0]
+	if err := first.Start(); err != nil {
+		return nil, err
+	}
+	if err := c.waitReady(ctx, first, 30*time.Second); err != nil {
+		return nil, err
+	}
+	for _, a := range c.Agents[1:] {
+		if err := a.Start("-join", first.HTTPAddr); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.WaitFormed(ctx, 60*time.Second); err != nil {
+		return nil, err
+	}
+	opts.Logf("chaos: %s: %d agents formed a group (dir %s)", opts.Name, len(c.Agents), opts.Dir)
+	if !opts.NoLoad {
+		if c.load, err = startLoad(ctx, c.SourceDSN, opts.Load, opts.Seed); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// agentHCL is the part of every agent's config that is the same for all.
+// The Raft log is never compacted, so that the checker can read every
+// command the group applied.
+func (c *Cluster) agentHCL() string {
+	return fmt.Sprintf(`join_timeout = "30s"
+log_level    = %q
+
+lease {
+  ttl       = %q
+  retry_min = "100ms"
+  retry_max = "300ms"
+}
+
+source {
+  dsn           = env.GEOCURSOR_SOURCE_DSN
+  batch_size    = %d
+  poll_interval = "25ms"
+  gap_timeout   = "1h"
+}
+
+tracking {
+  dsn = env.GEOCURSOR_TRACKING_DSN
+}
+
+raft {
+  snapshot_threshold = 1000000000
+  trailing_logs      = 1000000000
+}
+`, c.opts.LogLevel, c.opts.LeaseTTL.String(), c.opts.BatchSize)
+}
+
+// viaProxy rewrites dsn to connect through the proxy at addr, with a
+// connect timeout so that a cut connection attempt ends.
+func viaProxy(dsn, addr string) string {
+	u, err := url.Parse(dsn)
+	if err != nil {
+		return dsn
+	}
+	u.Host = addr
+	q := u.Query()
+	q.Set("connect_timeout", "5")
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+func (c *Cluster) startDatabases(ctx context.Context) error {
+	var err error
+	c.Source, c.Tracking = c.opts.Source, c.opts.Tracking
+	if c.Source == nil {
+		// The source is never restarted: speed over durability is fine.
+		if c.Source, err = pgserver.Start(ctx, pgserver.Options{Fast: true}); err != nil {
+			return fmt.Errorf("start the source PostgreSQL: %w", err)
+		}
+		c.ownPG = append(c.ownPG, c.Source)
+		if err := TrackServer(c.Source); err != nil {
+			return err
+		}
+	}
+	if c.Tracking == nil {
+		// The tracking database is crashed and restarted by a nemesis:
+		// it must keep what it acknowledged.
+		if c.Tracking, err = pgserver.Start(ctx, pgserver.Options{}); err != nil {
+			return fmt.Errorf("start the tracking PostgreSQL: %w", err)
+		}
+		c.ownPG = append(c.ownPG, c.Tracking)
+		if err := TrackServer(c.Tracking); err != nil {
+			return err
+		}
+	}
+	base := "chaos_" + c.Net.ID
+	if c.SourceDSN, err = c.Source.CreateDatabase(ctx, base+"_source"); err != nil {
+		return err
+	}
+	if c.TrackingDSN, err = c.Tracking.CreateDatabase(ctx, base+"_tracking"); err != nil {
+		return err
+	}
+	// A shared server carries the WAL of earlier runs; a checkpoint keeps
+	// the crash recovery of restart-db about this run's writes only.
+	if err := checkpoint(ctx, c.TrackingDSN); err != nil {
+		return err
+	}
+	c.sourcePool, err = pgxpool.New(ctx, c.SourceDSN)
+	if err != nil {
+		return fmt.Errorf("connect to the source: %w", err)
+	}
+	if err := loadgen.CreateSourceSchema(ctx, c.sourcePool); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Close stops the load and every agent and removes the network, proxies
+// and any PostgreSQL server it started. It keeps Dir.
+func (c *Cluster) Close() error {
+	var errs []error
+	if c.load != nil {
+		c.load.stop()
+	}
+	for _, a := range c.Agents {
+		if err := a.Kill(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if c.monitor != nil {
+		c.monitor.stop()
+	}
+	for _, p := range append(c.srcProxies, c.trkProxies...) {
+		p.Close()
+	}
+	if c.sourcePool != nil {
+		c.sourcePool.Close()
+	}
+	if c.Net != nil {
+		if err := c.Net.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, s := range c.ownPG {
+		if err := s.Cleanup(); err != nil {
+			errs = append(errs, err)
+		} else {
+			UntrackServer(s)
+		}
+	}
+	c.ownPG = nil
+	return errors.Join(errs...)
+}
+
+// Logf logs through Options.Logf.
+func (c *Cluster) Logf(format string, args ...any) { c.opts.Logf(format, args...) }
+
+// Dir is where the run keeps its files.
+func (c *Cluster) Dir() string { return c.opts.Dir }
+
+// Agent returns the agent with node ID id, or nil.
+func (c *Cluster) Agent(id string) *Agent {
+	for _, a := range c.Agents {
+		if a.ID == id {
+			return a
+		}
+	}
+	return nil
+}
+
+// note records something worth reporting that is not a violation.
+func (c *Cluster) note(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	c.mu.Lock()
+	c.notes = append(c.notes, msg)
+	c.mu.Unlock()
+	c.opts.Logf("chaos: %s", msg)
+}
+
+// waitFor polls cond every 50ms until it holds or timeout passes.
+func waitFor(ctx context.Context, timeout time.Duration, what string, cond func() (bool, string)) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, detail := cond()
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("timed out after %s waiting for %s: %s", timeout, what, detail)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for %s: %w (%s)", what, ctx.Err(), detail)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Cluster) status(ctx context.Context, a *Agent) (cluster.Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	return a.Status(ctx)
+}
+
+func (c *Cluster) waitReady(ctx context.Context, a *Agent, timeout time.Duration) error {
+	return waitFor(ctx, timeout, a.ID+" leading or following", func() (bool, string) {
+		if !a.Running() {
+			return false, a.ID + " is not running (" + a.ExitState() + ")"
+		}
+		st, err := c.status(ctx, a)
+		if err != nil {
+			return false, err.Error()
+		}
+		return st.Leader != nil, "no leader known"
+	})
+}
+
+// WaitFormed waits until every agent runs and sees all agents as
+// reachable voters and the same leader.
+func (c *Cluster) WaitFormed(ctx context.Context, timeout time.Duration) error {
+	return waitFor(ctx, timeout, "every agent to see all members reachable and one leader", func() (bool, string) {
+		leader := ""
+		for _, a := range c.Agents {
+			if !a.Running() {
+				return false, a.ID + " is not running (" + a.ExitState() + ")"
+			}
+			st, err := c.status(ctx, a)
+			if err != nil {
+				return false, err.Error()
+			}
+			if len(st.Members) != len(c.Agents) {
+				return false, fmt.Sprintf("%s sees %d members", a.ID, len(st.Members))
+			}
+			for _, m := range st.Members {
+				if !m.Reachable || !m.Voter {
+					return false, fmt.Sprintf("%s sees %s unreachable or not a voter", a.ID, m.ID)
+				}
+			}
+			if st.Leader == nil {
+				return false, a.ID + " knows no leader"
+			}
+			if leader != "" && st.Leader.ID != leader {
+				return false, fmt.Sprintf("%s sees leader %s, others %s", a.ID, st.Leader.ID, leader)
+			}
+			leader = st.Leader.ID
+		}
+		return true, ""
+	})
+}
+
+// Leader returns the agent that the running, unpaused agents agree leads.
+func (c *Cluster) Leader(ctx context.Context, timeout time.Duration) (*Agent, error) {
+	var leader *Agent
+	err := waitFor(ctx, timeout, "agreement on a leader", func() (bool, string) {
+		id := ""
+		for _, a := range c.Agents {
+			if !a.Running() || a.Paused() {
+				continue
+			}
+			st, err := c.status(ctx, a)
+			if err != nil {
+				return false, err.Error()
+			}
+			if st.Leader == nil {
+				return false, a.ID + " knows no leader"
+			}
+			if id != "" && st.Leader.ID != id {
+				return false, fmt.Sprintf("%s sees %s, others %s", a.ID, st.Leader.ID, id)
+			}
+			id = st.Leader.ID
+		}
+		leader = c.Agent(id)
+		return leader != nil, "no agent answered"
+	})
+	return leader, err
+}
+
+// Holder returns the agent that holds the lease, waiting up to timeout
+// for the lease to be held (a holder releases it between batches when
+// there is little work).
+func (c *Cluster) Holder(ctx context.Context, timeout time.Duration) (*Agent, uint64, error) {
+	var holder *Agent
+	var token uint64
+	err := waitFor(ctx, timeout, "a lease holder", func() (bool, string) {
+		for _, a := range c.Agents {
+			if !a.Running() || a.Paused() {
+				continue
+			}
+			st, err := c.status(ctx, a)
+			if err != nil || st.Lease.Holder == nil {
+				continue
+			}
+			holder, token = c.Agent(*st.Lease.Holder), st.Lease.Token
+			return holder != nil, ""
+		}
+		return false, "the lease is free"
+	})
+	return holder, token, err
+}
+
+// healAll undoes every fault still in place: partitions, cut proxies,
+// paused and dead agents.
+func (c *Cluster) healAll(ctx context.Context) error {
+	var errs []error
+	if err := c.Net.Heal(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	for _, p := range append(c.srcProxies, c.trkProxies...) {
+		p.Heal()
+	}
+	if err := c.Tracking.StartAgain(ctx); err != nil {
+		errs = append(errs, err)
+	}
+	for _, a := range c.Agents {
+		if a.Paused() {
+			if err := a.Signal(syscall.SIGCONT); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if !a.Running() {
+			c.note("%s was not running at heal (%s); restarting it", a.ID, a.ExitState())
+			if err := a.Start(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Cluster) others(a *Agent) []*Agent {
+	var out []*Agent
+	for _, o := range c.Agents {
+		if o != a {
+			out = append(out, o)
+		}
+	}
+	return out
+}
+
+func httpAddrs(agents []*Agent) string {
+	var out []string
+	for _, a := range agents {
+		out = append(out, a.HTTPAddr)
+	}
+	return strings.Join(out, ",")
+}
+
+func checkpoint(ctx context.Context, dsn string) error {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return fmt.Errorf("connect for a checkpoint: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	if _, err := conn.Exec(ctx, "CHECKPOINT"); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	return nil
+}
