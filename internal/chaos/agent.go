@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/geocursor/geocursor/cluster"
+	"github.com/geocursor/geocursor/internal/devcluster"
 )
 
 // Agent is one `geocursor agent` process running in its host's namespace,
@@ -96,7 +97,7 @@ func (a *Agent) Start(extra ...string) error {
 	// `ip netns exec` enters the namespace and execs the agent: the
 	// process started here is the agent itself, so signals reach it.
 	cmd := exec.Command("ip", args...)
-	cmd.Env = append(environWithoutGeocursor(), a.env...)
+	cmd.Env = append(devcluster.EnvironWithoutGeocursor(), a.env...)
 	cmd.Env = append(cmd.Env, "GEOCURSOR_HISTORY_FILE="+a.HistoryPath)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
@@ -106,24 +107,12 @@ func (a *Agent) Start(extra ...string) error {
 	done := make(chan struct{})
 	a.cmd, a.done, a.paused, a.exitErr = cmd, done, false, nil
 	a.starts++
-	go func() {
-		err := cmd.Wait()
+	devcluster.WatchExit(cmd, done, func(err error) {
 		a.mu.Lock()
 		a.exitErr = err
 		a.mu.Unlock()
-		close(done)
-	}()
+	})
 	return nil
-}
-
-func environWithoutGeocursor() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "GEOCURSOR_") {
-			env = append(env, kv)
-		}
-	}
-	return env
 }
 
 // Running reports whether the process is alive (it may be paused).
@@ -299,13 +288,5 @@ func (a *Agent) post(ctx context.Context, timeout time.Duration, path string, in
 
 // LogTail returns the last n lines of the agent's log.
 func (a *Agent) LogTail(n int) string {
-	b, err := os.ReadFile(a.LogPath)
-	if err != nil {
-		return fmt.Sprintf("(cannot read %s: %v)", a.LogPath, err)
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return devcluster.TailFile(a.LogPath, n)
 }

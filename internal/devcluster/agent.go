@@ -144,7 +144,7 @@ func (a *Agent) start(extra []string) error {
 	fmt.Fprintf(logf, "=== %s: geocursor %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(args, " "))
 
 	cmd := exec.Command(a.binary, args...)
-	cmd.Env = append(environWithoutGeocursor(), a.spec.Env...)
+	cmd.Env = append(EnvironWithoutGeocursor(), a.spec.Env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if a.spec.Supervised {
 		cmd.SysProcAttr = supervisedAttr()
@@ -156,17 +156,27 @@ func (a *Agent) start(extra []string) error {
 	a.mu.Lock()
 	a.cmd, a.done, a.waitErr = cmd, done, nil
 	a.mu.Unlock()
-	go func() {
-		err := cmd.Wait()
+	WatchExit(cmd, done, func(err error) {
 		a.mu.Lock()
 		a.waitErr = err
 		a.mu.Unlock()
-		close(done)
-	}()
+	})
 	return nil
 }
 
-func environWithoutGeocursor() []string {
+// WatchExit waits for the started cmd in the background: when it has
+// exited, it calls onExit with the error of cmd.Wait, then closes done.
+func WatchExit(cmd *exec.Cmd, done chan struct{}, onExit func(error)) {
+	go func() {
+		onExit(cmd.Wait())
+		close(done)
+	}()
+}
+
+// EnvironWithoutGeocursor returns the environment of this process without
+// its GEOCURSOR_* variables, for starting an agent that must see only the
+// ones it is given.
+func EnvironWithoutGeocursor() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "GEOCURSOR_") {
@@ -406,9 +416,15 @@ func (a *Agent) do(ctx context.Context, method, path string, in any) ([]byte, in
 
 // LogTail returns the last n lines of the agent's log.
 func (a *Agent) LogTail(n int) string {
-	b, err := os.ReadFile(a.LogPath)
+	return TailFile(a.LogPath, n)
+}
+
+// TailFile returns the last n lines of the file at path, or a note saying
+// why it cannot be read.
+func TailFile(path string, n int) string {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Sprintf("(cannot read %s: %v)", a.LogPath, err)
+		return fmt.Sprintf("(cannot read %s: %v)", path, err)
 	}
 	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
 	if len(lines) > n {
