@@ -34,15 +34,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/geocursor/geocursor/internal/devcluster"
-	"github.com/geocursor/geocursor/internal/loadgen"
 	"github.com/geocursor/geocursor/internal/pgserver"
 	"github.com/geocursor/geocursor/scripts/internal/harness"
 )
 
-const (
-	exitFailure = 1
-	exitUsage   = 2
-)
+// exitFailure is the exit status of a failed run; a usage error exits with
+// harness.ExitUsage.
+const exitFailure = 1
 
 var allParts = []string{"drain", "lag", "failover"}
 
@@ -64,12 +62,8 @@ func main() {
 
 func run(args []string) int {
 	opts, err := parseFlags(args)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
-		return exitUsage
+	if code, done := harness.FlagsDone("bench", os.Stderr, err); done {
+		return code
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -205,22 +199,12 @@ func (b *bench) setUp(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start PostgreSQL: %w", err)
 	}
-	b.report.Machine.Postgres = pgVersion(ctx, pg)
+	b.report.Machine.Postgres = harness.PGVersion(ctx, pg)
 	b.report.Config.Durable = true
 	b.logf("PostgreSQL %s on 127.0.0.1:%d, durable settings (fsync on)", b.report.Machine.Postgres, pg.Port)
-	if b.sourceDSN, err = pg.CreateDatabase(ctx, harness.SourceDB); err != nil {
-		return err
-	}
-	if b.trackingDSN, err = pg.CreateDatabase(ctx, harness.TrackingDB); err != nil {
-		return err
-	}
-	if b.source, err = harness.OpenPool(ctx, b.sourceDSN, 16); err != nil {
-		return err
-	}
-	if b.tracking, err = harness.OpenPool(ctx, b.trackingDSN, 4); err != nil {
-		return err
-	}
-	if err := loadgen.CreateSourceSchema(ctx, b.source); err != nil {
+	dbs, err := harness.CreateDatabases(ctx, pg, 16, 4)
+	b.sourceDSN, b.trackingDSN, b.source, b.tracking = dbs.SourceDSN, dbs.TrackingDSN, dbs.Source, dbs.Tracking
+	if err != nil {
 		return err
 	}
 	dir, err := os.MkdirTemp("", "geocursor-bench-")
@@ -363,12 +347,7 @@ func (b *bench) tearDown() {
 			b.logf("stop the agents: %v", err)
 		}
 	}
-	if b.source != nil {
-		b.source.Close()
-	}
-	if b.tracking != nil {
-		b.tracking.Close()
-	}
+	harness.ClosePools(b.source, b.tracking)
 	if b.pg != nil {
 		if err := b.pg.Cleanup(); err != nil {
 			b.logf("stop PostgreSQL: %v", err)
@@ -389,29 +368,12 @@ func (b *bench) hardExit(sig os.Signal) {
 	b.mu.Lock()
 	agents, pg, dir := b.agents, b.pg, b.dir
 	b.mu.Unlock()
-	for _, a := range agents {
-		a.Kill()
-	}
-	if pg != nil {
-		if err := harness.KillPostgres(pg); err != nil {
-			b.logf("%v", err)
-		}
-		time.Sleep(300 * time.Millisecond)
-		_ = os.RemoveAll(pg.Dir)
-	}
-	if dir != "" && !b.opts.keep {
-		_ = os.RemoveAll(dir)
-	}
+	harness.HardStop(agents, pg, false, dir, b.opts.keep, func(err error) { b.logf("%v", err) })
 	os.Exit(130)
 }
 
 func (b *bench) showLogTails() {
-	if b.cluster == nil {
-		return
-	}
-	for _, a := range b.cluster.Agents {
-		fmt.Fprintf(os.Stderr, "--- last lines of %s ---\n%s\n", a.ID, a.LogTail(8))
-	}
+	harness.ShowLogTails(b.cluster, 8, func(a *devcluster.Agent) string { return a.ID })
 }
 
 // finish fills in what is known only at the end.
@@ -465,17 +427,4 @@ func loadAvg() string {
 		return ""
 	}
 	return strings.Join(f[:3], " ")
-}
-
-func pgVersion(ctx context.Context, s *pgserver.Server) string {
-	pool, err := harness.OpenPool(ctx, s.DSN("postgres"), 1)
-	if err != nil {
-		return "?"
-	}
-	defer pool.Close()
-	var v string
-	if err := pool.QueryRow(ctx, "SHOW server_version").Scan(&v); err != nil {
-		return "?"
-	}
-	return v
 }

@@ -32,11 +32,9 @@ import (
 	"github.com/geocursor/geocursor/scripts/internal/harness"
 )
 
-// Exit statuses, as for geocursor itself.
-const (
-	exitFailure = 1
-	exitUsage   = 2
-)
+// exitFailure is the exit status of a failed run, as for geocursor
+// itself; a usage error exits with harness.ExitUsage.
+const exitFailure = 1
 
 const (
 	statusEvery = 3 * time.Second
@@ -62,12 +60,8 @@ func main() {
 
 func run(args []string) int {
 	opts, err := parseFlags(args)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
-		return exitUsage
+	if code, done := harness.FlagsDone("demo", os.Stderr, err); done {
+		return code
 	}
 	d := &demo{opts: opts, out: os.Stdout}
 	return d.run()
@@ -167,25 +161,14 @@ func (d *demo) setUp(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("start PostgreSQL: %w", err)
 	}
-	d.say("PostgreSQL %s on 127.0.0.1:%d (data in %s)", pgVersion(ctx, d.pg), d.pg.Port, d.pg.Dir)
+	d.say("PostgreSQL %s on 127.0.0.1:%d (data in %s)", harness.PGVersion(ctx, d.pg), d.pg.Port, d.pg.Dir)
 
-	sourceDSN, err := d.pg.CreateDatabase(ctx, harness.SourceDB)
+	dbs, err := harness.CreateDatabases(ctx, d.pg, writers+2, 2)
+	d.source, d.tracking = dbs.Source, dbs.Tracking
 	if err != nil {
 		return err
 	}
-	trackingDSN, err := d.pg.CreateDatabase(ctx, harness.TrackingDB)
-	if err != nil {
-		return err
-	}
-	if d.source, err = harness.OpenPool(ctx, sourceDSN, writers+2); err != nil {
-		return err
-	}
-	if d.tracking, err = harness.OpenPool(ctx, trackingDSN, 2); err != nil {
-		return err
-	}
-	if err := loadgen.CreateSourceSchema(ctx, d.source); err != nil {
-		return err
-	}
+	sourceDSN, trackingDSN := dbs.SourceDSN, dbs.TrackingDSN
 	d.say("databases: source %s (GitLab's event log layout), tracking %s", harness.SourceDB, harness.TrackingDB)
 
 	dir, err := os.MkdirTemp("", "geocursor-demo-")
@@ -365,12 +348,7 @@ func (d *demo) tearDown() bool {
 			d.say("  %v", err)
 		}
 	}
-	if d.source != nil {
-		d.source.Close()
-	}
-	if d.tracking != nil {
-		d.tracking.Close()
-	}
+	harness.ClosePools(d.source, d.tracking)
 	if d.pg != nil {
 		d.say("stopping PostgreSQL ...")
 		var err error
@@ -432,44 +410,13 @@ func (d *demo) hardExit(sig os.Signal) {
 	d.mu.Lock()
 	agents, pg, dir := d.agents, d.pg, d.dir
 	d.mu.Unlock()
-	for _, a := range agents {
-		a.Kill()
-	}
-	if pg != nil {
-		if err := harness.KillPostgres(pg); err != nil {
-			fmt.Fprintf(os.Stderr, "demo: %v\n", err)
-		}
-		if !d.opts.keep {
-			// The postmaster may still be writing for a moment.
-			time.Sleep(300 * time.Millisecond)
-			_ = os.RemoveAll(pg.Dir)
-		}
-	}
-	if dir != "" && !d.opts.keep {
-		_ = os.RemoveAll(dir)
-	}
+	harness.HardStop(agents, pg, d.opts.keep, dir, d.opts.keep, func(err error) {
+		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
+	})
 	os.Exit(130)
 }
 
 // showLogTails prints the end of each agent's log after a failure.
 func (d *demo) showLogTails() {
-	if d.cluster == nil {
-		return
-	}
-	for _, a := range d.cluster.Agents {
-		fmt.Fprintf(os.Stderr, "--- last lines of %s ---\n%s\n", a.LogPath, a.LogTail(10))
-	}
-}
-
-func pgVersion(ctx context.Context, s *pgserver.Server) string {
-	pool, err := harness.OpenPool(ctx, s.DSN("postgres"), 1)
-	if err != nil {
-		return "?"
-	}
-	defer pool.Close()
-	var v string
-	if err := pool.QueryRow(ctx, "SHOW server_version").Scan(&v); err != nil {
-		return "?"
-	}
-	return v
+	harness.ShowLogTails(d.cluster, 10, func(a *devcluster.Agent) string { return a.LogPath })
 }

@@ -1,7 +1,8 @@
-// Package harness is what the demo and the benchmark share besides the
-// agent processes (internal/devcluster): connections to the two databases,
-// reading the tracking database's fence, the exactly-once check of a run,
-// and tying the script's life to the terminal that started it.
+// Package harness is what the scripts share besides the agent processes
+// (internal/devcluster): handling flag errors, creating and connecting to
+// the two databases, reading the tracking database's fence, the
+// exactly-once check of a run, tying the script's life to the terminal
+// that started it, and its exit on a second signal.
 //
 // It only reads the tracking database and never writes the source; the
 // load generator (internal/loadgen) does that.
