@@ -25,12 +25,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/geocursor/geocursor/internal/loadgen"
+	"github.com/geocursor/geocursor/scripts/internal/harness"
 )
 
 // Exit statuses, as for geocursor itself (design.md section 3).
 const (
 	exitRuntime = 1
-	exitUsage   = 2
+	exitUsage   = harness.ExitUsage
 )
 
 // options are the parsed command line.
@@ -47,12 +48,8 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	opts, err := parseFlags(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "loadgen: %v\n", err)
-		return exitUsage
+	if code, done := harness.FlagsDone("loadgen", stderr, err); done {
+		return code
 	}
 	poolCfg, err := pgxpool.ParseConfig(opts.dsn)
 	if err != nil {

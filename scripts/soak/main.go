@@ -15,7 +15,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -29,12 +28,12 @@ import (
 
 	"github.com/geocursor/geocursor/internal/chaos"
 	"github.com/geocursor/geocursor/internal/loadgen"
+	"github.com/geocursor/geocursor/scripts/internal/harness"
 )
 
-const (
-	exitRuntime = 1
-	exitUsage   = 2
-)
+// exitRuntime is the exit status of a violation or a runtime failure; a
+// usage error exits with harness.ExitUsage.
+const exitRuntime = 1
 
 type options struct {
 	duration time.Duration
@@ -53,12 +52,8 @@ func main() {
 
 func run(args []string, stdout, stderr io.Writer) int {
 	opts, err := parseFlags(args, stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "soak: %v\n", err)
-		return exitUsage
+	if code, done := harness.FlagsDone("soak", stderr, err); done {
+		return code
 	}
 	if err := chaos.Available(); err != nil {
 		fmt.Fprintf(stderr, "soak: %v\n", err)
