@@ -39,13 +39,10 @@ RETURNING prev.token, f.last_event_id, f.last_event_date, f.gaps::text`, int64(t
 	if uint64(prev) > token {
 		return Fence{}, fmt.Errorf("%w: token %d is older than token %d in the tracking database", ErrFenced, token, prev)
 	}
-	gaps, err := decodeGaps(gapsJSON)
+	// The fence now holds token (the claim raised it to at least that).
+	f, err := fenceFromRow(int64(token), lastID, lastDate, gapsJSON)
 	if err != nil {
 		return Fence{}, fmt.Errorf("claim the fence row (token %d): %w", token, err)
-	}
-	f := Fence{Token: token, Position: Position{LastEventID: lastID, Gaps: gaps}}
-	if lastDate != nil {
-		f.Position.LastEventDate = lastDate.UTC()
 	}
 	return f, nil
 }

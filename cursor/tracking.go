@@ -115,9 +115,18 @@ func (t *Tracking) Fence(ctx context.Context) (Fence, error) {
 	if err != nil {
 		return Fence{}, fmt.Errorf("read the fence row: %w", err)
 	}
-	gaps, err := decodeGaps(gapsJSON)
+	f, err := fenceFromRow(token, lastID, lastDate, gapsJSON)
 	if err != nil {
 		return Fence{}, fmt.Errorf("read the fence row: %w", err)
+	}
+	return f, nil
+}
+
+// fenceFromRow builds a Fence from the columns of the fence row.
+func fenceFromRow(token, lastID int64, lastDate *time.Time, gapsJSON string) (Fence, error) {
+	gaps, err := decodeGaps(gapsJSON)
+	if err != nil {
+		return Fence{}, err
 	}
 	f := Fence{Token: uint64(token), Position: Position{LastEventID: lastID, Gaps: gaps}}
 	if lastDate != nil {

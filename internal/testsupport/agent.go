@@ -346,15 +346,7 @@ func (c *Cluster) wrapper(proc *devcluster.Agent) *Agent {
 }
 
 // Live returns the agents whose processes are running.
-func (c *Cluster) Live() []*Agent {
-	var live []*Agent
-	for _, a := range c.Agents {
-		if a.Running() {
-			live = append(live, a)
-		}
-	}
-	return live
-}
+func (c *Cluster) Live() []*Agent { return c.wrap(c.procs().Live()) }
 
 // Agent returns the agent with node ID id.
 func (c *Cluster) Agent(tb testing.TB, id string) *Agent {
@@ -390,11 +382,18 @@ func (c *Cluster) Leader(tb testing.TB) *Agent {
 
 // Followers returns the live agents other than leader.
 func (c *Cluster) Followers(leader *Agent) []*Agent {
-	var out []*Agent
-	for _, a := range c.Live() {
-		if a != leader {
-			out = append(out, a)
-		}
+	var proc *devcluster.Agent
+	if leader != nil {
+		proc = leader.proc
+	}
+	return c.wrap(c.procs().Followers(proc))
+}
+
+// wrap maps devcluster agents back to the test's agents.
+func (c *Cluster) wrap(procs []*devcluster.Agent) []*Agent {
+	out := make([]*Agent, 0, len(procs))
+	for _, p := range procs {
+		out = append(out, c.wrapper(p))
 	}
 	return out
 }
