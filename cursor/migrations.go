@@ -76,6 +76,12 @@ INSERT INTO geocursor_fence (id, token, last_event_id, updated_at)
 VALUES (1, 0, 0, clock_timestamp())
 ON CONFLICT DO NOTHING;
 `},
+	{version: 2, name: "prune tombstones by event ID", sql: `
+-- Every batch deletes the tombstones below the oldest open gap: they can no
+-- longer guard against anything. The index keeps that a short range scan
+-- while a long-open gap lets them pile up.
+CREATE INDEX geo_registry_tombstones_last_event_id ON geo_registry_tombstones (last_event_id);
+`},
 }
 
 // migrate brings the tracking schema up to the newest version. Each

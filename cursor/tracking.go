@@ -192,7 +192,7 @@ func (t *Tracking) Commit(ctx context.Context, b Batch) (CommitResult, error) {
 	}
 
 	pb := &pgx.Batch{}
-	queueEffects(pb, eff, &res)
+	queueEffects(pb, eff, b.Start.LastEventID, tombstoneFloor(b.Next), &res)
 	var lastDate *time.Time
 	if !b.Next.LastEventDate.IsZero() {
 		d := b.Next.LastEventDate.UTC()
@@ -293,8 +293,10 @@ func gapsDiffer(a, b []fsm.Gap) (int64, bool) {
 
 // queueEffects adds the statements that write eff to pb: one statement per
 // kind of write, each taking its rows as arrays, so a batch of any size is a
-// handful of statements sent in one round trip. The counts land in res.
-func queueEffects(pb *pgx.Batch, eff effects, res *CommitResult) {
+// handful of statements sent in one round trip. start is the last event ID
+// before the batch (events above it are not late), tombstoneFloor the lowest
+// ID that can still arrive late after it. The counts land in res.
+func queueEffects(pb *pgx.Batch, eff effects, start, tombstoneFloor int64, res *CommitResult) {
 	if len(eff.Jobs) > 0 {
 		n := len(eff.Jobs)
 		ids, kinds, names, models, payloads := make([]int64, n), make([]string, n), make([]*string, n), make([]*int64, n), make([]string, n)
@@ -322,44 +324,34 @@ ORDER BY d.event_id`, ids, reasons, rows).
 			Exec(func(ct pgconn.CommandTag) error { res.DeadLetters = int(ct.RowsAffected()); return nil })
 	}
 
-	var up, del struct {
-		names    []string
-		models   []int64
-		eventIDs []int64
-	}
+	// A registry row only moves forward in event order. An event above the
+	// start position is newer than anything the tracking database has
+	// seen, so only a late event (an open gap filled) can be older than
+	// the row, or than a tombstone left by a delete of a record that no
+	// longer has a row.
+	var fresh, late, del registryColumns
 	for _, op := range eff.Registry {
-		dst := &up
-		if op.Delete {
-			dst = &del
+		switch {
+		case op.Delete:
+			del.add(op)
+		case op.EventID > start:
+			fresh.add(op)
+		default:
+			late.add(op)
 		}
-		dst.names = append(dst.names, op.ReplicableName)
-		dst.models = append(dst.models, op.ModelRecordID)
-		dst.eventIDs = append(dst.eventIDs, op.EventID)
 	}
 
-	if len(up.names) > 0 {
-		// The row moves only forward in event order, and not past a
-		// tombstone from a later delete: a created or updated event that was
-		// a gap arrives after newer events for the same record.
-		pb.Queue(`INSERT INTO geo_registry (replicable_name, model_record_id, state, last_event_id, updated_at)
-SELECT u.replicable_name, u.model_record_id, 'pending', u.event_id, clock_timestamp()
-FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(replicable_name, model_record_id, event_id)
+	if len(fresh.names) > 0 {
+		pb.Queue(upsertRegistry(""), fresh.names, fresh.models, fresh.eventIDs).
+			Exec(func(ct pgconn.CommandTag) error { res.RegistryUpserts += int(ct.RowsAffected()); return nil })
+	}
+	if len(late.names) > 0 {
+		pb.Queue(upsertRegistry(`
 WHERE NOT EXISTS (
     SELECT 1 FROM geo_registry_tombstones t
     WHERE t.replicable_name = u.replicable_name AND t.model_record_id = u.model_record_id
-      AND t.last_event_id > u.event_id)
-ORDER BY u.replicable_name, u.model_record_id
-ON CONFLICT (replicable_name, model_record_id) DO UPDATE
-SET state = 'pending', last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at
-WHERE geo_registry.last_event_id < EXCLUDED.last_event_id`, up.names, up.models, up.eventIDs).
-			Exec(func(ct pgconn.CommandTag) error { res.RegistryUpserts = int(ct.RowsAffected()); return nil })
-		// A tombstone older than a live row guards nothing: the row's own
-		// last_event_id already keeps older events out. Removing it keeps
-		// the table to records that are currently deleted.
-		pb.Queue(`DELETE FROM geo_registry_tombstones t
-USING unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(replicable_name, model_record_id, event_id)
-WHERE t.replicable_name = u.replicable_name AND t.model_record_id = u.model_record_id
-  AND t.last_event_id < u.event_id`, up.names, up.models, up.eventIDs)
+      AND t.last_event_id > u.event_id)`), late.names, late.models, late.eventIDs).
+			Exec(func(ct pgconn.CommandTag) error { res.RegistryUpserts += int(ct.RowsAffected()); return nil })
 	}
 
 	if len(del.names) > 0 {
@@ -368,14 +360,68 @@ USING unnest($1::text[], $2::bigint[], $3::bigint[]) AS d(replicable_name, model
 WHERE r.replicable_name = d.replicable_name AND r.model_record_id = d.model_record_id
   AND r.last_event_id < d.event_id`, del.names, del.models, del.eventIDs).
 			Exec(func(ct pgconn.CommandTag) error { res.RegistryDeletes = int(ct.RowsAffected()); return nil })
+	}
+
+	// A tombstone guards a deleted record against the late events that can
+	// still arrive: those in the gaps left open below it. A delete above
+	// every open gap needs none, and a tombstone falls due once the gaps
+	// below it are filled or given up. So the table holds only the deletes
+	// since the oldest open gap, instead of one row per record ever deleted,
+	// and a drain without gaps never touches it.
+	var tomb registryColumns
+	for i, id := range del.eventIDs {
+		if id > tombstoneFloor {
+			tomb.names = append(tomb.names, del.names[i])
+			tomb.models = append(tomb.models, del.models[i])
+			tomb.eventIDs = append(tomb.eventIDs, id)
+		}
+	}
+	if len(tomb.names) > 0 {
 		pb.Queue(`INSERT INTO geo_registry_tombstones (replicable_name, model_record_id, last_event_id)
 SELECT d.replicable_name, d.model_record_id, d.event_id
 FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS d(replicable_name, model_record_id, event_id)
 ORDER BY d.replicable_name, d.model_record_id
 ON CONFLICT (replicable_name, model_record_id) DO UPDATE
 SET last_event_id = EXCLUDED.last_event_id
-WHERE geo_registry_tombstones.last_event_id < EXCLUDED.last_event_id`, del.names, del.models, del.eventIDs)
+WHERE geo_registry_tombstones.last_event_id < EXCLUDED.last_event_id`, tomb.names, tomb.models, tomb.eventIDs)
 	}
+	pb.Queue(`DELETE FROM geo_registry_tombstones WHERE last_event_id < $1`, tombstoneFloor)
+}
+
+// registryColumns holds registry ops as the arrays a statement unnests.
+type registryColumns struct {
+	names    []string
+	models   []int64
+	eventIDs []int64
+}
+
+func (c *registryColumns) add(op registryOp) {
+	c.names = append(c.names, op.ReplicableName)
+	c.models = append(c.models, op.ModelRecordID)
+	c.eventIDs = append(c.eventIDs, op.EventID)
+}
+
+// upsertRegistry is the statement that marks registry rows pending as of
+// their event, with where filtering the rows to write. The row moves only
+// forward in event order.
+func upsertRegistry(where string) string {
+	return `INSERT INTO geo_registry (replicable_name, model_record_id, state, last_event_id, updated_at)
+SELECT u.replicable_name, u.model_record_id, 'pending', u.event_id, clock_timestamp()
+FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(replicable_name, model_record_id, event_id)` + where + `
+ORDER BY u.replicable_name, u.model_record_id
+ON CONFLICT (replicable_name, model_record_id) DO UPDATE
+SET state = 'pending', last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at
+WHERE geo_registry.last_event_id < EXCLUDED.last_event_id`
+}
+
+// tombstoneFloor is the lowest event ID that can still arrive late after a
+// batch that leaves next: its lowest open gap, or none (MaxInt64).
+func tombstoneFloor(next Position) int64 {
+	floor := int64(math.MaxInt64)
+	for _, g := range next.Gaps {
+		floor = min(floor, g.ID)
+	}
+	return floor
 }
 
 func decodeGaps(s string) ([]fsm.Gap, error) {

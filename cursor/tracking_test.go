@@ -63,7 +63,11 @@ func TestMigrationsFromSeveralAgentsAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatalf("read versions: %v", err)
 	}
-	if want := []int32{1}; !reflect.DeepEqual(versions, want) {
+	var want []int32
+	for _, m := range migrations {
+		want = append(want, int32(m.version))
+	}
+	if !reflect.DeepEqual(versions, want) {
 		t.Errorf("applied versions = %v, want %v", versions, want)
 	}
 
@@ -188,7 +192,7 @@ func TestCommitWritesEffectsAndMovesTheFence(t *testing.T) {
 		},
 		DeadLetters: []string{"9: geo_event_log row has no geo_event_id or cache_invalidation_event_id"},
 		Registry:    []string{"package_file/11 pending 8", "project_repository/42 pending 3"},
-		Tombstones:  []string{"lfs_object/7 5"},
+		// The only open gap, 7, is above the delete at 5: no tombstone.
 	})
 
 	f, err := tr.Fence(testContext(t))
@@ -294,6 +298,7 @@ func TestLateCreatedEventDoesNotResurrectADeletedRecord(t *testing.T) {
 
 	// Event 2 (an update of lfs_object/1) is not visible yet; 3 deletes it.
 	// lfs_object/2 is created at 5, and deleted at 4 which is also late.
+	// The delete at 3 is above the open gap 2, so it leaves a tombstone.
 	commitAll(t, tr, 1,
 		geo(1, "lfs_object", "created", `{"model_record_id": 1}`),
 		geo(3, "lfs_object", "deleted", `{"model_record_id": 1}`),
@@ -309,12 +314,26 @@ func TestLateCreatedEventDoesNotResurrectADeletedRecord(t *testing.T) {
 		Tombstones: []string{"lfs_object/1 3"},
 	})
 
-	res, _ := commitAll(t, tr, 1,
-		geo(2, "lfs_object", "updated", `{"model_record_id": 1}`),
-		geo(4, "lfs_object", "deleted", `{"model_record_id": 2}`),
-	)
+	// The late delete at 4 does not remove the row created at 5, and, with
+	// gap 2 still open below it, leaves a tombstone of its own.
+	res, _ := commitAll(t, tr, 1, geo(4, "lfs_object", "deleted", `{"model_record_id": 2}`))
 	if res.RegistryUpserts != 0 || res.RegistryDeletes != 0 {
-		t.Errorf("late events changed the registry: %+v", res)
+		t.Errorf("late delete changed the registry: %+v", res)
+	}
+	st := readTracking(t, conn)
+	if want := []string{"lfs_object/2 pending 5"}; !reflect.DeepEqual(st.Registry, want) {
+		t.Errorf("registry = %q, want %q", st.Registry, want)
+	}
+	if want := []string{"lfs_object/1 3", "lfs_object/2 4"}; !reflect.DeepEqual(st.Tombstones, want) {
+		t.Errorf("tombstones = %q, want %q", st.Tombstones, want)
+	}
+
+	// The late update at 2 is older than the delete at 3: the tombstone
+	// keeps lfs_object/1 deleted. With no gap left, no event can arrive
+	// late any more and the tombstones go.
+	res, _ = commitAll(t, tr, 1, geo(2, "lfs_object", "updated", `{"model_record_id": 1}`))
+	if res.RegistryUpserts != 0 || res.RegistryDeletes != 0 {
+		t.Errorf("late update changed the registry: %+v", res)
 	}
 	compareState(t, readTracking(t, conn), trackingState{
 		Jobs: []string{
@@ -324,22 +343,41 @@ func TestLateCreatedEventDoesNotResurrectADeletedRecord(t *testing.T) {
 			`4 delete lfs_object 2 {"model_record_id": 2}`,
 			`5 sync lfs_object 2 {"model_record_id": 2}`,
 		},
-		Registry:   []string{"lfs_object/2 pending 5"},
-		Tombstones: []string{"lfs_object/1 3", "lfs_object/2 4"},
+		Registry: []string{"lfs_object/2 pending 5"},
 	})
 
-	// A genuine re-creation after the delete brings the record back and
-	// retires the tombstone.
+	// A genuine re-creation after the delete brings the record back.
 	res, _ = commitAll(t, tr, 2, geo(6, "lfs_object", "created", `{"model_record_id": 1}`))
 	if res.RegistryUpserts != 1 {
 		t.Errorf("re-creation result = %+v, want 1 upsert", res)
 	}
-	st := readTracking(t, conn)
+	st = readTracking(t, conn)
 	if want := []string{"lfs_object/1 pending 6", "lfs_object/2 pending 5"}; !reflect.DeepEqual(st.Registry, want) {
 		t.Errorf("registry = %q, want %q", st.Registry, want)
 	}
-	if want := []string{"lfs_object/2 4"}; !reflect.DeepEqual(st.Tombstones, want) {
-		t.Errorf("tombstones = %q, want %q", st.Tombstones, want)
+}
+
+// A tombstone outranks only older events: a record created again above it
+// comes back at once, while the gap below the tombstone is still open.
+func TestFreshEventAboveATombstoneRecreatesTheRecord(t *testing.T) {
+	tr, conn := openTestTracking(t)
+	commitAll(t, tr, 1,
+		geo(1, "lfs_object", "created", `{"model_record_id": 1}`),
+		geo(3, "lfs_object", "deleted", `{"model_record_id": 1}`),
+	)
+	res, next := commitAll(t, tr, 1, geo(4, "lfs_object", "created", `{"model_record_id": 1}`))
+	if res.RegistryUpserts != 1 {
+		t.Errorf("result = %+v, want 1 upsert", res)
+	}
+	if fmt.Sprint(next.GapIDs()) != "[2]" {
+		t.Fatalf("open gaps = %v, want [2]", next.GapIDs())
+	}
+	st := readTracking(t, conn)
+	if want := []string{"lfs_object/1 pending 4"}; !reflect.DeepEqual(st.Registry, want) {
+		t.Errorf("registry = %q, want %q", st.Registry, want)
+	}
+	if want := []string{"lfs_object/1 3"}; !reflect.DeepEqual(st.Tombstones, want) {
+		t.Errorf("tombstones = %q, want %q (gap 2 is still open below it)", st.Tombstones, want)
 	}
 }
 
@@ -360,8 +398,8 @@ func TestSeveralEventsForOneRecordInABatch(t *testing.T) {
 	if want := []string{"lfs_object/1 pending 4"}; !reflect.DeepEqual(st.Registry, want) {
 		t.Errorf("registry = %q, want %q", st.Registry, want)
 	}
-	if want := []string{"lfs_object/2 6"}; !reflect.DeepEqual(st.Tombstones, want) {
-		t.Errorf("tombstones = %q, want %q", st.Tombstones, want)
+	if len(st.Tombstones) != 0 {
+		t.Errorf("tombstones = %q, want none: no gap is open below the deletes", st.Tombstones)
 	}
 }
 
@@ -442,7 +480,8 @@ func TestSourceToTracking(t *testing.T) {
 			`3 delete lfs_object 1 {"model_record_id": 1}`,
 			`4 cache_invalidation - - {"key": "k"}`,
 		},
-		Tombstones: []string{"lfs_object/1 3"},
+		// The late update did not bring lfs_object/1 back; with no gap
+		// left open its tombstone has nothing more to guard.
 	})
 }
 
