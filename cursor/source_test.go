@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -299,5 +300,72 @@ func TestFetchHonoursCancellation(t *testing.T) {
 	cancel()
 	if _, err := src.Fetch(ctx, 0, nil, 10); !errors.Is(err, context.Canceled) {
 		t.Errorf("Fetch with a canceled context = %v, want context.Canceled", err)
+	}
+}
+
+// The source queries run thousands of times a minute on every peer, against
+// an event log of millions of rows, through pgx's prepared statements: after
+// five runs PostgreSQL may switch a statement to its generic plan. Both
+// kinds of plan must reach rows through the primary keys only. Two plans
+// that were not did cost the drain and the idle peers dearly: a hash of the
+// whole cache invalidation table on every fetch, and a sequential scan of
+// the whole log on every idle poll at the head.
+func TestSourceQueriesUseKeysUnderEveryPlan(t *testing.T) {
+	db := newSourceDB(t)
+	ctx := testContext(t)
+	const n = 100_000
+	exec(t, db.conn, `INSERT INTO geo_events (id, replicable_name, event_name, payload, created_at)
+SELECT i, 'lfs_object', 'updated', jsonb_build_object('model_record_id', i), now()
+FROM generate_series(1, $1::bigint) AS i WHERE i % 20 <> 0`, n)
+	exec(t, db.conn, `INSERT INTO geo_cache_invalidation_events (id, key)
+SELECT i, 'k' || i FROM generate_series(1, $1::bigint) AS i WHERE i % 20 = 0`, n)
+	exec(t, db.conn, `INSERT INTO geo_event_log (id, created_at, geo_event_id, cache_invalidation_event_id)
+SELECT i, now() AT TIME ZONE 'utc', CASE WHEN i % 20 <> 0 THEN i END, CASE WHEN i % 20 = 0 THEN i END
+FROM generate_series(1, $1::bigint) AS i`, n)
+	exec(t, db.conn, `ANALYZE`)
+
+	// EXPLAIN EXECUTE takes no bind parameters: the values are literals.
+	queries := []struct {
+		name, types, query string
+		args               []string
+	}{
+		{"fetch", "bigint, int, bigint[]", fetchQuery, []string{
+			"0, 1000, '{}'", fmt.Sprintf("%d, 1000, '{7,9}'", n/2), fmt.Sprintf("%d, 1000, '{%d}'", n, n-5),
+		}},
+		{"pending", "bigint, bigint[]", pendingQuery, []string{
+			fmt.Sprintf("%d, '{}'", n), "0, '{}'", fmt.Sprintf("%d, '{3,%d}'", n, n-1),
+		}},
+		{"head", "", headQuery, []string{""}},
+	}
+	for _, mode := range []string{"force_generic_plan", "force_custom_plan"} {
+		exec(t, db.conn, "SET plan_cache_mode = "+mode)
+		for _, q := range queries {
+			prepare := "PREPARE q AS " + q.query
+			if q.types != "" {
+				prepare = "PREPARE q(" + q.types + ") AS " + q.query
+			}
+			exec(t, db.conn, prepare)
+			for _, args := range q.args {
+				explain := "EXPLAIN EXECUTE q"
+				if args != "" {
+					explain += "(" + args + ")"
+				}
+				rows, err := db.conn.Query(ctx, explain)
+				if err != nil {
+					t.Fatalf("%s: %s: %v", mode, explain, err)
+				}
+				lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+				if err != nil {
+					t.Fatalf("%s: %s: %v", mode, explain, err)
+				}
+				plan := strings.Join(lines, "\n")
+				for _, bad := range []string{"Seq Scan", "Hash"} {
+					if strings.Contains(plan, bad) {
+						t.Errorf("%s: %s: plan has a %s:\n%s", mode, explain, bad, plan)
+					}
+				}
+			}
+			exec(t, db.conn, "DEALLOCATE q")
+		}
 	}
 }
