@@ -96,6 +96,9 @@ func NewLoop(cfg LoopConfig, coord Coordinator, source EventSource, sink EventSi
 	if cfg.DBTimeout <= 0 {
 		cfg.DBTimeout = cfg.LeaseTTL
 	}
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
 	return &Loop{cfg: cfg, coord: coord, source: source, sink: sink, logger: logger}
 }
 
@@ -296,7 +299,14 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 		r.run(hctx, cancel)
 	}()
 	released := false
+	// inflight is the previous batch's release-and-advance, still on its
+	// way through Raft while this batch commits.
+	var inflight *advanceCall
 	defer func() {
+		if inflight != nil {
+			// The release below must not overtake it.
+			<-inflight.done
+		}
 		cancel(nil)
 		wg.Wait()
 		if errors.Is(context.Cause(hctx), errLeaseLost) && ctx.Err() == nil {
@@ -319,6 +329,22 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 	// seq numbers this grant's advances, so that a retried advance whose
 	// first answer was lost is not applied twice.
 	seq := uint64(1)
+	// awaitAdvance waits for the advance in flight, if any. Its batch is
+	// committed in the tracking database whatever happens here: if the
+	// advance fails, the next holder adopts the position from the fence.
+	awaitAdvance := func() error {
+		if inflight == nil {
+			return nil
+		}
+		a := <-inflight.done
+		inflight = nil
+		if err := a.check(token); err != nil {
+			return err
+		}
+		r.renewed()
+		a.log(l.logger)
+		return nil
+	}
 	for {
 		batchStart := time.Now()
 		var events []Event
@@ -352,6 +378,9 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 			cancel()
 			switch {
 			case errors.Is(err, ErrFenced):
+				if aerr := awaitAdvance(); aerr != nil {
+					return errors.Join(err, aerr)
+				}
 				// A holder with an older token slipped a batch in before
 				// this one claimed the fence: start again from there. A
 				// newer token means this grant is over.
@@ -369,42 +398,95 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 				return fmt.Errorf("commit batch of %d events: %w", len(events), err)
 			}
 			l.setTrackingError(nil)
-		} else if !adopted {
+		}
+		if err := awaitAdvance(); err != nil {
+			return err
+		}
+		if len(events) == 0 && len(dropped) == 0 && !adopted {
 			// Nothing new after all (another peer got there first).
 			l.logger.Info(msgLeaseReleased, "token", token, "count", 0)
 			released = true
 			return l.releaseNow(ctx, token)
 		}
 
-		raftStart := time.Now()
-		ares, err := l.coord.Apply(hctx, fsm.Command{Op: fsm.OpAdvance, Node: l.coord.ID(), Token: token, TTL: l.cfg.LeaseTTL,
-			Advance: &fsm.Advance{
-				LastEventID: next.LastEventID, LastEventDate: fsm.Nanos(next.LastEventDate), Gaps: next.Gaps, Keep: keep, Seq: seq,
-				Events: uint64(len(events)), DeadLetters: uint64(res.DeadLetters), GapsDropped: uint64(len(dropped)),
-			}})
-		if err != nil {
-			// The batch is committed in the tracking database; whoever holds
-			// the lease next adopts its position from the fence row.
-			return fmt.Errorf("apply release-and-advance (token %d): %w", token, err)
-		}
-		if ares.Err != nil {
-			return fmt.Errorf("apply release-and-advance (token %d): %w", token, errors.Join(ares.Err, errLeaseLost))
+		a := &advanceCall{
+			cmd: fsm.Command{Op: fsm.OpAdvance, Node: l.coord.ID(), Token: token, TTL: l.cfg.LeaseTTL,
+				Advance: &fsm.Advance{
+					LastEventID: next.LastEventID, LastEventDate: fsm.Nanos(next.LastEventDate), Gaps: next.Gaps, Keep: keep, Seq: seq,
+					Events: uint64(len(events)), DeadLetters: uint64(res.DeadLetters), GapsDropped: uint64(len(dropped)),
+				}},
+			events: events, openGaps: len(next.Gaps),
+			batchStart: batchStart, fetched: fetched, sent: time.Now(),
 		}
 		seq++
-		r.renewed()
-		if len(events) > 0 {
-			l.logger.Debug("batch committed", "token", token, "first_id", events[0].ID, "last_id", events[len(events)-1].ID,
-				"count", len(events), "dead_letters", res.DeadLetters, "open_gaps", len(next.Gaps),
-				"duration_ms", ms(time.Since(batchStart)), "fetch_ms", ms(fetched.Sub(batchStart)),
-				"commit_ms", ms(raftStart.Sub(fetched)), "raft_ms", ms(time.Since(raftStart)))
-		}
 		pos, adopted = next, false
-		if !keep {
-			released = true
-			l.logger.Info(msgLeaseReleased, "token", token, "last_id", next.LastEventID, "open_gaps", len(next.Gaps))
-			return nil
+		if keep {
+			// The next batch commits while this advance goes through Raft:
+			// the fence row, not the replicated cursor, is what stops a
+			// stale holder, so nothing waits on it but the next advance.
+			inflight = a.start(hctx, l.coord)
+			continue
 		}
+		inflight = a.start(hctx, l.coord)
+		if err := awaitAdvance(); err != nil {
+			return err
+		}
+		released = true
+		l.logger.Info(msgLeaseReleased, "token", token, "last_id", next.LastEventID, "open_gaps", len(next.Gaps))
+		return nil
 	}
+}
+
+// advanceCall is one release-and-advance sent through Raft, with what its
+// batch's log line needs once it is applied.
+type advanceCall struct {
+	cmd        fsm.Command
+	events     []Event
+	openGaps   int
+	batchStart time.Time // the batch began: its fetch was awaited
+	fetched    time.Time // the batch's events were read
+	sent       time.Time // the tracking commit was done and the advance sent
+	applied    time.Time
+	res        fsm.Result
+	err        error
+	done       chan *advanceCall
+}
+
+// start applies the advance in the background; done delivers the call once
+// it has an outcome, which never blocks the goroutine.
+func (a *advanceCall) start(ctx context.Context, coord Coordinator) *advanceCall {
+	a.done = make(chan *advanceCall, 1)
+	go func() {
+		a.res, a.err = coord.Apply(ctx, a.cmd)
+		a.applied = time.Now()
+		a.done <- a
+	}()
+	return a
+}
+
+func (a *advanceCall) check(token uint64) error {
+	if a.err != nil {
+		// The batch is committed in the tracking database; whoever holds
+		// the lease next adopts its position from the fence row.
+		return fmt.Errorf("apply release-and-advance (token %d): %w", token, a.err)
+	}
+	if a.res.Err != nil {
+		return fmt.Errorf("apply release-and-advance (token %d): %w", token, errors.Join(a.res.Err, errLeaseLost))
+	}
+	return nil
+}
+
+// log records the batch's timings: the whole batch, reading it, the
+// tracking transaction and the release-and-advance. The advance overlaps
+// the next batch's commit, so consecutive batches' durations overlap too.
+func (a *advanceCall) log(logger hclog.Logger) {
+	if len(a.events) == 0 {
+		return
+	}
+	logger.Debug("batch committed", "token", a.cmd.Token, "first_id", a.events[0].ID, "last_id", a.events[len(a.events)-1].ID,
+		"count", len(a.events), "dead_letters", a.cmd.Advance.DeadLetters, "open_gaps", a.openGaps,
+		"duration_ms", ms(a.applied.Sub(a.batchStart)), "fetch_ms", ms(a.fetched.Sub(a.batchStart)),
+		"commit_ms", ms(a.sent.Sub(a.fetched)), "raft_ms", ms(a.applied.Sub(a.sent)))
 }
 
 // dbContext bounds one database call. A database that stops answering

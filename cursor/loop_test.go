@@ -1,0 +1,154 @@
+package cursor
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/geocursor/geocursor/fsm"
+)
+
+// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// flakyCoordinator fails chosen advances, as a leader that is cut off or an
+// answer that is lost would.
+type flakyCoordinator struct {
+	*LocalCoordinator
+	mu sync.Mutex
+	// fail decides, per advance, whether it fails and whether it was
+	// applied all the same (the answer was lost).
+	fail  func(cmd fsm.Command) (fail, applied bool)
+	fails int
+}
+
+var errFlaky = errors.New("flaky coordinator: no answer from the leader")
+
+func (c *flakyCoordinator) Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error) {
+	if cmd.Op == fsm.OpAdvance {
+		c.mu.Lock()
+		fail, applied := c.fail(cmd)
+		if fail {
+			c.fails++
+		}
+		c.mu.Unlock()
+		if fail {
+			if applied {
+				c.LocalCoordinator.Apply(ctx, cmd) //nolint:errcheck // the answer is what is lost
+			}
+			return fsm.Result{}, errFlaky
+		}
+	}
+	return c.LocalCoordinator.Apply(ctx, cmd)
+}
+
+// bulkSource writes n well-formed events, IDs 1..n, set-based.
+func bulkSource(t *testing.T, n int) *sourceDB {
+	t.Helper()
+	db := newSourceDB(t)
+	exec(t, db.conn, `INSERT INTO geo_events (id, replicable_name, event_name, payload, created_at)
+SELECT i, 'lfs_object', CASE WHEN i % 7 = 0 THEN 'deleted' ELSE 'updated' END,
+       jsonb_build_object('model_record_id', i % 50), now()
+FROM generate_series(1, $1::bigint) AS i`, n)
+	exec(t, db.conn, `INSERT INTO geo_event_log (id, created_at, geo_event_id)
+SELECT i, now() AT TIME ZONE 'utc', i FROM generate_series(1, $1::bigint) AS i`, n)
+	return db
+}
+
+// While a full batch's advance goes through Raft the next batch already
+// commits in the tracking database. When that advance fails, whether or not
+// it was applied, the tracking database is ahead of the replicated cursor;
+// the next grant must adopt the fence and go on, every event exactly once.
+func TestFailedAdvanceInThePipelineIsAdoptedFromTheFence(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		applied bool
+	}{
+		{"advance not applied", false},
+		{"advance applied, answer lost", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const total, batch = 5500, 1000
+			db := bulkSource(t, total)
+			src := openTestSource(t, db.dsn)
+			tr, conn := openTestTracking(t)
+
+			var logs syncBuffer
+			coord := &flakyCoordinator{LocalCoordinator: NewLocalCoordinator("a")}
+			coord.fail = func(cmd fsm.Command) (bool, bool) {
+				// The second and fourth advance of the first grant.
+				return cmd.Token == 1 && (cmd.Advance.Seq == 2 || cmd.Advance.Seq == 4), tc.applied
+			}
+			loop := NewLoop(LoopConfig{
+				BatchSize: batch, PollInterval: 10 * time.Millisecond, GapTimeout: time.Hour,
+				LeaseTTL: 2 * time.Second, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond,
+			}, coord, src, tr, hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info}))
+			ctx, cancel := context.WithTimeout(testContext(t), time.Minute)
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- loop.Run(ctx) }()
+
+			for {
+				st, changed := coord.Watch()
+				if st.Cursor.LastEventID == total && !st.Lease.HeldAt(time.Now().UnixNano()) {
+					break
+				}
+				select {
+				case <-changed:
+				case <-time.After(100 * time.Millisecond):
+				case <-ctx.Done():
+					t.Fatalf("cursor stuck at %d of %d (lease %+v)", st.Cursor.LastEventID, total, st.Lease)
+				}
+			}
+			cancel()
+			<-done
+
+			coord.mu.Lock()
+			fails := coord.fails
+			coord.mu.Unlock()
+			if fails != 1 {
+				t.Errorf("%d advances failed, want 1 (the grant ends at the first)", fails)
+			}
+			var jobs, distinct, lowest, highest int64
+			if err := conn.QueryRow(testContext(t),
+				`SELECT count(*), count(DISTINCT event_id), min(event_id), max(event_id) FROM geo_jobs`).
+				Scan(&jobs, &distinct, &lowest, &highest); err != nil {
+				t.Fatalf("count jobs: %v", err)
+			}
+			if jobs != total || distinct != total || lowest != 1 || highest != total {
+				t.Errorf("geo_jobs has %d rows, %d distinct events, %d..%d; want each of 1..%d once",
+					jobs, distinct, lowest, highest, total)
+			}
+			// The batch after the failed advance was committed while it was
+			// in flight: the next grant found the fence ahead of the cursor.
+			if !strings.Contains(logs.String(), "adopting the position of the tracking database") {
+				t.Errorf("the next grant did not adopt the fence; log:\n%s", logs.String())
+			}
+			st, _ := coord.Watch()
+			if st.Lease.Token < 2 {
+				t.Errorf("lease token %d: the failed grant should have ended", st.Lease.Token)
+			}
+		})
+	}
+}
