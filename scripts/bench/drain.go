@@ -55,7 +55,9 @@ type drainRun struct {
 
 const drainMethod = "geocursor_fence is read every 50 ms; the rate is (head - last_event_id at the first commit observed) / " +
 	"(updated_at of the commit that reached the head - updated_at of that first commit), both stamped by PostgreSQL. " +
-	"The plain loop runs against a fresh tracking database on the same source."
+	"The plain loop runs against a fresh tracking database on the same source. Before each run the database that the " +
+	"previous step wrote (the bulk-loaded source, then the cluster's tracking database) is vacuumed and checkpointed, " +
+	"so that neither run pays for the other's autovacuum and dirty buffers."
 
 func (b *bench) drain(ctx context.Context) error {
 	r := &drainReport{Events: b.opts.events, Method: drainMethod}
@@ -75,6 +77,9 @@ func (b *bench) drain(ctx context.Context) error {
 		return err
 	}
 	b.logf("drain: loaded in %.1fs; source head %d", r.BulkLoadS, head)
+	if err := settle(ctx, b.source); err != nil {
+		return err
+	}
 
 	// The cluster. Its agents' logs are new: the whole drain is in them.
 	// The fence is watched from before the agents start, so that the
@@ -106,7 +111,11 @@ func (b *bench) drain(ctx context.Context) error {
 		return err
 	}
 
-	// The plain loop, on a fresh tracking database.
+	// The plain loop, on a fresh tracking database, once the cluster's
+	// million writes are vacuumed and checkpointed.
+	if err := settle(ctx, b.tracking); err != nil {
+		return err
+	}
 	plainDSN, err := b.pg.CreateDatabase(ctx, "tracking_plain")
 	if err != nil {
 		return err
@@ -172,6 +181,18 @@ func (b *bench) drainPlain(ctx context.Context, trackingDSN string, head int64) 
 	}
 	run.Batches = t.batchTimes()
 	return run, err
+}
+
+// settle vacuums the database behind pool and checkpoints the server: a
+// million fresh rows trigger autovacuum and leave gigabytes of dirty
+// buffers, and whichever run came next would pay for them.
+func settle(ctx context.Context, pool *pgxpool.Pool) error {
+	for _, stmt := range []string{"VACUUM (ANALYZE)", "CHECKPOINT"} {
+		if _, err := pool.Exec(ctx, stmt); err != nil {
+			return fmt.Errorf("settle the database before the next run: %s: %w", stmt, err)
+		}
+	}
+	return nil
 }
 
 // measureDrain polls the fence of tracking until it reaches head.
