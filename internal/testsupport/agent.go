@@ -25,14 +25,15 @@ import (
 
 var (
 	buildOnce sync.Once
+	buildDir  string
 	buildPath string
 	buildErr  error
 )
 
 // BuildBinary builds ./cmd/geocursor once per test process and returns the
-// path of the binary. The binary lives in a temporary directory that is not
-// removed (it is shared by every test of the process; the OS's temp cleaner
-// owns it).
+// path of the binary. The binary is shared by every test of the process, so
+// no test can remove it: a package that uses it calls RemoveBinary from its
+// TestMain once the tests are done.
 func BuildBinary(tb testing.TB) string {
 	tb.Helper()
 	buildOnce.Do(func() {
@@ -46,6 +47,7 @@ func BuildBinary(tb testing.TB) string {
 			buildErr = fmt.Errorf("create build dir: %w", err)
 			return
 		}
+		buildDir = dir
 		if err := os.Chmod(dir, 0o755); err != nil {
 			buildErr = fmt.Errorf("chmod build dir: %w", err)
 			return
@@ -56,6 +58,15 @@ func BuildBinary(tb testing.TB) string {
 		tb.Fatalf("build geocursor: %v", buildErr)
 	}
 	return buildPath
+}
+
+// RemoveBinary removes what BuildBinary built, if anything. Call it from
+// TestMain after m.Run.
+func RemoveBinary() error {
+	if buildDir == "" {
+		return nil
+	}
+	return os.RemoveAll(buildDir)
 }
 
 // ModuleRoot walks up from the working directory to the directory that
