@@ -26,9 +26,12 @@ var shared struct {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if shared.srv != nil {
-		if err := shared.srv.Cleanup(); err != nil {
-			fmt.Fprintf(os.Stderr, "clean up PostgreSQL in %s: %v\n", shared.srv.Dir, err)
+	for _, srv := range []*pgserver.Server{shared.srv, durable.srv} {
+		if srv == nil {
+			continue
+		}
+		if err := srv.Cleanup(); err != nil {
+			fmt.Fprintf(os.Stderr, "clean up PostgreSQL in %s: %v\n", srv.Dir, err)
 		}
 	}
 	os.Exit(code)

@@ -179,33 +179,47 @@ func (t *Tracking) Commit(ctx context.Context, b Batch) (CommitResult, error) {
 		return res, fmt.Errorf("commit batch (token %d): encode gaps: %w", b.Token, err)
 	}
 	eff := classify(events)
-	began := time.Now()
-
-	tx, err := t.pool.Begin(ctx)
-	if err != nil {
-		return res, fmt.Errorf("commit batch (token %d): begin: %w", b.Token, err)
-	}
-	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
-
-	if err := checkFence(ctx, tx, b); err != nil {
-		return res, err
-	}
-
-	pb := &pgx.Batch{}
-	queueEffects(pb, eff, b.Start.LastEventID, tombstoneFloor(b.Next), &res)
 	var lastDate *time.Time
 	if !b.Next.LastEventDate.IsZero() {
 		d := b.Next.LastEventDate.UTC()
 		lastDate = &d
 	}
+	began := time.Now()
+
+	conn, err := t.pool.Acquire(ctx)
+	if err != nil {
+		return res, fmt.Errorf("commit batch (token %d): %w", b.Token, err)
+	}
+	// Release destroys a connection left inside a transaction.
+	defer conn.Release()
+
+	// The whole transaction but its COMMIT goes in one round trip: the
+	// fence row is locked first, the effects and the new fence follow, and
+	// the fence is checked when its row comes back. A refused batch has
+	// done its writes for nothing and is rolled back; it is rare, and a
+	// round trip on every batch is not.
+	var fenceErr error
+	pb := &pgx.Batch{}
+	pb.Queue(`BEGIN`)
+	pb.Queue(`SELECT token, last_event_id, gaps::text FROM geocursor_fence WHERE id = 1 FOR UPDATE`).
+		QueryRow(func(row pgx.Row) error {
+			fenceErr = checkFence(row, b)
+			return fenceErr
+		})
+	queueEffects(pb, eff, b.Start.LastEventID, tombstoneFloor(b.Next), &res)
 	pb.Queue(`UPDATE geocursor_fence
 SET token = $1, last_event_id = $2, last_event_date = $3, gaps = $4::jsonb, updated_at = clock_timestamp()
 WHERE id = 1`, int64(b.Token), b.Next.LastEventID, lastDate, string(nextGaps))
-	if err := tx.SendBatch(ctx, pb).Close(); err != nil {
+	if err := conn.SendBatch(ctx, pb).Close(); err != nil {
+		rollback(ctx, conn.Conn())
+		if fenceErr != nil {
+			return CommitResult{}, fenceErr
+		}
 		return CommitResult{}, fmt.Errorf("commit batch (token %d, events %d..%d): %w",
 			b.Token, firstID(events), lastID(events), err)
 	}
-	if err := tx.Commit(ctx); err != nil {
+	if _, err := conn.Exec(ctx, `COMMIT`); err != nil {
+		rollback(ctx, conn.Conn())
 		return CommitResult{}, fmt.Errorf("commit batch (token %d, events %d..%d): %w",
 			b.Token, firstID(events), lastID(events), err)
 	}
@@ -237,19 +251,16 @@ func checkBatch(b Batch) ([]Event, error) {
 	return events, nil
 }
 
-// checkFence locks the fence row and refuses the batch unless the row is
-// where the batch starts. Holding the row lock to the end of the transaction
-// is what makes the check and the writes one step: a stale holder blocked
-// here sees the newer row once the lock is released.
-func checkFence(ctx context.Context, tx pgx.Tx, b Batch) error {
+// checkFence refuses the batch unless the fence row, read with its lock
+// held, is where the batch starts. Holding the row lock to the end of the
+// transaction is what makes the check and the writes one step: a stale
+// holder blocked on the lock sees the newer row once it is released.
+func checkFence(row pgx.Row, b Batch) error {
 	var (
 		token, lastID int64
 		gapsJSON      string
 	)
-	err := tx.QueryRow(ctx,
-		`SELECT token, last_event_id, gaps::text FROM geocursor_fence WHERE id = 1 FOR UPDATE`).
-		Scan(&token, &lastID, &gapsJSON)
-	if err != nil {
+	if err := row.Scan(&token, &lastID, &gapsJSON); err != nil {
 		return fmt.Errorf("commit batch (token %d): lock the fence row: %w", b.Token, err)
 	}
 	if uint64(token) > b.Token {
@@ -267,6 +278,15 @@ func checkFence(ctx context.Context, tx pgx.Tx, b Batch) error {
 			ErrFenced, b.Start.LastEventID, len(b.Start.Gaps), len(gaps), id)
 	}
 	return nil
+}
+
+// rollback ends the transaction on conn after a failure, best effort: if
+// it fails, the connection is still inside the transaction and the pool
+// destroys it on release.
+func rollback(ctx context.Context, conn *pgx.Conn) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	conn.Exec(rctx, `ROLLBACK`) //nolint:errcheck // see above
 }
 
 // gapsDiffer compares two gap sets by ID (the first-seen times may differ
