@@ -49,6 +49,10 @@ type Options struct {
 	// and full_page_writes=off. It must stay false for tests that check
 	// what survives a crash.
 	Fast bool
+	// CommitTimestamps turns on track_commit_timestamp, so that
+	// pg_xact_commit_timestamp(xmin) tells when a row's transaction
+	// committed, by the server's clock.
+	CommitTimestamps bool
 	// Logf, if set, receives one line per command run against the server.
 	Logf func(format string, args ...any)
 }
@@ -305,6 +309,9 @@ func (s *Server) writeConfig(opts Options) error {
 	b.WriteString("wal_buffers = '16MB'\nmax_wal_size = '2GB'\n")
 	if opts.Fast {
 		b.WriteString("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n")
+	}
+	if opts.CommitTimestamps {
+		b.WriteString("track_commit_timestamp = on\n")
 	}
 	path := filepath.Join(s.dataDir, "postgresql.conf")
 	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)

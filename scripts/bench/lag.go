@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/geocursor/geocursor/internal/loadgen"
 )
@@ -26,8 +28,8 @@ type lagReport struct {
 	// AchievedRate is Events / Seconds: below Rate when the source could
 	// not take the load.
 	AchievedRate float64 `json:"achieved_events_per_s"`
-	// Latency is from each event's COMMIT returning in the load generator
-	// to its geo_jobs row's created_at.
+	// Latency is from the commit of each event's transaction in the
+	// source to the commit of its job's in the tracking database.
 	Latency summary `json:"latency"`
 	// Missing counts committed events without a job row.
 	Missing int `json:"missing"`
@@ -41,14 +43,9 @@ type lagReport struct {
 	Method        string `json:"method"`
 }
 
-const lagMethod = "per event: loadgen's OnCommit time (COMMIT returned in the writer) to geo_jobs.created_at " +
-	"(clock_timestamp() when the row was inserted, in the tracking transaction that then commits); same machine clock. " +
-	"No holds, rollbacks, cache invalidations or bad events."
-
-type commit struct {
-	id int64
-	at time.Time
-}
+const lagMethod = "per event: the commit time of its geo_event_log row to the commit time of its geo_jobs row, " +
+	"both pg_xact_commit_timestamp(xmin) (track_commit_timestamp = on), stamped by the one PostgreSQL server that holds " +
+	"both databases. No holds, rollbacks, cache invalidations or bad events."
 
 func (b *bench) lag(ctx context.Context) error {
 	if err := b.startCluster(ctx); err != nil {
@@ -61,8 +58,9 @@ func (b *bench) lag(ctx context.Context) error {
 	b.report.Lag = r
 
 	var (
-		mu      sync.Mutex
-		commits []commit
+		mu sync.Mutex
+		// committed are the IDs of the events the load generator wrote.
+		committed []int64
 	)
 	from := markLogs(b.cluster.Agents)
 	b.logf("lag: writing %.0f events/s with %d writers for %s ...", r.Rate, lagWriters, b.opts.lagFor)
@@ -71,11 +69,9 @@ func (b *bench) lag(ctx context.Context) error {
 		Writers: lagWriters,
 		Rate:    r.Rate,
 		Seed:    2,
-		OnCommit: func(ids []int64, at time.Time) {
+		OnCommit: func(ids []int64, _ time.Time) {
 			mu.Lock()
-			for _, id := range ids {
-				commits = append(commits, commit{id, at})
-			}
+			committed = append(committed, ids...)
 			mu.Unlock()
 		},
 	})
@@ -97,36 +93,30 @@ func (b *bench) lag(ctx context.Context) error {
 	r.Acquisitions, r.HolderChanges = len(times.acquisitions), times.holderChanges()
 	b.sampleRSS()
 
-	if len(commits) == 0 {
+	if len(committed) == 0 {
 		return fmt.Errorf("the load generator committed nothing")
 	}
-	lo, hi := commits[0].id, commits[0].id
-	for _, c := range commits {
-		lo, hi = min(lo, c.id), max(hi, c.id)
-	}
-	rows, err := b.tracking.Query(ctx, `SELECT event_id, created_at FROM geo_jobs WHERE event_id BETWEEN $1 AND $2`, lo, hi)
+	lo, hi := slices.Min(committed), slices.Max(committed)
+	inSource, err := commitTimes(ctx, b.source, `geo_event_log`, `id`, lo, hi)
 	if err != nil {
-		return fmt.Errorf("read the job rows: %w", err)
+		return fmt.Errorf("read the events' commit times: %w", err)
 	}
-	written := make(map[int64]time.Time, len(commits))
-	var (
-		id int64
-		at time.Time
-	)
-	if _, err := pgx.ForEachRow(rows, []any{&id, &at}, func() error {
-		written[id] = at
-		return nil
-	}); err != nil {
-		return fmt.Errorf("read the job rows: %w", err)
+	applied, err := commitTimes(ctx, b.tracking, `geo_jobs`, `event_id`, lo, hi)
+	if err != nil {
+		return fmt.Errorf("read the jobs' commit times: %w", err)
 	}
-	lat := make([]float64, 0, len(commits))
-	for _, c := range commits {
-		w, ok := written[c.id]
+	lat := make([]float64, 0, len(committed))
+	for _, id := range committed {
+		from, ok := inSource[id]
+		if !ok {
+			return fmt.Errorf("event %d: no commit time in the source", id)
+		}
+		to, ok := applied[id]
 		if !ok {
 			r.Missing++
 			continue
 		}
-		lat = append(lat, float64(w.Sub(c.at).Microseconds())/1000)
+		lat = append(lat, float64(to.Sub(from).Microseconds())/1000)
 	}
 	r.Latency = summarize(lat)
 	b.logf("lag: %d events at %.0f/s: p50 %.1f ms, p90 %.1f ms, p99 %.1f ms, max %.1f ms (%d without a job row); %d leases granted, %d to another peer than the last",
@@ -137,4 +127,29 @@ func (b *bench) lag(ctx context.Context) error {
 		return fmt.Errorf("%d committed events have no job row", r.Missing)
 	}
 	return nil
+}
+
+// commitTimes returns, for the rows of table whose column is in lo..hi,
+// when the transaction that wrote each row committed, by the server's clock.
+func commitTimes(ctx context.Context, pool *pgxpool.Pool, table, column string, lo, hi int64) (map[int64]time.Time, error) {
+	rows, err := pool.Query(ctx, fmt.Sprintf(
+		`SELECT %[2]s, pg_xact_commit_timestamp(xmin) FROM %[1]s WHERE %[2]s BETWEEN $1 AND $2`, table, column), lo, hi)
+	if err != nil {
+		return nil, err
+	}
+	times := make(map[int64]time.Time)
+	var (
+		id int64
+		at *time.Time
+	)
+	if _, err := pgx.ForEachRow(rows, []any{&id, &at}, func() error {
+		if at == nil {
+			return fmt.Errorf("%s row %d has no commit timestamp (is track_commit_timestamp on?)", table, id)
+		}
+		times[id] = *at
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	return times, nil
 }

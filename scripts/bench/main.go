@@ -192,7 +192,7 @@ func (b *bench) run(ctx context.Context) error {
 // setUp starts PostgreSQL (durable settings, as in production), creates
 // the source and tracking databases and builds the binary.
 func (b *bench) setUp(ctx context.Context) error {
-	pg, err := pgserver.Start(ctx, pgserver.Options{})
+	pg, err := pgserver.Start(ctx, pgserver.Options{CommitTimestamps: true})
 	b.mu.Lock()
 	b.pg = pg
 	b.mu.Unlock()
