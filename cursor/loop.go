@@ -24,8 +24,17 @@ type EventSource interface {
 type EventSink interface {
 	Claim(ctx context.Context, token uint64) (Fence, error)
 	Fence(ctx context.Context) (Fence, error)
-	Commit(ctx context.Context, b Batch) (CommitResult, error)
+	// Stage opens b's transaction and writes what needs no lock; the
+	// batch is written once the StagedBatch commits.
+	Stage(ctx context.Context, b Batch) (StagedBatch, error)
 	Ping(ctx context.Context) error
+}
+
+// StagedBatch is a batch whose transaction is open: *Staged. Exactly one
+// of Commit and Abort is called.
+type StagedBatch interface {
+	Commit(ctx context.Context) (CommitResult, error)
+	Abort()
 }
 
 // LoopConfig tunes the loop; see config.SourceConfig and config.LeaseConfig.
@@ -302,7 +311,13 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 	// inflight is the previous batch's release-and-advance, still on its
 	// way through Raft while this batch commits.
 	var inflight *advanceCall
+	// committing is the previous batch, staged: its commit runs while this
+	// batch stages.
+	var committing *pendingBatch
 	defer func() {
+		if committing != nil {
+			committing.staged.Abort()
+		}
 		if inflight != nil {
 			// The release below must not overtake it.
 			<-inflight.done
@@ -321,10 +336,14 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 	if err != nil {
 		return err
 	}
-	// While a full batch is being committed, the next one is already read
-	// from the source: its start is known (next), and both databases work
-	// at once. A prefetch is dropped whenever the position changes any
-	// other way.
+	// Through a backlog four batches are in the air at once: while batch i
+	// commits in the tracking database, i+1 stages (opens its transaction
+	// and inserts its jobs, which take no lock), i+2 is read from the
+	// source, and i-1's release-and-advance goes through Raft. Commits and
+	// advances stay in batch order: a staged batch takes the fence row's
+	// lock only in its commit, and commits only if its start is where the
+	// batch before it left the fence. A prefetch or a staged batch is
+	// dropped whenever the position changes any other way.
 	var prefetch <-chan fetchResult
 	// seq numbers this grant's advances, so that a retried advance whose
 	// first answer was lost is not applied twice.
@@ -344,6 +363,43 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 		r.renewed()
 		a.log(l.logger)
 		return nil
+	}
+	// sendAdvance records p in Raft once the advance before it is answered.
+	sendAdvance := func(p *pendingBatch, res CommitResult) error {
+		if err := awaitAdvance(); err != nil {
+			return err
+		}
+		a := &advanceCall{
+			cmd: fsm.Command{Op: fsm.OpAdvance, Node: l.coord.ID(), Token: token, TTL: l.cfg.LeaseTTL,
+				Advance: &fsm.Advance{
+					LastEventID: p.next.LastEventID, LastEventDate: fsm.Nanos(p.next.LastEventDate), Gaps: p.next.Gaps,
+					Keep: p.keep, Seq: seq, Events: uint64(len(p.events)), DeadLetters: uint64(res.DeadLetters),
+					GapsDropped: uint64(p.dropped),
+				}},
+			events: p.events, openGaps: len(p.next.Gaps),
+			batchStart: p.batchStart, fetched: p.fetched, sent: time.Now(),
+		}
+		seq++
+		inflight = a.start(hctx, l.coord)
+		return nil
+	}
+	// finish commits p, the oldest batch in the air, and sends its advance.
+	finish := func(p *pendingBatch) error {
+		var res CommitResult
+		if p.staged != nil {
+			qctx, cancel := l.dbContext(hctx)
+			var err error
+			res, err = p.staged.Commit(qctx)
+			cancel()
+			if err != nil {
+				if !errors.Is(err, ErrFenced) {
+					l.setTrackingError(ctxOr(hctx, err))
+				}
+				return err
+			}
+			l.setTrackingError(nil)
+		}
+		return sendAdvance(p, res)
 	}
 	for {
 		batchStart := time.Now()
@@ -371,63 +427,71 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 		if keep {
 			prefetch = l.fetchAsync(hctx, next)
 		}
-		var res CommitResult
+		p := &pendingBatch{events: events, next: next, dropped: len(dropped), keep: keep, batchStart: batchStart, fetched: fetched}
+		var staging <-chan stageResult
 		if len(events) > 0 || len(dropped) > 0 {
-			qctx, cancel := l.dbContext(hctx)
-			res, err = l.sink.Commit(qctx, Batch{Token: token, Start: pos, Next: next, Events: events})
-			cancel()
-			switch {
-			case errors.Is(err, ErrFenced):
-				if aerr := awaitAdvance(); aerr != nil {
-					return errors.Join(err, aerr)
-				}
-				// A holder with an older token slipped a batch in before
-				// this one claimed the fence: start again from there. A
-				// newer token means this grant is over.
-				qctx, cancel := l.dbContext(hctx)
-				f, ferr := l.sink.Fence(qctx)
-				cancel()
-				if ferr == nil && f.Token <= token {
-					l.logger.Info("tracking database moved on before this batch; continuing from its fence", "token", token, "fence_last_id", f.Position.LastEventID)
-					pos, adopted, prefetch = f.Position, true, nil
-					continue
-				}
-				return fmt.Errorf("commit batch: %w", errors.Join(err, errLeaseLost))
-			case err != nil:
-				l.setTrackingError(ctxOr(hctx, err))
-				return fmt.Errorf("commit batch of %d events: %w", len(events), err)
+			staging = l.stageAsync(hctx, Batch{Token: token, Start: pos, Next: next, Events: events})
+		}
+
+		var ferr error
+		if committing != nil {
+			ferr = finish(committing)
+			committing = nil
+		}
+		var serr error
+		if staging != nil {
+			sr := <-staging
+			p.staged, serr = sr.staged, sr.err
+		}
+		if ferr != nil || serr != nil {
+			if p.staged != nil {
+				p.staged.Abort()
 			}
-			l.setTrackingError(nil)
+			err := ferr
+			if err == nil {
+				err = serr
+				if !errors.Is(err, ErrFenced) {
+					l.setTrackingError(ctxOr(hctx, err))
+				}
+			}
+			if !errors.Is(err, ErrFenced) {
+				return fmt.Errorf("commit batch: %w", err)
+			}
+			if aerr := awaitAdvance(); aerr != nil {
+				return errors.Join(err, aerr)
+			}
+			// A holder with an older token slipped a batch in before this
+			// one claimed the fence: start again from there. A newer token
+			// means this grant is over.
+			qctx, cancel := l.dbContext(hctx)
+			f, rerr := l.sink.Fence(qctx)
+			cancel()
+			if rerr == nil && f.Token <= token {
+				l.logger.Info("tracking database moved on before this batch; continuing from its fence", "token", token, "fence_last_id", f.Position.LastEventID)
+				pos, adopted, prefetch = f.Position, true, nil
+				continue
+			}
+			return fmt.Errorf("commit batch: %w", errors.Join(err, errLeaseLost))
 		}
-		if err := awaitAdvance(); err != nil {
-			return err
-		}
-		if len(events) == 0 && len(dropped) == 0 && !adopted {
+
+		if p.staged == nil && !adopted {
 			// Nothing new after all (another peer got there first).
+			if err := awaitAdvance(); err != nil {
+				return err
+			}
 			l.logger.Info(msgLeaseReleased, "token", token, "count", 0)
 			released = true
 			return l.releaseNow(ctx, token)
 		}
-
-		a := &advanceCall{
-			cmd: fsm.Command{Op: fsm.OpAdvance, Node: l.coord.ID(), Token: token, TTL: l.cfg.LeaseTTL,
-				Advance: &fsm.Advance{
-					LastEventID: next.LastEventID, LastEventDate: fsm.Nanos(next.LastEventDate), Gaps: next.Gaps, Keep: keep, Seq: seq,
-					Events: uint64(len(events)), DeadLetters: uint64(res.DeadLetters), GapsDropped: uint64(len(dropped)),
-				}},
-			events: events, openGaps: len(next.Gaps),
-			batchStart: batchStart, fetched: fetched, sent: time.Now(),
-		}
-		seq++
 		pos, adopted = next, false
 		if keep {
-			// The next batch commits while this advance goes through Raft:
-			// the fence row, not the replicated cursor, is what stops a
-			// stale holder, so nothing waits on it but the next advance.
-			inflight = a.start(hctx, l.coord)
+			committing = p
 			continue
 		}
-		inflight = a.start(hctx, l.coord)
+		// The grant's last batch: commit it, and release with its advance.
+		if err := finish(p); err != nil {
+			return fmt.Errorf("commit batch: %w", err)
+		}
 		if err := awaitAdvance(); err != nil {
 			return err
 		}
@@ -435,6 +499,37 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 		l.logger.Info(msgLeaseReleased, "token", token, "last_id", next.LastEventID, "open_gaps", len(next.Gaps))
 		return nil
 	}
+}
+
+// pendingBatch is a batch between its fetch and its advance.
+type pendingBatch struct {
+	events     []Event
+	next       Position
+	dropped    int
+	keep       bool
+	batchStart time.Time
+	fetched    time.Time
+	// staged is nil for a batch with nothing to write: an adopted position
+	// recorded in Raft with no new event.
+	staged StagedBatch
+}
+
+type stageResult struct {
+	staged StagedBatch
+	err    error
+}
+
+// stageAsync stages b in the background. The goroutine ends with ctx at the
+// latest; its one result never blocks it.
+func (l *Loop) stageAsync(ctx context.Context, b Batch) <-chan stageResult {
+	ch := make(chan stageResult, 1)
+	go func() {
+		qctx, cancel := l.dbContext(ctx)
+		defer cancel()
+		staged, err := l.sink.Stage(qctx, b)
+		ch <- stageResult{staged, err}
+	}()
+	return ch
 }
 
 // advanceCall is one release-and-advance sent through Raft, with what its

@@ -157,76 +157,143 @@ type CommitResult struct {
 	RegistryUpserts, RegistryDeletes int
 }
 
-// Commit applies b in one transaction: it locks the fence row, refuses the
-// batch with ErrFenced if the row holds a newer token or a different start
-// position, writes the jobs, dead letters and registry changes, and moves the
-// fence to b.Next under b.Token.
+// Commit applies b in one transaction: Stage, then the staged batch's
+// Commit.
 //
 // If Commit returns an error other than ErrFenced, the outcome may be unknown
 // (the connection can fail during COMMIT): read the fence to find out before
 // retrying, since a retry of a batch that did commit is refused as fenced.
 func (t *Tracking) Commit(ctx context.Context, b Batch) (CommitResult, error) {
-	var res CommitResult
+	st, err := t.Stage(ctx, b)
+	if err != nil {
+		return CommitResult{}, err
+	}
+	return st.Commit(ctx)
+}
+
+// Staged is a batch whose transaction is open, with the writes that take no
+// lock done: its geo_jobs and geo_dead_letters rows, invisible to others
+// until Commit. Its Commit then takes the fence row's lock, and a staged
+// batch may wait for it while the batch before it commits: that is how the
+// holder inserts the next batch's rows while the last one commits. Exactly
+// one of Commit and Abort must be called.
+type Staged struct {
+	t        *Tracking
+	conn     *pgxpool.Conn
+	b        Batch
+	events   []Event
+	eff      effects
+	res      CommitResult
+	nextGaps string
+	began    time.Time
+}
+
+// Stage checks b, opens its transaction on a connection of its own and
+// inserts its jobs and dead letters, in one round trip.
+func (t *Tracking) Stage(ctx context.Context, b Batch) (StagedBatch, error) {
 	events, err := checkBatch(b)
 	if err != nil {
-		return res, err
+		return nil, err
 	}
 	if b.Token > math.MaxInt64 {
-		return res, fmt.Errorf("commit batch (token %d): token does not fit in a bigint", b.Token)
+		return nil, fmt.Errorf("commit batch (token %d): token does not fit in a bigint", b.Token)
 	}
 	nextGaps, err := json.Marshal(nonNil(b.Next.Gaps))
 	if err != nil {
-		return res, fmt.Errorf("commit batch (token %d): encode gaps: %w", b.Token, err)
+		return nil, fmt.Errorf("commit batch (token %d): encode gaps: %w", b.Token, err)
 	}
-	eff := classify(events)
+	s := &Staged{t: t, b: b, events: events, eff: classify(events), nextGaps: string(nextGaps), began: time.Now()}
+	if s.conn, err = t.pool.Acquire(ctx); err != nil {
+		return nil, s.errorf("%w", err)
+	}
+	pb := &pgx.Batch{}
+	pb.Queue(`BEGIN`)
+	queueRows(pb, s.eff, &s.res)
+	if err := s.conn.SendBatch(ctx, pb).Close(); err != nil {
+		s.Abort()
+		return nil, s.failed(err)
+	}
+	return s, nil
+}
+
+// failed describes err, a failure of the batch's statements. A row for one
+// of the batch's events that already exists means another holder committed
+// the same events first: this batch is fenced out, as it would have been
+// by the fence row. Staged batches insert their rows before they take the
+// fence row's lock, so that is how a stale holder racing the current one
+// usually learns it.
+func (s *Staged) failed(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "23505" &&
+		(pgErr.TableName == "geo_jobs" || pgErr.TableName == "geo_dead_letters") {
+		return fmt.Errorf("%w: token %d: events %d..%d were committed by another holder (%s)",
+			ErrFenced, s.b.Token, firstID(s.events), lastID(s.events), pgErr.Detail)
+	}
+	return s.errorf("%w", err)
+}
+
+// Commit locks the fence row, refuses the batch with ErrFenced (rolling it
+// back) if the row holds a newer token or a different start position than
+// the batch's, writes the registry changes, moves the fence to the batch's
+// Next under its token and commits. All but the COMMIT go in one round
+// trip: the fence is checked when its row comes back, and a refused batch
+// has done its registry writes for nothing. That is rare; a round trip on
+// every batch is not.
+func (s *Staged) Commit(ctx context.Context) (CommitResult, error) {
+	if s.conn == nil {
+		return CommitResult{}, s.errorf("the batch was already committed or aborted")
+	}
+	defer s.Abort() // releases the connection; a no-op rollback after COMMIT
+	b := s.b
 	var lastDate *time.Time
 	if !b.Next.LastEventDate.IsZero() {
 		d := b.Next.LastEventDate.UTC()
 		lastDate = &d
 	}
-	began := time.Now()
-
-	conn, err := t.pool.Acquire(ctx)
-	if err != nil {
-		return res, fmt.Errorf("commit batch (token %d): %w", b.Token, err)
-	}
-	// Release destroys a connection left inside a transaction.
-	defer conn.Release()
-
-	// The whole transaction but its COMMIT goes in one round trip: the
-	// fence row is locked first, the effects and the new fence follow, and
-	// the fence is checked when its row comes back. A refused batch has
-	// done its writes for nothing and is rolled back; it is rare, and a
-	// round trip on every batch is not.
 	var fenceErr error
 	pb := &pgx.Batch{}
-	pb.Queue(`BEGIN`)
 	pb.Queue(`SELECT token, last_event_id, gaps::text FROM geocursor_fence WHERE id = 1 FOR UPDATE`).
 		QueryRow(func(row pgx.Row) error {
 			fenceErr = checkFence(row, b)
 			return fenceErr
 		})
-	queueEffects(pb, eff, b.Start.LastEventID, tombstoneFloor(b.Next), &res)
+	res := s.res
+	queueRegistry(pb, s.eff, b.Start.LastEventID, tombstoneFloor(b.Next), &res)
 	pb.Queue(`UPDATE geocursor_fence
 SET token = $1, last_event_id = $2, last_event_date = $3, gaps = $4::jsonb, updated_at = clock_timestamp()
-WHERE id = 1`, int64(b.Token), b.Next.LastEventID, lastDate, string(nextGaps))
-	if err := conn.SendBatch(ctx, pb).Close(); err != nil {
-		rollback(ctx, conn.Conn())
+WHERE id = 1`, int64(b.Token), b.Next.LastEventID, lastDate, s.nextGaps)
+	if err := s.conn.SendBatch(ctx, pb).Close(); err != nil {
 		if fenceErr != nil {
 			return CommitResult{}, fenceErr
 		}
-		return CommitResult{}, fmt.Errorf("commit batch (token %d, events %d..%d): %w",
-			b.Token, firstID(events), lastID(events), err)
+		return CommitResult{}, s.failed(err)
 	}
-	if _, err := conn.Exec(ctx, `COMMIT`); err != nil {
-		rollback(ctx, conn.Conn())
-		return CommitResult{}, fmt.Errorf("commit batch (token %d, events %d..%d): %w",
-			b.Token, firstID(events), lastID(events), err)
+	if _, err := s.conn.Exec(ctx, `COMMIT`); err != nil {
+		return CommitResult{}, s.errorf("%w", err)
 	}
-	t.logger.Debug("committed batch", "token", b.Token, "first_id", firstID(events), "last_id", lastID(events),
-		"count", len(events), "jobs", res.Jobs, "dead_letters", res.DeadLetters,
-		"duration_ms", time.Since(began).Milliseconds())
+	s.t.logger.Debug("committed batch", "token", b.Token, "first_id", firstID(s.events), "last_id", lastID(s.events),
+		"count", len(s.events), "jobs", res.Jobs, "dead_letters", res.DeadLetters,
+		"duration_ms", time.Since(s.began).Milliseconds())
 	return res, nil
+}
+
+// Abort rolls the staged batch back, unless it was committed, and gives
+// its connection back. It is safe to call more than once.
+func (s *Staged) Abort() {
+	if s.conn == nil {
+		return
+	}
+	if s.conn.Conn().PgConn().TxStatus() != 'I' {
+		rollback(context.Background(), s.conn.Conn())
+	}
+	// Release destroys a connection still inside a transaction.
+	s.conn.Release()
+	s.conn = nil
+}
+
+func (s *Staged) errorf(format string, args ...any) error {
+	return fmt.Errorf("commit batch (token %d, events %d..%d): %w",
+		s.b.Token, firstID(s.events), lastID(s.events), fmt.Errorf(format, args...))
 }
 
 // checkBatch returns b's events sorted by ID after checking that each one is
@@ -311,12 +378,13 @@ func gapsDiffer(a, b []fsm.Gap) (int64, bool) {
 	return lowest, differ
 }
 
-// queueEffects adds the statements that write eff to pb: one statement per
-// kind of write, each taking its rows as arrays, so a batch of any size is a
-// handful of statements sent in one round trip. start is the last event ID
-// before the batch (events above it are not late), tombstoneFloor the lowest
-// ID that can still arrive late after it. The counts land in res.
-func queueEffects(pb *pgx.Batch, eff effects, start, tombstoneFloor int64, res *CommitResult) {
+// The statements that write a batch's effects: one statement per kind of
+// write, each taking its rows as arrays, so that a batch of any size is a
+// handful of statements sent in one round trip. The counts land in res.
+
+// queueRows adds the inserts of eff's jobs and dead letters to pb. They
+// take no lock another batch could want: each event is in one batch only.
+func queueRows(pb *pgx.Batch, eff effects, res *CommitResult) {
 	if len(eff.Jobs) > 0 {
 		n := len(eff.Jobs)
 		ids, kinds, names, models, payloads := make([]int64, n), make([]string, n), make([]*string, n), make([]*int64, n), make([]string, n)
@@ -343,7 +411,13 @@ FROM unnest($1::bigint[], $2::text[], $3::text[]) AS d(event_id, reason, body)
 ORDER BY d.event_id`, ids, reasons, rows).
 			Exec(func(ct pgconn.CommandTag) error { res.DeadLetters = int(ct.RowsAffected()); return nil })
 	}
+}
 
+// queueRegistry adds eff's registry and tombstone writes to pb. start is
+// the last event ID before the batch (events above it are not late),
+// tombstoneFloor the lowest ID that can still arrive late after it. They
+// must run under the fence row's lock, after the batch before.
+func queueRegistry(pb *pgx.Batch, eff effects, start, tombstoneFloor int64, res *CommitResult) {
 	// A registry row only moves forward in event order. An event above the
 	// start position is newer than anything the tracking database has
 	// seen, so only a late event (an open gap filled) can be older than

@@ -525,3 +525,102 @@ func TestConcurrentCommitsFromOneStartApplyOnce(t *testing.T) {
 		t.Errorf("jobs = %q, want the batch applied once", st.Jobs)
 	}
 }
+
+// stage is Stage for the batch of events from start under token.
+func stage(t *testing.T, tr *Tracking, token uint64, start Position, events ...Event) (StagedBatch, Position) {
+	t.Helper()
+	next, _ := Advance(start, events, time.Now(), time.Hour, 1000)
+	st, err := tr.Stage(testContext(t), Batch{Token: token, Start: start, Next: next, Events: events})
+	if err != nil {
+		t.Fatalf("Stage(%v): %v", ids(events), err)
+	}
+	return st, next
+}
+
+// The holder stages the next batch while the last one is still to commit:
+// both commit, in order, and the next one's jobs come after the last one's.
+func TestStagedBatchesCommitInOrder(t *testing.T) {
+	tr, conn := openTestTracking(t)
+	a, afterA := stage(t, tr, 1, Position{},
+		geo(1, "lfs_object", "created", `{"model_record_id": 1}`),
+		geo(2, "lfs_object", "updated", `{"model_record_id": 1}`))
+	b, afterB := stage(t, tr, 1, afterA,
+		geo(3, "lfs_object", "deleted", `{"model_record_id": 1}`),
+		geo(4, "lfs_object", "created", `{"model_record_id": 2}`))
+	if _, err := a.Commit(testContext(t)); err != nil {
+		t.Fatalf("commit the first batch: %v", err)
+	}
+	if _, err := b.Commit(testContext(t)); err != nil {
+		t.Fatalf("commit the second batch: %v", err)
+	}
+	f, err := tr.Fence(testContext(t))
+	if err != nil || f.Position.LastEventID != afterB.LastEventID {
+		t.Fatalf("fence = %+v, %v; want at %d", f, err, afterB.LastEventID)
+	}
+	var ordered bool
+	if err := conn.QueryRow(testContext(t),
+		`SELECT array_agg(event_id ORDER BY id) = array_agg(event_id ORDER BY event_id) FROM geo_jobs`).Scan(&ordered); err != nil {
+		t.Fatal(err)
+	}
+	if !ordered {
+		t.Error("geo_jobs ids are not in event order across the two batches")
+	}
+	if st := readTracking(t, conn); !reflect.DeepEqual(st.Registry, []string{"lfs_object/2 pending 4"}) {
+		t.Errorf("registry = %q", st.Registry)
+	}
+}
+
+// A staged batch whose predecessor never committed starts from a position
+// the tracking database never reached: it is fenced and leaves nothing.
+func TestStagedBatchAfterAnAbortedOneIsFenced(t *testing.T) {
+	tr, conn := openTestTracking(t)
+	a, afterA := stage(t, tr, 1, Position{}, geo(1, "lfs_object", "created", `{"model_record_id": 1}`))
+	b, _ := stage(t, tr, 1, afterA, geo(2, "lfs_object", "updated", `{"model_record_id": 1}`))
+	a.Abort()
+	if _, err := b.Commit(testContext(t)); !errors.Is(err, ErrFenced) {
+		t.Fatalf("Commit after the previous batch was aborted = %v, want ErrFenced", err)
+	}
+	compareState(t, readTracking(t, conn), trackingState{})
+}
+
+// A holder that staged a batch and then lost its lease to a claim is
+// refused at commit, and the new holder's batch of the same events goes
+// through once the stale one is gone.
+func TestStagedBatchOfALostLeaseIsFenced(t *testing.T) {
+	tr, conn := openTestTracking(t)
+	events := []Event{geo(1, "lfs_object", "created", `{"model_record_id": 1}`)}
+	stale, _ := stage(t, tr, 1, Position{}, events...)
+	if _, err := tr.Claim(testContext(t), 2); err != nil {
+		t.Fatalf("Claim(2): %v", err)
+	}
+	if _, err := stale.Commit(testContext(t)); !errors.Is(err, ErrFenced) {
+		t.Fatalf("stale Commit = %v, want ErrFenced", err)
+	}
+	if _, err := tr.Commit(testContext(t), Batch{Token: 2, Start: Position{}, Next: Position{LastEventID: 1}, Events: events}); err != nil {
+		t.Fatalf("new holder's Commit: %v", err)
+	}
+	if st := readTracking(t, conn); len(st.Jobs) != 1 {
+		t.Errorf("jobs = %q, want the one event once", st.Jobs)
+	}
+}
+
+// Two holders that stage the same events: the second insert waits for the
+// first transaction and, once it commits, is refused as fenced rather than
+// failing with a bare unique violation.
+func TestStagingEventsAnotherHolderCommittedIsFenced(t *testing.T) {
+	tr, _ := openTestTracking(t)
+	events := []Event{geo(1, "lfs_object", "created", `{"model_record_id": 1}`)}
+	first, _ := stage(t, tr, 1, Position{}, events...)
+	errs := make(chan error, 1)
+	go func() {
+		_, err := tr.Stage(testContext(t), Batch{Token: 1, Start: Position{}, Next: Position{LastEventID: 1}, Events: events})
+		errs <- err
+	}()
+	time.Sleep(100 * time.Millisecond) // let the second insert queue behind the first
+	if _, err := first.Commit(testContext(t)); err != nil {
+		t.Fatalf("first Commit: %v", err)
+	}
+	if err := <-errs; !errors.Is(err, ErrFenced) {
+		t.Fatalf("second Stage = %v, want ErrFenced", err)
+	}
+}
