@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -103,6 +104,7 @@ func TestFailedAdvanceInThePipelineIsAdoptedFromTheFence(t *testing.T) {
 			loop := NewLoop(LoopConfig{
 				BatchSize: batch, PollInterval: 10 * time.Millisecond, GapTimeout: time.Hour,
 				LeaseTTL: 2 * time.Second, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond,
+				AdvanceInterval: time.Nanosecond, // an advance for every batch
 			}, coord, src, tr, hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info}))
 			ctx, cancel := context.WithTimeout(testContext(t), time.Minute)
 			defer cancel()
@@ -148,6 +150,78 @@ func TestFailedAdvanceInThePipelineIsAdoptedFromTheFence(t *testing.T) {
 			st, _ := coord.Watch()
 			if st.Lease.Token < 2 {
 				t.Errorf("lease token %d: the failed grant should have ended", st.Lease.Token)
+			}
+		})
+	}
+}
+
+// Through a backlog the holder records its progress in Raft at most every
+// AdvanceInterval; the advance that goes out carries the counts of every
+// batch committed since the last one, and the grant's end is recorded at
+// once, whether its last batch is partial or the backlog ends on a full one.
+func TestBacklogAdvancesAreSpacedAndCountEveryBatch(t *testing.T) {
+	for _, tc := range []struct {
+		total, wantBatches int
+		wantLast           fsm.Advance
+	}{
+		// The first batch is recorded at once; the next four are folded
+		// into the advance of the last, partial one, which releases.
+		{5500, 6, fsm.Advance{LastEventID: 5500, Events: 4500, Batches: 5}},
+		// The last full batch is folded too; the empty read after it
+		// releases with its position and counts.
+		{5000, 5, fsm.Advance{LastEventID: 5000, Events: 4000, Batches: 4}},
+	} {
+		t.Run(fmt.Sprint(tc.total), func(t *testing.T) {
+			const batch = 1000
+			db := bulkSource(t, tc.total)
+			src := openTestSource(t, db.dsn)
+			tr, _ := openTestTracking(t)
+			var advances []fsm.Advance
+			coord := &flakyCoordinator{LocalCoordinator: NewLocalCoordinator("a")}
+			coord.fail = func(cmd fsm.Command) (bool, bool) {
+				advances = append(advances, *cmd.Advance) // under coord.mu
+				return false, false
+			}
+			var logs syncBuffer
+			loop := NewLoop(LoopConfig{
+				BatchSize: batch, PollInterval: 10 * time.Millisecond, GapTimeout: time.Hour,
+				LeaseTTL: 5 * time.Second, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond,
+				AdvanceInterval: time.Hour,
+			}, coord, src, tr, hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info}))
+			ctx, cancel := context.WithTimeout(testContext(t), time.Minute)
+			defer cancel()
+			done := make(chan error, 1)
+			go func() { done <- loop.Run(ctx) }()
+			for {
+				st, changed := coord.Watch()
+				if st.Cursor.LastEventID == int64(tc.total) && !st.Lease.HeldAt(time.Now().UnixNano()) {
+					break
+				}
+				select {
+				case <-changed:
+				case <-time.After(100 * time.Millisecond):
+				case <-ctx.Done():
+					t.Fatalf("cursor stuck at %d of %d", st.Cursor.LastEventID, tc.total)
+				}
+			}
+			cancel()
+			<-done
+
+			coord.mu.Lock()
+			defer coord.mu.Unlock()
+			if len(advances) != 2 {
+				t.Fatalf("%d advances, want 2: %+v", len(advances), advances)
+			}
+			last := advances[1]
+			if last.Keep || last.LastEventID != tc.wantLast.LastEventID || last.Events != tc.wantLast.Events || last.Batches != tc.wantLast.Batches {
+				t.Errorf("last advance = %+v, want a release like %+v", last, tc.wantLast)
+			}
+			st, _ := coord.Watch()
+			if st.Stats.EventsProcessed != uint64(tc.total) || st.Stats.Batches != uint64(tc.wantBatches) {
+				t.Errorf("stats = %+v, want %d events in %d batches", st.Stats, tc.total, tc.wantBatches)
+			}
+			if st.Lease.Token != 1 || strings.Contains(logs.String(), "adopting") {
+				t.Errorf("the drain took %d grants; log:\n%s", st.Lease.Token, logs.String())
 			}
 		})
 	}

@@ -137,7 +137,10 @@ func (s *State) advance(c Command) error {
 	s.Stats.EventsProcessed += a.Events
 	s.Stats.DeadLetters += a.DeadLetters
 	s.Stats.GapsDropped += a.GapsDropped
-	if a.Events > 0 {
+	switch {
+	case a.Batches > 0:
+		s.Stats.Batches += a.Batches
+	case a.Events > 0:
 		s.Stats.Batches++
 	}
 	if a.Keep {

@@ -1003,3 +1003,32 @@ func TestRetriedAdvanceWithSeqCountedOnce(t *testing.T) {
 		}
 	}
 }
+
+// An advance that records several batches at once (a holder working
+// through a backlog) counts them all; one without the count is one batch.
+func TestAdvanceCountsTheBatchesItRecords(t *testing.T) {
+	var s State
+	if res := s.Apply(Command{Op: OpAcquire, Node: "a", TTL: ttl, Now: t0}); res.Err != nil {
+		t.Fatalf("acquire: %v", res.Err)
+	}
+	steps := []struct {
+		adv         Advance
+		wantBatches uint64
+	}{
+		{Advance{LastEventID: 3000, Keep: true, Seq: 1, Events: 3000, Batches: 3}, 3},
+		{Advance{LastEventID: 3500, Keep: true, Seq: 2, Events: 500}, 4},
+		{Advance{LastEventID: 3500, Keep: false, Seq: 3}, 4},
+	}
+	for i, st := range steps {
+		adv := st.adv
+		if res := s.Apply(Command{Op: OpAdvance, Node: "a", Token: 1, TTL: ttl, Now: t0 + int64(i+1)*sec, Advance: &adv}); res.Err != nil {
+			t.Fatalf("advance %d: %v", i+1, res.Err)
+		}
+		if s.Stats.Batches != st.wantBatches {
+			t.Errorf("after advance %d: batches = %d, want %d", i+1, s.Stats.Batches, st.wantBatches)
+		}
+	}
+	if s.Stats.EventsProcessed != 3500 {
+		t.Errorf("events = %d, want 3500", s.Stats.EventsProcessed)
+	}
+}

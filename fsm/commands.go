@@ -100,6 +100,11 @@ type Advance struct {
 	Events      uint64 `json:"events"`
 	DeadLetters uint64 `json:"dead_letters"`
 	GapsDropped uint64 `json:"gaps_dropped"`
+	// Batches counts the batches with events that this advance records: a
+	// holder working through a backlog records several at a time. 0 counts
+	// as one if Events is set, as agents that sent one advance per batch
+	// did not set it.
+	Batches uint64 `json:"batches,omitempty"`
 }
 
 // Result is what applying a command returns. Err is nil or wraps one of the

@@ -142,6 +142,7 @@ func genAdvance(ch chooser, s State, now int64) *Advance {
 		Events:        uint64(ch.intn(4)),
 		DeadLetters:   uint64(ch.intn(2)),
 		GapsDropped:   uint64(ch.intn(2)),
+		Batches:       uint64(ch.intn(3)),
 	}
 }
 
@@ -246,7 +247,10 @@ func checkStep(t *testing.T, step int, c Command, prev, s State, res Result, gra
 			GapsDropped:     prev.Stats.GapsDropped + a.GapsDropped,
 			Batches:         prev.Stats.Batches,
 		}
-		if a.Events > 0 {
+		switch {
+		case a.Batches > 0:
+			want.Batches += a.Batches
+		case a.Events > 0:
 			want.Batches++
 		}
 		if s.Stats != want {

@@ -15,11 +15,14 @@ import (
 
 // Messages of the cursor's log that carry timings: "Lease obtained" has the
 // acquire's raft_ms; "batch committed" (debug) has the whole batch
-// (duration_ms), reading the source (fetch_ms), the tracking transaction
-// (commit_ms) and release-and-advance (raft_ms).
+// (duration_ms), reading the source (fetch_ms) and the tracking transaction
+// (commit_ms); "progress recorded" (debug) has a release-and-advance's
+// raft_ms. Through a backlog one advance records the batches of up to
+// 100 ms.
 const (
-	msgLeaseObtained  = "Lease obtained. Fetching events."
-	msgBatchCommitted = "batch committed"
+	msgLeaseObtained    = "Lease obtained. Fetching events."
+	msgBatchCommitted   = "batch committed"
+	msgProgressRecorded = "progress recorded"
 )
 
 // raftCost is what the Raft group costs per batch.
@@ -181,17 +184,23 @@ func (t *logTimes) readLines(node, path string, start, end int64) (int64, error)
 			Fetch    *float64 `json:"fetch_ms"`
 			Commit   *float64 `json:"commit_ms"`
 		}
-		if json.Unmarshal(line, &e) != nil || e.Raft == nil {
+		if json.Unmarshal(line, &e) != nil {
 			continue
 		}
 		switch e.Message {
 		case msgLeaseObtained:
+			if e.Raft == nil {
+				continue
+			}
 			t.acquire = append(t.acquire, *e.Raft)
 			if at, err := time.Parse(time.RFC3339Nano, e.Time); err == nil {
 				t.acquisitions = append(t.acquisitions, acquisition{at: at, node: node, token: e.Token})
 			}
+		case msgProgressRecorded:
+			if e.Raft != nil {
+				t.advance = append(t.advance, *e.Raft)
+			}
 		case msgBatchCommitted:
-			t.advance = append(t.advance, *e.Raft)
 			if e.Duration != nil && e.Fetch != nil && e.Commit != nil {
 				t.duration = append(t.duration, *e.Duration)
 				t.fetch = append(t.fetch, *e.Fetch)
