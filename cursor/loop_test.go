@@ -64,6 +64,32 @@ func (c *flakyCoordinator) Apply(ctx context.Context, cmd fsm.Command) (fsm.Resu
 	return c.LocalCoordinator.Apply(ctx, cmd)
 }
 
+// runUntilDrained runs loop until the replicated cursor is at total and the
+// lease is free, then stops it.
+func runUntilDrained(t *testing.T, loop *Loop, coord Coordinator, total int64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(testContext(t), time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- loop.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	for {
+		st, changed := coord.Watch()
+		if st.Cursor.LastEventID == total && !st.Lease.HeldAt(time.Now().UnixNano()) {
+			return
+		}
+		select {
+		case <-changed:
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatalf("cursor stuck at %d of %d (lease %+v)", st.Cursor.LastEventID, total, st.Lease)
+		}
+	}
+}
+
 // bulkSource writes n well-formed events, IDs 1..n, set-based.
 func bulkSource(t *testing.T, n int) *sourceDB {
 	t.Helper()
@@ -106,25 +132,7 @@ func TestFailedAdvanceInThePipelineIsAdoptedFromTheFence(t *testing.T) {
 				LeaseTTL: 2 * time.Second, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond,
 				AdvanceInterval: time.Nanosecond, // an advance for every batch
 			}, coord, src, tr, hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info}))
-			ctx, cancel := context.WithTimeout(testContext(t), time.Minute)
-			defer cancel()
-			done := make(chan error, 1)
-			go func() { done <- loop.Run(ctx) }()
-
-			for {
-				st, changed := coord.Watch()
-				if st.Cursor.LastEventID == total && !st.Lease.HeldAt(time.Now().UnixNano()) {
-					break
-				}
-				select {
-				case <-changed:
-				case <-time.After(100 * time.Millisecond):
-				case <-ctx.Done():
-					t.Fatalf("cursor stuck at %d of %d (lease %+v)", st.Cursor.LastEventID, total, st.Lease)
-				}
-			}
-			cancel()
-			<-done
+			runUntilDrained(t, loop, coord, total)
 
 			coord.mu.Lock()
 			fails := coord.fails
@@ -188,24 +196,7 @@ func TestBacklogAdvancesAreSpacedAndCountEveryBatch(t *testing.T) {
 				LeaseTTL: 5 * time.Second, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond,
 				AdvanceInterval: time.Hour,
 			}, coord, src, tr, hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info}))
-			ctx, cancel := context.WithTimeout(testContext(t), time.Minute)
-			defer cancel()
-			done := make(chan error, 1)
-			go func() { done <- loop.Run(ctx) }()
-			for {
-				st, changed := coord.Watch()
-				if st.Cursor.LastEventID == int64(tc.total) && !st.Lease.HeldAt(time.Now().UnixNano()) {
-					break
-				}
-				select {
-				case <-changed:
-				case <-time.After(100 * time.Millisecond):
-				case <-ctx.Done():
-					t.Fatalf("cursor stuck at %d of %d", st.Cursor.LastEventID, tc.total)
-				}
-			}
-			cancel()
-			<-done
+			runUntilDrained(t, loop, coord, int64(tc.total))
 
 			coord.mu.Lock()
 			defer coord.mu.Unlock()
