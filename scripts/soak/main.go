@@ -15,12 +15,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -44,6 +46,7 @@ type options struct {
 	kinds    []chaos.Kind
 	ttl      time.Duration
 	verbose  bool
+	keep     bool
 }
 
 func main() {
@@ -93,9 +96,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "soak: %v\n", err)
 		return exitRuntime
 	}
+	passed := false
 	defer func() {
 		if err := c.Close(); err != nil {
 			fmt.Fprintf(stderr, "soak: clean up: %v\n", err)
+		}
+		// A passing run's agents' data, logs and binary come to some
+		// 250 MB; only its report is worth keeping.
+		if passed && !opts.keep {
+			if err := keepOnly(opts.out, "report.json"); err != nil {
+				fmt.Fprintf(stderr, "soak: clean up %s: %v\n", opts.out, err)
+			}
 		}
 	}()
 
@@ -123,7 +134,23 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if !rep.OK() {
 		return exitRuntime
 	}
+	passed = true
 	return 0
+}
+
+// keepOnly removes everything in dir but the named files.
+func keepOnly(dir string, keep ...string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		if !slices.Contains(keep, e.Name()) {
+			errs = append(errs, os.RemoveAll(filepath.Join(dir, e.Name())))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
@@ -139,8 +166,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.StringVar(&kinds, "nemeses", "", "comma-separated nemeses to draw from (default: all): "+kindList(chaos.Kinds))
 	fs.DurationVar(&o.ttl, "lease-ttl", 2*time.Second, "the agents' lease.ttl")
 	fs.BoolVar(&o.verbose, "v", false, "log every step of the harness")
+	fs.BoolVar(&o.keep, "keep", false, "keep every file of a run that passes, not only report.json (a failed run keeps everything)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: soak [-duration 10m] [-nemeses a,b] [-seed N] [-out DIR] [-rate N] [-peers N] [-lease-ttl D] [-v]")
+		fmt.Fprintln(stderr, "usage: soak [-duration 10m] [-nemeses a,b] [-seed N] [-out DIR] [-rate N] [-peers N] [-lease-ttl D] [-keep] [-v]")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -248,7 +276,11 @@ func printSummary(w io.Writer, r *chaos.Report, o options, took time.Duration, m
 	for _, p := range r.Problems {
 		fmt.Fprintf(w, "VIOLATION: %s\n", p)
 	}
-	fmt.Fprintf(w, "files: %s\n", r.Dir)
+	if r.OK() && !o.keep {
+		fmt.Fprintf(w, "files: %s (report.json only; -keep keeps everything)\n", r.Dir)
+	} else {
+		fmt.Fprintf(w, "files: %s\n", r.Dir)
+	}
 	if r.Visualization != "" {
 		fmt.Fprintf(w, "history visualization: %s\n", r.Visualization)
 	}
