@@ -370,11 +370,7 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 	// awaitAdvance waits for the advance in flight, if any. Its batch is
 	// committed in the tracking database whatever happens here: if the
 	// advance fails, the next holder adopts the position from the fence.
-	awaitAdvance := func() error {
-		if inflight == nil {
-			return nil
-		}
-		a := <-inflight.done
+	settle := func(a *advanceCall) error {
 		inflight = nil
 		if err := a.check(token); err != nil {
 			return err
@@ -382,6 +378,25 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 		r.renewed()
 		a.log(l.logger)
 		return nil
+	}
+	awaitAdvance := func() error {
+		if inflight == nil {
+			return nil
+		}
+		return settle(<-inflight.done)
+	}
+	// pollAdvance settles the advance in flight if it is answered, and
+	// tells whether none is left.
+	pollAdvance := func() (bool, error) {
+		if inflight == nil {
+			return true, nil
+		}
+		select {
+		case a := <-inflight.done:
+			return true, settle(a)
+		default:
+			return false, nil
+		}
 	}
 	// folded counts the committed batches not yet recorded in Raft: while
 	// the lease is kept, an advance goes out at most every AdvanceInterval
@@ -399,9 +414,17 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 		if len(p.events) > 0 {
 			folded.Batches++
 		}
-		if p.keep && time.Since(lastSent) < l.cfg.AdvanceInterval {
-			unsent = true
-			return nil
+		if p.keep {
+			if time.Since(lastSent) < l.cfg.AdvanceInterval {
+				unsent = true
+				return nil
+			}
+			// While Raft is slow (an election), fold rather than wait: the
+			// next batch's transaction is open and must not sit idle.
+			if done, err := pollAdvance(); err != nil || !done {
+				unsent = true
+				return err
+			}
 		}
 		if err := awaitAdvance(); err != nil {
 			return err
@@ -439,9 +462,57 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 		}
 		return sendAdvance(p, res)
 	}
+	// fenced decides what a batch refused as fenced means, start being
+	// where it began: a holder with an older token slipped a batch in
+	// before this one claimed the fence (go on from the fence: true), or
+	// this grant is over.
+	fenced := func(err error, start Position) (bool, error) {
+		if aerr := awaitAdvance(); aerr != nil {
+			return false, errors.Join(err, aerr)
+		}
+		qctx, cancel := l.dbContext(hctx)
+		f, rerr := l.sink.Fence(qctx)
+		cancel()
+		switch {
+		case rerr != nil || f.Token > token:
+			return false, fmt.Errorf("commit batch: %w", errors.Join(err, errLeaseLost))
+		case f.Token == token && samePosition(f.Position, start):
+			// Nobody moved the fence: the batch collided with rows that
+			// are already there for events after it. Going on from the
+			// fence would collide again.
+			err = fmt.Errorf("the tracking database already has rows for events after its fence at event %d; "+
+				"was it restored, or the fence reset, without geo_jobs and geo_dead_letters? %w", start.LastEventID, err)
+			l.setTrackingError(err)
+			return false, err
+		}
+		l.logger.Info("tracking database moved on before this batch; continuing from its fence", "token", token, "fence_last_id", f.Position.LastEventID)
+		pos, adopted, prefetch = f.Position, true, nil
+		return true, nil
+	}
 	for {
 		batchStart := time.Now()
 		var events []Event
+		if prefetch != nil && committing != nil {
+			select {
+			case r := <-prefetch:
+				prefetch = singleResult(r)
+			default:
+				// The next batch is not read yet: commit the staged one now
+				// rather than keep its transaction open while the source
+				// answers.
+				c := committing
+				committing = nil
+				if err := finish(c); err != nil {
+					if !errors.Is(err, ErrFenced) {
+						return fmt.Errorf("commit batch: %w", err)
+					}
+					if again, err := fenced(err, c.start); !again {
+						return err
+					}
+					continue
+				}
+			}
+		}
 		if prefetch != nil {
 			r := <-prefetch
 			events, err, prefetch = r.events, r.err, nil
@@ -465,16 +536,19 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 		if keep {
 			prefetch = l.fetchAsync(hctx, next)
 		}
-		p := &pendingBatch{events: events, next: next, dropped: len(dropped), keep: keep, batchStart: batchStart, fetched: fetched}
+		p := &pendingBatch{start: pos, events: events, next: next, dropped: len(dropped), keep: keep, batchStart: batchStart, fetched: fetched}
 		var staging <-chan stageResult
 		if len(events) > 0 || len(dropped) > 0 {
 			staging = l.stageAsync(hctx, Batch{Token: token, Start: pos, Next: next, Events: events})
 		}
 
-		var ferr error
+		var (
+			ferr   error
+			failed *pendingBatch
+		)
 		if committing != nil {
-			ferr = finish(committing)
-			committing = nil
+			failed, committing = committing, nil
+			ferr = finish(failed)
 		}
 		var serr error
 		if staging != nil {
@@ -495,21 +569,14 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 			if !errors.Is(err, ErrFenced) {
 				return fmt.Errorf("commit batch: %w", err)
 			}
-			if aerr := awaitAdvance(); aerr != nil {
-				return errors.Join(err, aerr)
+			start := p.start
+			if ferr != nil {
+				start = failed.start
 			}
-			// A holder with an older token slipped a batch in before this
-			// one claimed the fence: start again from there. A newer token
-			// means this grant is over.
-			qctx, cancel := l.dbContext(hctx)
-			f, rerr := l.sink.Fence(qctx)
-			cancel()
-			if rerr == nil && f.Token <= token {
-				l.logger.Info("tracking database moved on before this batch; continuing from its fence", "token", token, "fence_last_id", f.Position.LastEventID)
-				pos, adopted, prefetch = f.Position, true, nil
-				continue
+			if again, err := fenced(err, start); !again {
+				return err
 			}
-			return fmt.Errorf("commit batch: %w", errors.Join(err, errLeaseLost))
+			continue
 		}
 
 		if p.staged == nil && !adopted && !unsent {
@@ -528,7 +595,13 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 		}
 		// The grant's last batch: commit it, and release with its advance.
 		if err := finish(p); err != nil {
-			return fmt.Errorf("commit batch: %w", err)
+			if !errors.Is(err, ErrFenced) {
+				return fmt.Errorf("commit batch: %w", err)
+			}
+			if again, err := fenced(err, p.start); !again {
+				return err
+			}
+			continue
 		}
 		if err := awaitAdvance(); err != nil {
 			return err
@@ -541,6 +614,7 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 
 // pendingBatch is a batch between its fetch and its advance.
 type pendingBatch struct {
+	start      Position
 	events     []Event
 	next       Position
 	dropped    int
@@ -562,6 +636,13 @@ func (p *pendingBatch) log(logger hclog.Logger, token uint64, res CommitResult, 
 		"count", len(p.events), "dead_letters", res.DeadLetters, "open_gaps", len(p.next.Gaps),
 		"duration_ms", ms(committed.Sub(p.batchStart)), "fetch_ms", ms(p.fetched.Sub(p.batchStart)),
 		"commit_ms", ms(committed.Sub(p.fetched)))
+}
+
+// singleResult is a channel that delivers r.
+func singleResult(r fetchResult) <-chan fetchResult {
+	ch := make(chan fetchResult, 1)
+	ch <- r
+	return ch
 }
 
 type stageResult struct {
@@ -612,6 +693,11 @@ func (a *advanceCall) check(token uint64) error {
 		// The batch is committed in the tracking database; whoever holds
 		// the lease next adopts its position from the fence row.
 		return fmt.Errorf("apply release-and-advance (token %d): %w", token, a.err)
+	}
+	if errors.Is(a.res.Err, fsm.ErrPaused) {
+		// Paused after the batch was read with the lease kept: the lease
+		// is still this peer's, and hold releases it on the way out.
+		return fmt.Errorf("apply release-and-advance (token %d): %w", token, a.res.Err)
 	}
 	if a.res.Err != nil {
 		return fmt.Errorf("apply release-and-advance (token %d): %w", token, errors.Join(a.res.Err, errLeaseLost))

@@ -217,3 +217,39 @@ func TestBacklogAdvancesAreSpacedAndCountEveryBatch(t *testing.T) {
 		})
 	}
 }
+
+// A tracking database that already has a job for an event after its fence
+// (restored, or the fence reset by hand) cannot be written past. The holder
+// must say so and back off, not take the collision for another holder's
+// batch and retry the same batch in a tight loop.
+func TestRowsAfterTheFenceAreReportedNotRetriedInALoop(t *testing.T) {
+	db := bulkSource(t, 50)
+	src := openTestSource(t, db.dsn)
+	tr, conn := openTestTracking(t)
+	exec(t, conn, `INSERT INTO geo_jobs (event_id, kind) VALUES (30, 'sync')`)
+
+	var logs syncBuffer
+	loop := NewLoop(LoopConfig{
+		BatchSize: 1000, PollInterval: 10 * time.Millisecond, GapTimeout: time.Hour,
+		LeaseTTL: 5 * time.Second, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond,
+	}, NewLocalCoordinator("a"), src, tr, hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info}))
+	ctx, cancel := context.WithTimeout(testContext(t), time.Minute)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- loop.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	for !strings.Contains(loop.Progress().TrackingError, "already has rows for events after its fence") {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no tracking error reported; log:\n%s", logs.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // long enough for a tight loop to show
+	if n := strings.Count(logs.String(), "continuing from its fence"); n > 0 {
+		t.Errorf("the holder adopted its own fence %d times; log:\n%s", n, logs.String())
+	}
+}
