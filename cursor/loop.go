@@ -367,9 +367,9 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 	// seq numbers this grant's advances, so that a retried advance whose
 	// first answer was lost is not applied twice.
 	seq := uint64(1)
-	// awaitAdvance waits for the advance in flight, if any. Its batch is
-	// committed in the tracking database whatever happens here: if the
-	// advance fails, the next holder adopts the position from the fence.
+	// settle takes the answer to the advance in flight. Its batches are
+	// committed in the tracking database whatever the answer: if the
+	// advance failed, the next holder adopts the position from the fence.
 	settle := func(a *advanceCall) error {
 		inflight = nil
 		if err := a.check(token); err != nil {
@@ -379,6 +379,7 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 		a.log(l.logger)
 		return nil
 	}
+	// awaitAdvance waits for the advance in flight, if any.
 	awaitAdvance := func() error {
 		if inflight == nil {
 			return nil
@@ -401,12 +402,14 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 	// folded counts the committed batches not yet recorded in Raft: while
 	// the lease is kept, an advance goes out at most every AdvanceInterval
 	// and carries the position of the last batch and the counts of all.
+	// Only full batches keep the lease, so folded.Batches > 0 whenever a
+	// committed batch is not recorded yet.
 	var (
 		folded   fsm.Advance
-		unsent   bool // a committed batch is not recorded in Raft yet
 		lastSent time.Time
 	)
-	// sendAdvance records p in Raft once the advance before it is answered.
+	// sendAdvance records p in Raft, or folds it into the next advance while
+	// the lease is kept and the last advance is recent or unanswered.
 	sendAdvance := func(p *pendingBatch, res CommitResult) error {
 		folded.Events += uint64(len(p.events))
 		folded.DeadLetters += uint64(res.DeadLetters)
@@ -416,13 +419,11 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 		}
 		if p.keep {
 			if time.Since(lastSent) < l.cfg.AdvanceInterval {
-				unsent = true
 				return nil
 			}
 			// While Raft is slow (an election), fold rather than wait: the
 			// next batch's transaction is open and must not sit idle.
 			if done, err := pollAdvance(); err != nil || !done {
-				unsent = true
 				return err
 			}
 		}
@@ -439,7 +440,7 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 			lastID: p.next.LastEventID, openGaps: len(p.next.Gaps), sent: time.Now(),
 		}
 		seq++
-		folded, unsent, lastSent = fsm.Advance{}, false, a.sent
+		folded, lastSent = fsm.Advance{}, a.sent
 		inflight = a.start(hctx, l.coord)
 		return nil
 	}
@@ -489,6 +490,18 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 		pos, adopted, prefetch = f.Position, true, nil
 		return true, nil
 	}
+	// commit finishes p; when it was fenced, again tells whether to go on
+	// from the fence.
+	commit := func(p *pendingBatch) (again bool, err error) {
+		err = finish(p)
+		switch {
+		case err == nil:
+			return false, nil
+		case !errors.Is(err, ErrFenced):
+			return false, fmt.Errorf("commit batch: %w", err)
+		}
+		return fenced(err, p.start)
+	}
 	for {
 		batchStart := time.Now()
 		var events []Event
@@ -502,13 +515,11 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 				// answers.
 				c := committing
 				committing = nil
-				if err := finish(c); err != nil {
-					if !errors.Is(err, ErrFenced) {
-						return fmt.Errorf("commit batch: %w", err)
-					}
-					if again, err := fenced(err, c.start); !again {
-						return err
-					}
+				again, err := commit(c)
+				if err != nil {
+					return err
+				}
+				if again {
 					continue
 				}
 			}
@@ -579,7 +590,7 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 			continue
 		}
 
-		if p.staged == nil && !adopted && !unsent {
+		if p.staged == nil && !adopted && folded.Batches == 0 {
 			// Nothing new after all (another peer got there first).
 			if err := awaitAdvance(); err != nil {
 				return err
@@ -594,13 +605,11 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 			continue
 		}
 		// The grant's last batch: commit it, and release with its advance.
-		if err := finish(p); err != nil {
-			if !errors.Is(err, ErrFenced) {
-				return fmt.Errorf("commit batch: %w", err)
-			}
-			if again, err := fenced(err, p.start); !again {
-				return err
-			}
+		again, err := commit(p)
+		if err != nil {
+			return err
+		}
+		if again {
 			continue
 		}
 		if err := awaitAdvance(); err != nil {

@@ -64,18 +64,23 @@ func (c *flakyCoordinator) Apply(ctx context.Context, cmd fsm.Command) (fsm.Resu
 	return c.LocalCoordinator.Apply(ctx, cmd)
 }
 
+// startLoop runs loop for at most a minute; stop ends it and waits.
+func startLoop(t *testing.T, loop *Loop) (ctx context.Context, stop func()) {
+	ctx, cancel := context.WithTimeout(testContext(t), time.Minute)
+	done := make(chan error, 1)
+	go func() { done <- loop.Run(ctx) }()
+	return ctx, func() {
+		cancel()
+		<-done
+	}
+}
+
 // runUntilDrained runs loop until the replicated cursor is at total and the
 // lease is free, then stops it.
 func runUntilDrained(t *testing.T, loop *Loop, coord Coordinator, total int64) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(testContext(t), time.Minute)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- loop.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	ctx, stop := startLoop(t, loop)
+	defer stop()
 	for {
 		st, changed := coord.Watch()
 		if st.Cursor.LastEventID == total && !st.Lease.HeldAt(time.Now().UnixNano()) {
@@ -233,14 +238,8 @@ func TestRowsAfterTheFenceAreReportedNotRetriedInALoop(t *testing.T) {
 		BatchSize: 1000, PollInterval: 10 * time.Millisecond, GapTimeout: time.Hour,
 		LeaseTTL: 5 * time.Second, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond,
 	}, NewLocalCoordinator("a"), src, tr, hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info}))
-	ctx, cancel := context.WithTimeout(testContext(t), time.Minute)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- loop.Run(ctx) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
+	ctx, stop := startLoop(t, loop)
+	defer stop()
 	for !strings.Contains(loop.Progress().TrackingError, "already has rows for events after its fence") {
 		select {
 		case <-ctx.Done():
