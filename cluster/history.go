@@ -27,13 +27,6 @@ func (n *Node) SetHistory(w io.Writer) {
 	n.history.w = w
 }
 
-// HistoryErr returns the first error writing the history, if any.
-func (n *Node) HistoryErr() error {
-	n.history.mu.Lock()
-	defer n.history.mu.Unlock()
-	return n.history.err
-}
-
 func (n *Node) record(call time.Time, cmd fsm.Command, res fsm.Result, err error) {
 	h := &n.history
 	h.mu.Lock()

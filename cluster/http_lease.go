@@ -51,10 +51,13 @@ var leaseOps = map[string]fsm.Op{
 //   - 400 {"error": {"code": "bad_request"|"bad_command", ...}} for a
 //     malformed body or an invalid command (413 when the body is too large);
 //   - 404 {"error": {"code": "not_found", ...}} for an unknown op;
-//   - 503 {"error": {"code": "no_leader"|"shutting_down", ...}} when no
-//     leader could be reached in time; the command was not applied, retry;
-//   - 500 for anything else, e.g. leadership lost while applying, in which
-//     case the command may or may not have been applied.
+//   - 503 {"error": {"code": "no_leader"|"not_leader"|"shutting_down", ...}}
+//     when no leader could be reached in time; the command was not
+//     applied, retry;
+//   - 503 {"error": {"code": "outcome_unknown", ...}} when leadership was
+//     lost while applying, or a forwarded answer was lost: the command may
+//     or may not have been applied;
+//   - 500 for anything else.
 func (n *Node) handleLease(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("op")
 	op, ok := leaseOps[name]

@@ -185,22 +185,6 @@ func (n *Node) Leader() (id, raftAddr string) {
 // IsLeader reports whether this node is the leader now.
 func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
 
-// WaitForLeader blocks until the node knows a leader or ctx ends.
-func (n *Node) WaitForLeader(ctx context.Context) error {
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for {
-		if id, _ := n.Leader(); id != "" {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("wait for a leader: %w", ErrNoLeader)
-		case <-t.C:
-		}
-	}
-}
-
 // Close leaves the group's work in good order: a leader hands leadership
 // over first so that the others need not wait for an election timeout.
 func (n *Node) Close() error {

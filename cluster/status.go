@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
@@ -93,14 +92,12 @@ func (n *Node) SetProgress(f func() Progress) { n.progress.Store(&f) }
 // asking every other member whether it is reachable.
 func (n *Node) Status(ctx context.Context) Status {
 	st := n.fsm.State()
-	stats := n.raft.Stats()
 	leaderID, leaderAddr := n.Leader()
 	out := Status{
 		NodeID:       n.cfg.NodeID,
-		Term:         parseUint(stats["term"]),
-		CommitIndex:  parseUint(stats["commit_index"]),
+		Term:         n.raft.CurrentTerm(),
+		CommitIndex:  n.raft.CommitIndex(),
 		AppliedIndex: n.raft.AppliedIndex(),
-		Members:      []StatusMember{},
 		Stats:        st.Stats,
 	}
 	if leaderID != "" {
@@ -221,9 +218,4 @@ func timePtr(t time.Time) *time.Time {
 		return nil
 	}
 	return &t
-}
-
-func parseUint(s string) uint64 {
-	v, _ := strconv.ParseUint(s, 10, 64)
-	return v
 }
