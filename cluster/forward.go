@@ -100,7 +100,7 @@ func (n *Node) tryLeader(ctx context.Context, fn func(ctx context.Context, leade
 	if id == "" {
 		return ErrNoLeader
 	}
-	m, ok := n.fsm.State().Members[id]
+	m, ok := n.fsm.Member(id)
 	if !ok || m.HTTPAddr == "" {
 		return fmt.Errorf("%w: leader %s has not published its HTTP address yet", ErrNoLeader, id)
 	}

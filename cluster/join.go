@@ -132,7 +132,7 @@ func (n *Node) addVoter(req JoinRequest) (JoinResponse, error) {
 		n.logger.Info("added voter", "peer", req.NodeID, "raft_addr", req.RaftAddr, "http_addr", req.HTTPAddr)
 	}
 	m := fsm.Member{ID: req.NodeID, RaftAddr: req.RaftAddr, HTTPAddr: req.HTTPAddr}
-	if cur, ok := n.fsm.State().Members[req.NodeID]; !ok || cur != m {
+	if cur, ok := n.fsm.Member(req.NodeID); !ok || cur != m {
 		res, err := n.applyRecorded(fsm.Command{Op: fsm.OpSetMember, Member: &m})
 		if err != nil {
 			return resp, err

@@ -132,7 +132,7 @@ func (n *Node) revoke(l fsm.Lease, reason string) {
 // the node's own details, which the leader treats as an update.
 func (n *Node) publishSelf() {
 	want := fsm.Member{ID: n.cfg.NodeID, RaftAddr: string(n.transport.LocalAddr()), HTTPAddr: n.cfg.HTTPAddr}
-	if n.fsm.State().Members[want.ID] == want {
+	if cur, _ := n.fsm.Member(want.ID); cur == want {
 		return
 	}
 	n.wg.Add(1)

@@ -48,6 +48,15 @@ func (f *FSM) State() State {
 	return f.state.Clone()
 }
 
+// Member returns the member id of the current state, without the copy of
+// the whole state that State makes: it is read on every forwarded command.
+func (f *FSM) Member(id string) (Member, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	m, ok := f.state.Members[id]
+	return m, ok
+}
+
 // Watch returns the current state and a channel that is closed at the next
 // change after it.
 func (f *FSM) Watch() (State, <-chan struct{}) {
