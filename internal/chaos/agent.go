@@ -38,7 +38,6 @@ type Agent struct {
 	cmd     *exec.Cmd
 	done    chan struct{}
 	paused  bool
-	starts  int
 	exitErr error
 }
 
@@ -106,7 +105,6 @@ func (a *Agent) Start(extra ...string) error {
 	}
 	done := make(chan struct{})
 	a.cmd, a.done, a.paused, a.exitErr = cmd, done, false, nil
-	a.starts++
 	devcluster.WatchExit(cmd, done, func(err error) {
 		a.mu.Lock()
 		a.exitErr = err

@@ -200,7 +200,9 @@ func runScenario(t *testing.T, kind Kind, dir string, seed uint64) *Report {
 		return rep
 	}
 	if os.Getenv(envKeep) != "1" {
-		keepOnly(dir, "report.json")
+		if err := KeepOnly(dir, "report.json"); err != nil {
+			t.Logf("clean up %s: %v", dir, err)
+		}
 	}
 	return rep
 }
@@ -217,23 +219,6 @@ func outBase() string {
 		return d
 	}
 	return os.TempDir()
-}
-
-// keepOnly removes everything in dir but the named files.
-func keepOnly(dir string, keep ...string) {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return
-	}
-	for _, e := range entries {
-		kept := false
-		for _, k := range keep {
-			kept = kept || e.Name() == k
-		}
-		if !kept {
-			_ = os.RemoveAll(filepath.Join(dir, e.Name()))
-		}
-	}
 }
 
 func durationStats(ds []time.Duration) string {

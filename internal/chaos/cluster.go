@@ -19,6 +19,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/geocursor/geocursor/cluster"
+	"github.com/geocursor/geocursor/internal/devcluster"
 	"github.com/geocursor/geocursor/internal/loadgen"
 	"github.com/geocursor/geocursor/internal/pgserver"
 )
@@ -358,21 +359,10 @@ func (c *Cluster) note(format string, args ...any) {
 
 // waitFor polls cond every 50ms until it holds or timeout passes.
 func waitFor(ctx context.Context, timeout time.Duration, what string, cond func() (bool, string)) error {
-	deadline := time.Now().Add(timeout)
-	for {
+	return devcluster.WaitEvery(ctx, timeout, 50*time.Millisecond, what, func() (bool, string, error) {
 		ok, detail := cond()
-		if ok {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("timed out after %s waiting for %s: %s", timeout, what, detail)
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("waiting for %s: %w (%s)", what, ctx.Err(), detail)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+		return ok, detail, nil
+	})
 }
 
 func (c *Cluster) status(ctx context.Context, a *Agent) (cluster.Status, error) {

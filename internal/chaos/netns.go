@@ -295,21 +295,6 @@ func (nt *Net) Heal(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// Cuts describes the current cuts, e.g. "n1|n2 n1|n3".
-func (nt *Net) Cuts() string {
-	nt.mu.Lock()
-	defer nt.mu.Unlock()
-	var parts []string
-	for a := 1; a <= len(nt.Hosts); a++ {
-		for b := a + 1; b <= len(nt.Hosts); b++ {
-			if nt.cuts[[2]int{a, b}] {
-				parts = append(parts, fmt.Sprintf("n%d|n%d", a, b))
-			}
-		}
-	}
-	return strings.Join(parts, " ")
-}
-
 func pair(a, b int) [2]int {
 	if a > b {
 		a, b = b, a

@@ -62,18 +62,6 @@ func (p *Proxy) Heal() {
 	}
 }
 
-// IsCut reports whether the proxy is cut.
-func (p *Proxy) IsCut() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	select {
-	case <-p.gate:
-		return false
-	default:
-		return true
-	}
-}
-
 // wait blocks while the proxy is cut; false means it was closed.
 func (p *Proxy) wait() bool {
 	p.mu.Lock()

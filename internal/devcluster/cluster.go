@@ -242,12 +242,3 @@ func (c *Cluster) Close() error {
 	wg.Wait()
 	return errors.Join(errs...)
 }
-
-// Kill sends SIGKILL to every running agent and waits for them to end.
-func (c *Cluster) Kill() {
-	var wg sync.WaitGroup
-	for _, a := range c.Agents {
-		wg.Go(a.Kill)
-	}
-	wg.Wait()
-}

@@ -15,14 +15,12 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -104,7 +102,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		// A passing run's agents' data, logs and binary come to some
 		// 250 MB; only its report is worth keeping.
 		if passed && !opts.keep {
-			if err := keepOnly(opts.out, "report.json"); err != nil {
+			if err := chaos.KeepOnly(opts.out, "report.json"); err != nil {
 				fmt.Fprintf(stderr, "soak: clean up %s: %v\n", opts.out, err)
 			}
 		}
@@ -136,21 +134,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	passed = true
 	return 0
-}
-
-// keepOnly removes everything in dir but the named files.
-func keepOnly(dir string, keep ...string) error {
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, e := range entries {
-		if !slices.Contains(keep, e.Name()) {
-			errs = append(errs, os.RemoveAll(filepath.Join(dir, e.Name())))
-		}
-	}
-	return errors.Join(errs...)
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
