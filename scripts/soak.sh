@@ -11,8 +11,10 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [[ $(id -u) != 0 ]]; then
-	echo "soak.sh: needs root for network namespaces: sudo -E $0 $*" >&2
+	# sudo resets PATH (secure_path), which usually drops Go.
+	echo "soak.sh: needs root for network namespaces: sudo env PATH=\"\$PATH\" $0 $*" >&2
 	exit 2
 fi
+command -v go >/dev/null || { echo "soak.sh: needs Go (https://go.dev/dl/) on PATH" >&2; exit 1; }
 # A later -duration on the command line wins over this default.
 exec go run ./scripts/soak -duration 10m "$@"

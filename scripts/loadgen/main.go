@@ -112,7 +112,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 		return o, errors.New("no source database: set -dsn or GEOCURSOR_SOURCE_DSN")
 	}
 	if o.bulk < 0 {
-		return o, fmt.Errorf("-bulk must be positive, got %d", o.bulk)
+		return o, fmt.Errorf("-bulk must not be negative (0 writes no backlog), got %d", o.bulk)
 	}
 	if o.cfg.Writers < 1 {
 		return o, fmt.Errorf("-writers must be at least 1, got %d", o.cfg.Writers)
