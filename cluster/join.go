@@ -38,7 +38,7 @@ func (r JoinRequest) validate() error {
 // as a voter, retrying with backoff until ctx ends. A refusal that retrying
 // cannot fix (a node ID taken by another address) ends it at once.
 func (n *Node) Join(ctx context.Context, addrs []string) error {
-	req := JoinRequest{NodeID: n.cfg.NodeID, RaftAddr: string(n.transport.LocalAddr()), HTTPAddr: n.cfg.HTTPAddr}
+	req := joinRequestFor(n.self())
 	backoff := 100 * time.Millisecond
 	lastErr := map[string]string{}
 	for attempt := 1; ; attempt++ {
@@ -68,6 +68,31 @@ func (n *Node) Join(ctx context.Context, addrs []string) error {
 	}
 }
 
+// joinOnLeader adds (or updates) the member of req: here if this node
+// leads, else through the leader's join endpoint.
+func (n *Node) joinOnLeader(ctx context.Context, req JoinRequest) (JoinResponse, error) {
+	var resp JoinResponse
+	err := n.onLeader(ctx, func(ctx context.Context, leaderHTTP string) error {
+		if leaderHTTP != "" {
+			return n.post(ctx, leaderHTTP, "/v1/cluster/join", req, &resp)
+		}
+		var err error
+		resp, err = n.addVoter(req)
+		return err
+	})
+	return resp, err
+}
+
+// self is this node's entry in the members table.
+func (n *Node) self() fsm.Member {
+	return fsm.Member{ID: n.cfg.NodeID, RaftAddr: string(n.transport.LocalAddr()), HTTPAddr: n.cfg.HTTPAddr}
+}
+
+// joinRequestFor asks for m to be a member.
+func joinRequestFor(m fsm.Member) JoinRequest {
+	return JoinRequest{NodeID: m.ID, RaftAddr: m.RaftAddr, HTTPAddr: m.HTTPAddr}
+}
+
 func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 	var req JoinRequest
 	if !decodeBody(w, r, &req) {
@@ -77,15 +102,7 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "bad_request", err)
 		return
 	}
-	var resp JoinResponse
-	err := n.onLeader(r.Context(), func(ctx context.Context, leaderHTTP string) error {
-		if leaderHTTP != "" {
-			return n.post(ctx, leaderHTTP, "/v1/cluster/join", req, &resp)
-		}
-		var err error
-		resp, err = n.addVoter(req)
-		return err
-	})
+	resp, err := n.joinOnLeader(r.Context(), req)
 	if err != nil {
 		writeError(w, statusFor(err), errorCode(err), err)
 		return

@@ -63,7 +63,7 @@ func (n *Node) onElected() {
 		n.logger.Warn("barrier after election failed", "error", err)
 		return
 	}
-	self := fsm.Member{ID: n.cfg.NodeID, RaftAddr: string(n.transport.LocalAddr()), HTTPAddr: n.cfg.HTTPAddr}
+	self := n.self()
 	st := n.fsm.State()
 	if st.Members[self.ID] != self {
 		if _, err := n.applyRecorded(fsm.Command{Op: fsm.OpSetMember, Member: &self}); err != nil {
@@ -131,7 +131,7 @@ func (n *Node) revoke(l fsm.Lease, reason string) {
 // addresses, e.g. after a restart with a new -http-addr. It is a join with
 // the node's own details, which the leader treats as an update.
 func (n *Node) publishSelf() {
-	want := fsm.Member{ID: n.cfg.NodeID, RaftAddr: string(n.transport.LocalAddr()), HTTPAddr: n.cfg.HTTPAddr}
+	want := n.self()
 	if cur, _ := n.fsm.Member(want.ID); cur == want {
 		return
 	}
@@ -147,16 +147,7 @@ func (n *Node) publishSelf() {
 			case <-ctx.Done():
 			}
 		}()
-		req := JoinRequest{NodeID: want.ID, RaftAddr: want.RaftAddr, HTTPAddr: want.HTTPAddr}
-		err := n.onLeader(ctx, func(ctx context.Context, leaderHTTP string) error {
-			if leaderHTTP == "" {
-				_, err := n.addVoter(req)
-				return err
-			}
-			var resp JoinResponse
-			return n.post(ctx, leaderHTTP, "/v1/cluster/join", req, &resp)
-		})
-		if err != nil {
+		if _, err := n.joinOnLeader(ctx, joinRequestFor(want)); err != nil {
 			n.logger.Debug("publish own addresses", "error", err)
 		}
 	}()
