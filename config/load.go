@@ -208,6 +208,17 @@ func (d *decoder) duration(key string, a *hcl.Attribute, dst *time.Duration) {
 	*dst = dur
 }
 
+// count decodes a non-negative integer into dst; a negative one is an
+// error at the key.
+func (d *decoder) count(key string, a *hcl.Attribute, dst *uint64) {
+	n := int64(*dst)
+	d.integer(key, a, &n)
+	*dst = uint64(max(n, 0))
+	if n < 0 && d.err == nil {
+		d.err = &Error{Where: d.origins[key], Msg: key + " must not be negative"}
+	}
+}
+
 func (d *decoder) integer(key string, a *hcl.Attribute, dst *int64) {
 	v, ok := d.value(key, a, cty.Number)
 	if !ok {
@@ -317,18 +328,8 @@ func parse(src []byte, path string, env map[string]string) (*Config, origins, er
 			d.duration("raft.heartbeat_timeout", ba["heartbeat_timeout"], &cfg.Raft.HeartbeatTimeout)
 			d.duration("raft.election_timeout", ba["election_timeout"], &cfg.Raft.ElectionTimeout)
 			d.duration("raft.snapshot_interval", ba["snapshot_interval"], &cfg.Raft.SnapshotInterval)
-			n := int64(cfg.Raft.SnapshotThreshold)
-			d.integer("raft.snapshot_threshold", ba["snapshot_threshold"], &n)
-			cfg.Raft.SnapshotThreshold = uint64(max(n, 0))
-			if n < 0 && d.err == nil {
-				d.err = &Error{Where: d.origins["raft.snapshot_threshold"], Msg: "raft.snapshot_threshold must not be negative"}
-			}
-			n = int64(cfg.Raft.TrailingLogs)
-			d.integer("raft.trailing_logs", ba["trailing_logs"], &n)
-			cfg.Raft.TrailingLogs = uint64(max(n, 0))
-			if n < 0 && d.err == nil {
-				d.err = &Error{Where: d.origins["raft.trailing_logs"], Msg: "raft.trailing_logs must not be negative"}
-			}
+			d.count("raft.snapshot_threshold", ba["snapshot_threshold"], &cfg.Raft.SnapshotThreshold)
+			d.count("raft.trailing_logs", ba["trailing_logs"], &cfg.Raft.TrailingLogs)
 		case "source":
 			src := &SourceConfig{BatchSize: DefaultBatchSize, PollInterval: DefaultPollInterval, GapTimeout: DefaultGapTimeout}
 			d.str("source.dsn", ba["dsn"], &src.DSN)
