@@ -128,6 +128,7 @@ func (n *Node) applyRecorded(cmd fsm.Command) (fsm.Result, error) {
 // applyLocal stamps the leader's clock into the command and proposes it.
 func (n *Node) applyLocal(cmd fsm.Command) (fsm.Result, error) {
 	cmd.Now = time.Now().UnixNano()
+	n.checkClock(cmd.Now)
 	b, err := cmd.Encode()
 	if err != nil {
 		return fsm.Result{}, err
@@ -153,11 +154,12 @@ type applyResponse struct {
 	Lease  fsm.Lease  `json:"lease"`
 	Cursor fsm.Cursor `json:"cursor"`
 	Now    int64      `json:"now"`
+	Index  uint64     `json:"index,omitempty"`
 	Error  *wireError `json:"error,omitempty"`
 }
 
 func (r applyResponse) result() fsm.Result {
-	res := fsm.Result{Lease: r.Lease, Cursor: r.Cursor, Now: r.Now}
+	res := fsm.Result{Lease: r.Lease, Cursor: r.Cursor, Now: r.Now, Index: r.Index}
 	if r.Error != nil {
 		res.Err = fsm.ErrorFromCode(r.Error.Code, r.Error.Message)
 	}
@@ -262,4 +264,26 @@ func (n *Node) post(ctx context.Context, httpAddr, path string, in, out any) err
 		return fmt.Errorf("%w: decode answer from %s%s: %v", ErrUnknownOutcome, httpAddr, path, err)
 	}
 	return nil
+}
+
+// clockSkewWarning is how far the state machine's clock may be ahead of
+// this leader's before it says so: the state then runs on the clock of an
+// earlier leader, and leases last that much longer in real time.
+const clockSkewWarning = time.Second
+
+// checkClock warns, at most once a minute, when this leader's clock is
+// behind the state machine's: an earlier leader's clock was ahead, or this
+// one's is behind. Nothing breaks (the state applies commands at its own
+// clock until this leader's catches up), but an operator should fix NTP.
+func (n *Node) checkClock(stamp int64) {
+	behind := time.Duration(n.fsm.Clock() - stamp)
+	if behind < clockSkewWarning {
+		return
+	}
+	last := n.lastClockWarning.Load()
+	if stamp-last < int64(time.Minute) || !n.lastClockWarning.CompareAndSwap(last, stamp) {
+		return
+	}
+	n.logger.Warn("this leader's clock is behind the replicated state's clock: leases run on the state's clock until this one catches up; check NTP on every peer",
+		"behind_ms", behind.Milliseconds())
 }

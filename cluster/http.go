@@ -145,7 +145,7 @@ func writeApplyResult(w http.ResponseWriter, res fsm.Result, err error) {
 		writeError(w, statusFor(err), errorCode(err), err)
 		return
 	}
-	resp := applyResponse{Lease: res.Lease, Cursor: res.Cursor, Now: res.Now}
+	resp := applyResponse{Lease: res.Lease, Cursor: res.Cursor, Now: res.Now, Index: res.Index}
 	if res.Err != nil {
 		resp.Error = &wireError{Code: fsm.Code(res.Err), Message: res.Err.Error()}
 	}

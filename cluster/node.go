@@ -49,6 +49,9 @@ type Node struct {
 
 	progress atomic.Pointer[func() Progress]
 	history  history
+	// lastClockWarning is the stamp of the last warning that this leader's
+	// clock is behind the state's (see checkClock).
+	lastClockWarning atomic.Int64
 
 	observer *raft.Observer
 	stop     chan struct{}

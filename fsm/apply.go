@@ -4,11 +4,19 @@ import "time"
 
 // Apply applies one validated command to s and returns the outcome. It is
 // deterministic: it reads nothing but s and c, so replicas that apply the
-// same log hold the same state. A refused command leaves s unchanged.
+// same log hold the same state.
+//
+// The command is applied at the later of its stamp (c.Now) and s.Clock,
+// and the clock moves there whether the command is granted or refused:
+// it was applied at that time either way. Apart from the clock, a refused
+// command leaves s unchanged. A command that does not validate is not
+// applied at all and leaves even the clock alone.
 func (s *State) Apply(c Command) Result {
 	if err := c.Validate(); err != nil {
 		return s.result(err)
 	}
+	c.Now = max(c.Now, s.Clock)
+	s.Clock = c.Now
 	res := s.apply(c)
 	res.Now = c.Now
 	return res

@@ -76,8 +76,10 @@ func paused(given func() State) func() State {
 }
 
 // applyCase is one row of an Apply table. The state after the command is
-// given() changed by change; a refused command (wantErr != nil) must leave
-// given() exactly as it was, so change must be nil.
+// given() changed by change, with the clock at the applied time (the later
+// of the stamp and given's clock) unless the command is invalid; a refused
+// command (wantErr != nil) must leave everything else of given() as it was,
+// so change must be nil.
 type applyCase struct {
 	name    string
 	given   func() State
@@ -95,6 +97,9 @@ func runApplyCases(t *testing.T, cases []applyCase) {
 			}
 			s := tc.given()
 			want := tc.given()
+			if tc.cmd.Validate() == nil {
+				want.Clock = max(want.Clock, tc.cmd.Now)
+			}
 			if tc.change != nil {
 				tc.change(&want)
 			}
@@ -824,18 +829,34 @@ func TestRefusedCommandLeavesStateUnchanged(t *testing.T) {
 		{Command{Op: "bogus"}, ErrBadCommand},
 	}
 	for i, r := range refused {
+		clock := s.Clock
 		res := s.Apply(r.cmd)
 		if !errors.Is(res.Err, r.wantErr) {
 			t.Errorf("step %d (%s): err = %v, want %v", i, r.cmd.Op, res.Err, r.wantErr)
 		}
-		if want := given(); !reflect.DeepEqual(s, want) {
+		// A refused command was applied all the same: the clock moves to
+		// its time (an invalid one is not applied and leaves it).
+		wantClock := clock
+		if r.cmd.Validate() == nil {
+			wantClock = max(clock, r.cmd.Now)
+		}
+		if s.Clock != wantClock {
+			t.Errorf("step %d (%s): clock %d, want %d", i, r.cmd.Op, s.Clock, wantClock)
+		}
+		want := given()
+		want.Clock = s.Clock
+		if !reflect.DeepEqual(s, want) {
 			t.Fatalf("step %d (%s) changed the state:\n got %+v\nwant %+v", i, r.cmd.Op, s, want)
 		}
 	}
 
-	// Without the pause, the same acquire meets the unexpired lease.
+	// Without the pause, the same acquire meets the unexpired lease. (On s
+	// it would not: the refused renew at t0+sec moved the clock to the
+	// lease's expiry.)
+	s = given()
 	s.Cursor.Paused = false
 	before := s.Clone()
+	before.Clock = t0
 	if res := s.Apply(Command{Op: OpAcquire, Node: "b", TTL: ttl, Now: t0}); !errors.Is(res.Err, ErrLeaseHeld) {
 		t.Errorf("acquire: err = %v, want %v", res.Err, ErrLeaseHeld)
 	}

@@ -73,7 +73,9 @@ type Command struct {
 	Token uint64 `json:"token,omitempty"`
 	// TTL is the lease duration for acquire, renew and advance with Keep.
 	TTL time.Duration `json:"ttl,omitempty"`
-	// Now is stamped by the leader just before proposing (Unix nanoseconds).
+	// Now is stamped by the leader just before proposing (Unix
+	// nanoseconds). The command is applied at the later of Now and the
+	// state's clock, so a stamp that is behind changes nothing.
 	Now int64 `json:"now,omitempty"`
 
 	Advance *Advance `json:"advance,omitempty"`
@@ -108,14 +110,19 @@ type Advance struct {
 }
 
 // Result is what applying a command returns. Err is nil or wraps one of the
-// sentinel errors; Lease and Cursor are the state after the command, Now
-// the time the leader stamped into it (so a history checker can replay the
-// command exactly).
+// sentinel errors; Lease and Cursor are the state after the command.
 type Result struct {
 	Lease  Lease
 	Cursor Cursor
-	Now    int64
-	Err    error
+	// Now is the time the command was applied at: the later of the
+	// leader's stamp and the state's clock (see State.Apply), so that a
+	// history checker can replay the command exactly.
+	Now int64
+	// Index is the command's Raft log index, set by FSM.Apply; 0 when the
+	// command was applied outside Raft. It orders commands as every replica
+	// applied them.
+	Index uint64
+	Err   error
 }
 
 // Encode serialises c for the Raft log.

@@ -85,6 +85,10 @@ func TestReplicasApplyingSameLogAgree(t *testing.T) {
 		if !reflect.DeepEqual(ra, rb) {
 			t.Fatalf("entry %d (%s): replicas disagree:\n a %+v\n b %+v", i, data, ra, rb)
 		}
+		if ra.Index != l.Index {
+			t.Fatalf("entry %d: result has index %d, want the log index %d", i, ra.Index, l.Index)
+		}
+		ra.Index = 0 // State.Apply runs outside Raft
 		if !reflect.DeepEqual(ra, want[i]) {
 			t.Fatalf("entry %d (%s): FSM and State.Apply disagree:\n fsm   %+v\n state %+v", i, data, ra, want[i])
 		}

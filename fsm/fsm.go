@@ -32,9 +32,12 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err != nil {
-		return f.state.result(err)
+		res := f.state.result(err)
+		res.Index = l.Index
+		return res
 	}
 	res := f.state.Apply(c)
+	res.Index = l.Index
 	if res.Err == nil {
 		f.notifyLocked()
 	}
@@ -55,6 +58,13 @@ func (f *FSM) Member(id string) (Member, bool) {
 	defer f.mu.RUnlock()
 	m, ok := f.state.Members[id]
 	return m, ok
+}
+
+// Clock returns the state's clock: the time the last command was applied at.
+func (f *FSM) Clock() int64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.state.Clock
 }
 
 // Watch returns the current state and a channel that is closed at the next

@@ -52,10 +52,17 @@ var genNodes = []string{"n1", "n2", "n3"}
 
 // genCommand draws the next command. It looks at s only to bias its choices
 // (the holder's node, the current token, the cursor) so that a good share of
-// commands is accepted; every field still also takes wrong values. *now only
-// moves forward, in steps of 0 to 1.5s, against TTLs of 0 (invalid) to 3s.
+// commands is accepted; every field still also takes wrong values. *now is
+// the leaders' clock: it mostly moves forward, in steps of 0 to 1.5s,
+// against TTLs of 0 (invalid) to 3s; one step in eight goes back by up to
+// 2s, as when two commands stamped at once are applied in the other order,
+// or a new leader's clock is behind the old one's.
 func genCommand(ch chooser, s State, now *int64) Command {
-	*now += int64(ch.intn(4)) * int64(500*time.Millisecond)
+	if ch.intn(8) == 0 {
+		*now -= int64(1+ch.intn(4)) * int64(500*time.Millisecond)
+	} else {
+		*now += int64(ch.intn(4)) * int64(500*time.Millisecond)
+	}
 	node := genNodes[ch.intn(len(genNodes))]
 	switch ch.intn(4) {
 	case 0:
@@ -178,11 +185,27 @@ func checkStep(t *testing.T, step int, c Command, prev, s State, res Result, gra
 		fail("result reports lease %+v cursor %+v", res.Lease, res.Cursor)
 	}
 
+	// The state's clock never goes backwards: a valid command is applied at
+	// the later of its stamp and the clock, granted or not; one that does
+	// not validate is not applied and leaves the clock alone.
+	at := prev.Clock
+	if c.Validate() == nil {
+		at = max(c.Now, prev.Clock)
+		if res.Now != at {
+			fail("applied at %d, want max(stamp %d, clock %d)", res.Now, c.Now, prev.Clock)
+		}
+	}
+	if s.Clock != at {
+		fail("clock %d after the command, want %d", s.Clock, at)
+	}
+
 	if res.Err != nil {
 		if Code(res.Err) == "" {
 			fail("refusal wraps no sentinel")
 		}
-		if !reflect.DeepEqual(prev, s) {
+		unclocked := copyState(s)
+		unclocked.Clock = prev.Clock
+		if !reflect.DeepEqual(prev, unclocked) {
 			fail("refused command changed the state")
 		}
 		return
@@ -193,13 +216,13 @@ func checkStep(t *testing.T, step int, c Command, prev, s State, res Result, gra
 		if s.Lease.Token != prev.Lease.Token+1 {
 			fail("grant took token %d after %d", s.Lease.Token, prev.Lease.Token)
 		}
-		if prev.Lease.HeldAt(c.Now) && prev.Lease.Holder != c.Node {
+		if prev.Lease.HeldAt(at) && prev.Lease.Holder != c.Node {
 			fail("granted while %s held the lease", prev.Lease.Holder)
 		}
 		if prev.Cursor.Paused {
 			fail("granted while paused")
 		}
-		if s.Lease.Holder != c.Node || s.Lease.ExpiresAt != c.Now+int64(c.TTL) {
+		if s.Lease.Holder != c.Node || s.Lease.ExpiresAt != at+int64(c.TTL) {
 			fail("grant is %+v", s.Lease)
 		}
 		if _, dup := grants[s.Lease.Token]; dup {
@@ -223,8 +246,11 @@ func checkStep(t *testing.T, step int, c Command, prev, s State, res Result, gra
 			fail("revoke of token %d accepted", c.Token)
 		}
 	}
-	if c.Op == OpRenew && !prev.Lease.HeldAt(c.Now) {
+	if c.Op == OpRenew && !prev.Lease.HeldAt(at) {
 		fail("renewed an expired lease")
+	}
+	if setsExpiry(c) && s.Lease.ExpiresAt != at+int64(c.TTL) {
+		fail("%s set expiry %d, want applied time %d + ttl %s", c.Op, s.Lease.ExpiresAt, at, c.TTL)
 	}
 
 	// At most one holder: the lease belongs to the node granted the current token.
@@ -267,6 +293,17 @@ func checkStep(t *testing.T, step int, c Command, prev, s State, res Result, gra
 			fail("gaps not sorted and unique: %v", s.GapIDs())
 		}
 	}
+}
+
+// setsExpiry reports whether c, granted, gives the lease a new expiry.
+func setsExpiry(c Command) bool {
+	switch c.Op {
+	case OpAcquire, OpRenew:
+		return true
+	case OpAdvance:
+		return c.Advance != nil && c.Advance.Keep
+	}
+	return false
 }
 
 func FuzzApplySequence(f *testing.F) {

@@ -9,10 +9,15 @@ type HistoryEntry struct {
 	Call   int64   `json:"call"`   // Unix nanoseconds
 	Return int64   `json:"return"` // Unix nanoseconds
 	Cmd    Command `json:"cmd"`
-	// For an answered command: the state after it and the leader's time.
+	// For an answered command: the state after it and the time it was
+	// applied at (Result.Now).
 	Lease  *Lease  `json:"lease,omitempty"`
 	Cursor *Cursor `json:"cursor,omitempty"`
 	Now    int64   `json:"now,omitempty"`
+	// Index is the command's Raft log index: known for an answered command,
+	// and filled in by the reconciliation with the Raft log for the others.
+	// It is the order in which every replica applied the commands.
+	Index uint64 `json:"index,omitempty"`
 	// Code is the refusal's sentinel code ("" when the command was granted).
 	Code string `json:"code,omitempty"`
 	// Error is set when no answer came back (no leader, timeout, leadership
@@ -28,7 +33,7 @@ func NewHistoryEntry(node string, call, ret int64, cmd Command, res Result, err 
 		return e
 	}
 	lease, cursor := res.Lease, res.Cursor
-	e.Lease, e.Cursor, e.Now = &lease, &cursor, res.Now
+	e.Lease, e.Cursor, e.Now, e.Index = &lease, &cursor, res.Now, res.Index
 	if res.Err != nil {
 		e.Code = Code(res.Err)
 		if e.Code == "" {

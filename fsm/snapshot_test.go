@@ -89,6 +89,8 @@ func wantRichState() State {
 		},
 		Stats:      Stats{EventsProcessed: 497, Batches: 1, DeadLetters: 4, GapsDropped: 1},
 		LastHolder: "b",
+		// The pause carries no stamp: it is applied at the clock.
+		Clock: t0 + 2,
 	}
 }
 

@@ -80,6 +80,13 @@ type State struct {
 	// that the batch it may already have committed can still be recorded
 	// by advance; "" once that grant is settled or superseded.
 	RevokedFrom string `json:"revoked_from,omitempty"`
+	// Clock is the time the last command was applied at, in Unix
+	// nanoseconds: the later of its leader stamp and the clock before it.
+	// It never goes backwards, whatever the leaders' clocks do: two
+	// commands stamped at once can be applied in the other order, and a
+	// new leader's clock can be behind the old one's. Lease expiry is
+	// decided on this clock, never on a stamp alone.
+	Clock int64 `json:"clock,omitempty"`
 }
 
 // Clone returns a deep copy of s.

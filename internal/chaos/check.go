@@ -438,12 +438,12 @@ func (c *Cluster) explainOrphans(r *Report, orphans []fsm.HistoryEntry) {
 }
 
 // tokenHolders replays the log's commands and returns who got each grant.
-func tokenHolders(cmds []fsm.Command) map[uint64]string {
+func tokenHolders(log []linearize.LogEntry) map[uint64]string {
 	var st fsm.State
 	out := map[uint64]string{}
-	for _, c := range cmds {
-		res := st.Apply(c)
-		if c.Op == fsm.OpAcquire && res.Err == nil {
+	for _, l := range log {
+		res := st.Apply(l.Cmd)
+		if l.Cmd.Op == fsm.OpAcquire && res.Err == nil {
 			out[res.Lease.Token] = res.Lease.Holder
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/geocursor/geocursor/fsm"
+	"github.com/geocursor/geocursor/internal/linearize"
 )
 
 // raftLog is one peer's Raft log as stored in its data directory.
@@ -50,9 +51,10 @@ func readRaftLog(node, dataDir string) (*raftLog, error) {
 	return l, nil
 }
 
-// commands decodes the state-machine commands of the log, in log order.
-func (l *raftLog) commands() ([]fsm.Command, error) {
-	var out []fsm.Command
+// commands decodes the state-machine commands of the log, in log order,
+// each with its index.
+func (l *raftLog) commands() ([]linearize.LogEntry, error) {
+	var out []linearize.LogEntry
 	var errs []error
 	for _, e := range l.entries {
 		if e.Type != raft.LogCommand {
@@ -63,7 +65,7 @@ func (l *raftLog) commands() ([]fsm.Command, error) {
 			errs = append(errs, fmt.Errorf("entry %d: %w", e.Index, err))
 			continue
 		}
-		out = append(out, c)
+		out = append(out, linearize.LogEntry{Index: e.Index, Cmd: c})
 	}
 	return out, errors.Join(errs...)
 }

@@ -127,7 +127,7 @@ func operations(entries []fsm.HistoryEntry) ([]porcupine.Operation, int) {
 	unknown := 0
 	ops := make([]porcupine.Operation, 0, len(sorted))
 	for i, e := range sorted {
-		in := input{idx: i, node: e.Node, cmd: e.Cmd, call: e.Call}
+		in := input{idx: i, node: e.Node, cmd: e.Cmd, call: e.Call, index: e.Index}
 		if e.Now != 0 {
 			in.cmd.Now = e.Now
 		}

@@ -22,40 +22,55 @@ const (
 )
 
 // sim plays a leader: it applies commands to a real fsm.State in the order
-// the test gives them and records what each peer saw.
+// the test gives them, numbering them as a Raft log would, and records what
+// each peer saw.
 type sim struct {
-	st fsm.State
-	h  []fsm.HistoryEntry
+	st    fsm.State
+	h     []fsm.HistoryEntry
+	index uint64
+}
+
+// apply applies cmd stamped at now as the next log entry.
+func (s *sim) apply(cmd fsm.Command, now int64) (fsm.Result, LogEntry) {
+	cmd.Now = now
+	s.index++
+	res := s.st.Apply(cmd)
+	res.Index = s.index
+	return res, LogEntry{Index: s.index, Cmd: cmd}
 }
 
 // do applies cmd at leader time now for node, which called at call and got
 // the answer at ret.
 func (s *sim) do(node string, call, now, ret int64, cmd fsm.Command) fsm.HistoryEntry {
-	sent := cmd
-	cmd.Now = now
-	res := s.st.Apply(cmd)
-	e := fsm.NewHistoryEntry(node, call, ret, sent, res, nil)
+	res, _ := s.apply(cmd, now)
+	e := fsm.NewHistoryEntry(node, call, ret, cmd, res, nil)
 	s.h = append(s.h, e)
 	return e
 }
 
 // lost records a command whose answer never came back; applied says
 // whether the leader applied it (at now) all the same.
-func (s *sim) lost(node string, call, now int64, cmd fsm.Command, applied bool) {
-	sent := cmd
+func (s *sim) lost(node string, call, now int64, cmd fsm.Command, applied bool) LogEntry {
+	var l LogEntry
 	if applied {
-		cmd.Now = now
-		s.st.Apply(cmd)
+		_, l = s.apply(cmd, now)
 	}
-	s.h = append(s.h, fsm.NewHistoryEntry(node, call, call+4*sec, sent, fsm.Result{}, errors.New("no Raft leader")))
+	s.h = append(s.h, fsm.NewHistoryEntry(node, call, call+4*sec, cmd, fsm.Result{}, errors.New("no Raft leader")))
+	return l
 }
 
 // unrecorded applies a command that no peer recorded (its issuer was
 // killed before the answer came).
-func (s *sim) unrecorded(now int64, cmd fsm.Command) fsm.Command {
-	cmd.Now = now
-	s.st.Apply(cmd)
-	return cmd
+func (s *sim) unrecorded(now int64, cmd fsm.Command) LogEntry {
+	_, l := s.apply(cmd, now)
+	return l
+}
+
+// logEntry is the log entry of an answered history entry.
+func logEntry(e fsm.HistoryEntry) LogEntry {
+	c := e.Cmd
+	c.Now = e.Now
+	return LogEntry{Index: e.Index, Cmd: c}
 }
 
 func acquire(node string) fsm.Command {
@@ -176,7 +191,7 @@ func TestDoubledGrantIsNotLinearizable(t *testing.T) {
 	s.do("n1", t0, t0+ms, t0+2*ms, acquire("n1"))
 	// n2 is told it got token 1 too, while n1 holds it.
 	e := fsm.NewHistoryEntry("n2", t0+sec, t0+sec+2*ms, acquire("n2"),
-		fsm.Result{Lease: fsm.Lease{Holder: "n2", Token: 1, ExpiresAt: t0 + sec + ms + int64(ttl)}, Now: t0 + sec + ms}, nil)
+		fsm.Result{Lease: fsm.Lease{Holder: "n2", Token: 1, ExpiresAt: t0 + sec + ms + int64(ttl)}, Now: t0 + sec + ms, Index: s.index + 1}, nil)
 	h := append(s.h, e)
 	ok, info := Check(h)
 	if ok || info.Result != porcupine.Illegal {
@@ -242,23 +257,33 @@ func TestSafetyOverlappingGrants(t *testing.T) {
 	s.do("n1", t0+sec, t0+sec+ms, t0+sec+2*ms, renew("n1", 1))
 	// n2 is granted token 2 while n1's renewed lease runs until t0+6s.
 	e := fsm.NewHistoryEntry("n2", t0+3*sec, t0+3*sec+2*ms, acquire("n2"),
-		fsm.Result{Lease: fsm.Lease{Holder: "n2", Token: 2, ExpiresAt: t0 + 8*sec}, Now: t0 + 3*sec + ms}, nil)
+		fsm.Result{Lease: fsm.Lease{Holder: "n2", Token: 2, ExpiresAt: t0 + 8*sec}, Now: t0 + 3*sec + ms, Index: s.index + 2}, nil)
 	h := append(s.h, e)
 	if v := CheckSafety(h); !hasViolation(v, "overlapping-grants") {
 		t.Fatalf("overlap not reported: %v", v)
 	}
-	// A release of token 1 that may have been applied in between (its
-	// answer was lost) explains the grant.
-	h = append(h, fsm.NewHistoryEntry("n1", t0+2*sec, t0+6*sec, release("n1", 1), fsm.Result{}, errors.New("timeout")))
-	if v := CheckSafety(h); len(v) != 0 {
+	// A release of token 1 that the log could not place (its answer was
+	// lost, the log was compacted) may have been applied in between.
+	lost := fsm.NewHistoryEntry("n1", t0+2*sec, t0+6*sec, release("n1", 1), fsm.Result{}, errors.New("timeout"))
+	if v := CheckSafety(append(h, lost)); len(v) != 0 {
 		t.Fatalf("a possible release was not taken into account: %v", v)
+	}
+	// One the log shows applied between the renew and the grant explains
+	// it as well; applied after the grant, it does not.
+	lost.Index = s.index + 1
+	if v := CheckSafety(append(h, lost)); len(v) != 0 {
+		t.Fatalf("a release applied before the grant was not taken into account: %v", v)
+	}
+	lost.Index = s.index + 3
+	if v := CheckSafety(append(h, lost)); !hasViolation(v, "overlapping-grants") {
+		t.Fatalf("a release applied after the grant explained it: %v", v)
 	}
 }
 
 func TestSafetyTokenOrder(t *testing.T) {
 	grant := func(node string, token uint64, call int64) fsm.HistoryEntry {
 		return fsm.NewHistoryEntry(node, call, call+2*ms, acquire(node),
-			fsm.Result{Lease: fsm.Lease{Holder: node, Token: token, ExpiresAt: call + ms + int64(ttl)}, Now: call + ms}, nil)
+			fsm.Result{Lease: fsm.Lease{Holder: node, Token: token, ExpiresAt: call + ms + int64(ttl)}, Now: call + ms, Index: uint64(token)}, nil)
 	}
 	h := []fsm.HistoryEntry{grant("n1", 5, t0), grant("n2", 4, t0+10*sec)}
 	v := CheckSafety(h)
@@ -269,20 +294,13 @@ func TestSafetyTokenOrder(t *testing.T) {
 
 func TestReconcile(t *testing.T) {
 	s := &sim{}
-	var log []fsm.Command
-	logged := func(e fsm.HistoryEntry) {
-		c := e.Cmd
-		c.Now = e.Now
-		log = append(log, c)
-	}
+	var log []LogEntry
+	logged := func(e fsm.HistoryEntry) { log = append(log, logEntry(e)) }
 	logged(s.do("n1", t0, t0+ms, t0+2*ms, acquire("n1")))
 	// n1 is killed while its advance is in flight: applied, never recorded.
 	log = append(log, s.unrecorded(t0+10*ms, advance("n1", 1, 100, false)))
 	// n2's acquire times out but was applied; n3's never was.
-	s.lost("n2", t0+sec, t0+sec+500*ms, acquire("n2"), true)
-	c := acquire("n2")
-	c.Now = t0 + sec + 500*ms
-	log = append(log, c)
+	log = append(log, s.lost("n2", t0+sec, t0+sec+500*ms, acquire("n2"), true))
 	s.lost("n3", t0+sec, 0, acquire("n3"), false)
 	logged(s.do("n3", t0+6*sec, t0+6*sec+ms, t0+6*sec+2*ms, acquire("n3")))
 
@@ -293,7 +311,8 @@ func TestReconcile(t *testing.T) {
 	if rec.Matched != 2 || len(rec.Resolved) != 1 || len(rec.NotApplied) != 1 || len(rec.Orphans) != 1 || len(rec.Unmatched) != 0 {
 		t.Fatalf("reconciliation: %s", rec)
 	}
-	if rec.Resolved[0].Now != t0+sec+500*ms || rec.Orphans[0].Cmd.Op != fsm.OpAdvance || rec.Orphans[0].Node != "n1" {
+	if rec.Resolved[0].Now != t0+sec+500*ms || rec.Resolved[0].Index != 3 ||
+		rec.Orphans[0].Cmd.Op != fsm.OpAdvance || rec.Orphans[0].Node != "n1" || rec.Orphans[0].Index != 2 {
 		t.Errorf("resolved %+v, orphan %+v", rec.Resolved[0], rec.Orphans[0])
 	}
 	if ok, info := Check(h); !ok {
@@ -376,15 +395,15 @@ func TestReconcilePrefersACopyStampedWhileWaiting(t *testing.T) {
 	lostAt := func(call int64) fsm.HistoryEntry {
 		return fsm.NewHistoryEntry("n1", call, call+1500*ms, acquire("n1"), fsm.Result{}, errors.New("timeout"))
 	}
-	stamped := func(now int64) fsm.Command {
+	stamped := func(index uint64, now int64) LogEntry {
 		c := acquire("n1")
 		c.Now = now
-		return c
+		return LogEntry{Index: index, Cmd: c}
 	}
 	// Call A at t0 is stamped late (t0+5s, after a partition healed);
 	// call B at t0+2s is stamped while it waits.
 	entries := []fsm.HistoryEntry{lostAt(t0), lostAt(t0 + 2*sec)}
-	log := []fsm.Command{stamped(t0 + 2*sec + 100*ms), stamped(t0 + 5*sec)}
+	log := []LogEntry{stamped(1, t0+2*sec+100*ms), stamped(2, t0+5*sec)}
 	_, rec := Reconcile(entries, log, true)
 	if len(rec.Resolved) != 2 {
 		t.Fatalf("reconciliation: %s", rec)

@@ -23,6 +23,10 @@ type input struct {
 	// call is when the peer called; it bounds an unknown leader time
 	// (cmd.Now == 0) from below: the leader stamps after the call.
 	call int64
+	// index is the command's Raft index, 0 when the log could not place
+	// it. A command with an index was applied, after every command with a
+	// lower one.
+	index uint64
 }
 
 // output is what the peer got back.
@@ -41,21 +45,29 @@ type output struct {
 // After a command whose leader time is unknown set the lease's expiry, the
 // expiry is known only to lie in [lo, hi]: loose is set and
 // s.Lease.ExpiresAt is 0. The next answer that shows the lease pins it down.
+//
+// index is the Raft index of the last command with one applied so far, so
+// that commands the log placed are applied in log order.
 type mstate struct {
 	s      fsm.State
 	loose  bool
 	lo, hi int64
+	index  uint64
 }
 
 func initState() mstate { return mstate{} }
 
+// trim drops what no answer shows. The clock goes too: every command is
+// replayed at the time it was applied at (the answer's, or Reconcile's),
+// which already is the later of its stamp and the clock.
 func trim(s *fsm.State) {
 	s.Members = nil
 	s.Stats = fsm.Stats{}
+	s.Clock = 0
 }
 
 func equalStates(a, b mstate) bool {
-	if a.loose != b.loose || a.lo != b.lo || a.hi != b.hi ||
+	if a.loose != b.loose || a.lo != b.lo || a.hi != b.hi || a.index != b.index ||
 		a.s.Lease != b.s.Lease || a.s.Cursor != b.s.Cursor ||
 		a.s.LastHolder != b.s.LastHolder || a.s.RevokedFrom != b.s.RevokedFrom ||
 		len(a.s.Gaps) != len(b.s.Gaps) {
@@ -71,8 +83,8 @@ func equalStates(a, b mstate) bool {
 
 func hashState(m mstate) uint64 {
 	h := fnv.New64a()
-	fmt.Fprintf(h, "%s|%d|%d|%d|%d|%t|%d", m.s.Lease.Holder, m.s.Lease.Token, m.s.Lease.ExpiresAt,
-		m.s.Cursor.LastEventID, m.s.Cursor.LastEventDate, m.s.Cursor.Paused, len(m.s.Gaps))
+	fmt.Fprintf(h, "%s|%d|%d|%d|%d|%t|%d|%d", m.s.Lease.Holder, m.s.Lease.Token, m.s.Lease.ExpiresAt,
+		m.s.Cursor.LastEventID, m.s.Cursor.LastEventDate, m.s.Cursor.Paused, len(m.s.Gaps), m.index)
 	return h.Sum64()
 }
 
@@ -145,8 +157,11 @@ func variants(st mstate, in input) []variant {
 // step returns every state the command can leave behind, given what its
 // peer saw; none if the answer cannot be explained from st.
 func step(st mstate, in input, out output) []mstate {
+	if in.index != 0 && in.index <= st.index {
+		return nil // the log applied it before the last command
+	}
 	var next []mstate
-	if out.unknown {
+	if out.unknown && in.index == 0 {
 		next = append(next, st) // never applied
 	}
 	for _, v := range variants(st, in) {
@@ -157,7 +172,7 @@ func step(st mstate, in input, out output) []mstate {
 		cmd := in.cmd
 		cmd.Now = v.now
 		res := pre.Apply(cmd)
-		post := mstate{s: pre}
+		post := mstate{s: pre, index: max(st.index, in.index)}
 		trim(&post.s)
 		switch {
 		case res.Err == nil && setsExpiry(cmd):
@@ -221,6 +236,9 @@ func newModel() porcupine.Model {
 func describeOp(in input, out output) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "#%d %s: %s", in.idx, in.node, describeCmd(in.cmd))
+	if in.index != 0 {
+		fmt.Fprintf(&b, " [raft %d]", in.index)
+	}
 	b.WriteString(" → ")
 	switch {
 	case out.unknown:

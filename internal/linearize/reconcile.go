@@ -13,12 +13,19 @@ import (
 // leader issued).
 const OrphanNode = "raft-log"
 
+// LogEntry is one state-machine command of a Raft log, with its index. The
+// command's Now is the leader's stamp, as proposed.
+type LogEntry struct {
+	Index uint64
+	Cmd   fsm.Command
+}
+
 // Reconciliation is what Reconcile found.
 type Reconciliation struct {
 	// Matched is the number of answered entries found in the log.
 	Matched int
 	// Resolved are the unanswered entries found in the log: they were
-	// applied, at the leader time now filled in.
+	// applied, at the index and time now filled in.
 	Resolved []fsm.HistoryEntry
 	// NotApplied are the unanswered entries that a complete log does not
 	// hold: they were never applied and are left out.
@@ -39,22 +46,28 @@ func (r Reconciliation) String() string {
 }
 
 // Reconcile lines entries up with log, the commands of a Raft log in log
-// order, each with the time its leader stamped. complete says the log
-// starts at the group's first entry (nothing was compacted away), so that
-// a command missing from it was never applied.
+// order. complete says the log starts at the group's first entry (nothing
+// was compacted away), so that a command missing from it was never applied.
 //
-// It returns the history to check: the answered entries as they are, the
-// unanswered ones the log holds with their leader time filled in (still
-// unanswered: the model keeps both outcomes open), and one unanswered
-// entry per log command that no peer recorded.
-func Reconcile(entries []fsm.HistoryEntry, log []fsm.Command, complete bool) ([]fsm.HistoryEntry, Reconciliation) {
+// It returns the history to check, every entry the log holds carrying its
+// Raft index: the answered entries as they are (matched by the index their
+// answer carries), the unanswered ones the log holds with their index and
+// applied time filled in (still unanswered: what they returned is not
+// known), and one unanswered entry per log command that no peer recorded.
+func Reconcile(entries []fsm.HistoryEntry, log []LogEntry, complete bool) ([]fsm.HistoryEntry, Reconciliation) {
 	var rec Reconciliation
 	byKey := map[string][]int{} // command without Now -> log positions, ascending
-	for i, c := range log {
-		k := key(c)
+	byIndex := make(map[uint64]int, len(log))
+	for i, e := range log {
+		k := key(e.Cmd)
 		byKey[k] = append(byKey[k], i)
+		byIndex[e.Index] = i
 	}
 	used := make([]bool, len(log))
+	// An answer shows the time its command was applied at exactly; it
+	// anchors the clock where the log alone cannot (a compacted log does
+	// not know the clock at its start).
+	anchors := map[uint64]int64{}
 
 	out := make([]fsm.HistoryEntry, 0, len(entries))
 	var pending []fsm.HistoryEntry
@@ -63,20 +76,31 @@ func Reconcile(entries []fsm.HistoryEntry, log []fsm.Command, complete bool) ([]
 			pending = append(pending, e)
 			continue
 		}
-		found := false
-		for _, i := range byKey[key(e.Cmd)] {
-			if !used[i] && log[i].Now == e.Now {
-				used[i], found = true, true
-				break
+		i, found := -1, false
+		if e.Index != 0 {
+			i, found = byIndex[e.Index]
+			found = found && !used[i] && key(log[i].Cmd) == key(e.Cmd)
+		} else {
+			// A history recorded before answers carried their index: the
+			// applied time was the stamp then.
+			for _, j := range byKey[key(e.Cmd)] {
+				if !used[j] && log[j].Cmd.Now == e.Now {
+					i, found = j, true
+					break
+				}
 			}
 		}
 		if found {
+			used[i] = true
+			e.Index = log[i].Index
+			anchors[e.Index] = e.Now
 			rec.Matched++
 		} else {
 			rec.Unmatched = append(rec.Unmatched, e)
 		}
 		out = append(out, e)
 	}
+	applied := appliedTimes(log, anchors)
 
 	// An unanswered command was stamped after it was called: usually
 	// before the caller gave up, possibly long after (a request delivered
@@ -86,10 +110,11 @@ func Reconcile(entries []fsm.HistoryEntry, log []fsm.Command, complete bool) ([]
 	// unclaimed copy stamped after its call.
 	sort.SliceStable(pending, func(i, j int) bool { return pending[i].Call < pending[j].Call })
 	found := make([]int, len(pending))
+	stamp := func(i int) int64 { return log[i].Cmd.Now }
 	for p, e := range pending {
 		found[p] = -1
 		for _, i := range byKey[key(e.Cmd)] {
-			if !used[i] && log[i].Now >= e.Call && log[i].Now <= e.Return {
+			if !used[i] && stamp(i) >= e.Call && stamp(i) <= e.Return {
 				used[i], found[p] = true, i
 				break
 			}
@@ -100,7 +125,7 @@ func Reconcile(entries []fsm.HistoryEntry, log []fsm.Command, complete bool) ([]
 			continue
 		}
 		for _, i := range byKey[key(e.Cmd)] {
-			if !used[i] && log[i].Now >= e.Call && (found[p] < 0 || log[i].Now < log[found[p]].Now) {
+			if !used[i] && stamp(i) >= e.Call && (found[p] < 0 || stamp(i) < stamp(found[p])) {
 				found[p] = i
 			}
 		}
@@ -111,7 +136,7 @@ func Reconcile(entries []fsm.HistoryEntry, log []fsm.Command, complete bool) ([]
 	for p, e := range pending {
 		switch {
 		case found[p] >= 0:
-			e.Now = log[found[p]].Now
+			e.Now, e.Index = applied[found[p]], log[found[p]].Index
 			rec.Resolved = append(rec.Resolved, e)
 			out = append(out, e)
 		case complete:
@@ -121,22 +146,36 @@ func Reconcile(entries []fsm.HistoryEntry, log []fsm.Command, complete bool) ([]
 		}
 	}
 
-	for i, c := range log {
+	for i, l := range log {
 		if used[i] {
 			continue
 		}
-		node := c.Node
-		if node == "" || c.Op == fsm.OpRemoveMember {
+		node := l.Cmd.Node
+		if node == "" || l.Cmd.Op == fsm.OpRemoveMember {
 			node = OrphanNode
 		}
-		cmd := c
+		cmd := l.Cmd
 		cmd.Now = 0
-		e := fsm.HistoryEntry{Node: node, Call: c.Now, Cmd: cmd, Now: c.Now,
+		e := fsm.HistoryEntry{Node: node, Call: l.Cmd.Now, Cmd: cmd, Now: applied[i], Index: l.Index,
 			Error: "not recorded by its issuer (found in the raft log)"}
 		rec.Orphans = append(rec.Orphans, e)
 		out = append(out, e)
 	}
 	return out, rec
+}
+
+// appliedTimes returns the time each log command was applied at, as
+// fsm.State.Apply computes it: the later of its stamp and the clock, which
+// is the latest applied time before it. anchors are applied times known
+// from answers, by index.
+func appliedTimes(log []LogEntry, anchors map[uint64]int64) []int64 {
+	out := make([]int64, len(log))
+	clock := int64(0)
+	for i, l := range log {
+		clock = max(clock, l.Cmd.Now, anchors[l.Index])
+		out[i] = clock
+	}
+	return out
 }
 
 // key identifies a command apart from the leader's time.

@@ -10,8 +10,8 @@ import (
 
 // Violation is a breach of a lease guarantee seen directly in a history.
 type Violation struct {
-	// Kind is token-reused, token-not-increasing, token-went-back or
-	// overlapping-grants.
+	// Kind is token-reused, token-not-increasing, token-went-back,
+	// overlapping-grants or unordered.
 	Kind   string
 	Detail string
 }
@@ -22,43 +22,76 @@ func (v Violation) String() string { return v.Kind + ": " + v.Detail }
 // peers saw, without a linearizability search: every grant has a new
 // token; a grant that completed before another was called has the lower
 // token; no answer shows a token older than an answer that came back
-// before it was called; and no grant went to a peer while another peer's
-// grant was last seen unexpired and not given up. Only answered entries
-// (and unanswered ones whose leader time is known) count as observations;
-// a command that may have freed the lease is given the benefit of the
-// doubt.
+// before it was called; and no grant went to a peer while the state showed
+// another peer's grant unexpired and not given up.
 //
-// Real-time order (call and return) is used wherever order matters: the
-// leader stamps a command's time just before proposing it, so two commands
-// proposed at once can be applied in the other order than their stamps.
+// Two orders are used, each for what only it can decide. Real time (call
+// and return) decides what happened before what across peers: a grant
+// answered before another was asked for. The apply order, the Raft index
+// every applied entry carries (answered entries from their answer, the
+// others from Reconcile), decides what the state machine saw when it made
+// a grant: the leader stamps a command just before proposing it, so two
+// commands proposed at once can be applied in the other order than their
+// stamps, and ordering by stamp raises false alarms. An answered entry
+// without an index cannot be placed and is reported as unordered.
 func CheckSafety(entries []fsm.HistoryEntry) []Violation {
 	var out []Violation
 	answered := make([]fsm.HistoryEntry, 0, len(entries))
+	var applied, unplaced []fsm.HistoryEntry
 	for _, e := range entries {
-		if e.Error == "" && e.Lease != nil && e.Now != 0 {
+		isAnswer := e.Error == "" && e.Lease != nil && e.Now != 0
+		switch {
+		case e.Index != 0:
+			applied = append(applied, e)
+		case isAnswer:
+			out = append(out, Violation{"unordered", fmt.Sprintf("%s's %s (token %d) was answered but has no raft index: reconcile the history with the raft log first",
+				e.Node, e.Cmd.Op, e.Cmd.Token)})
+		default:
+			unplaced = append(unplaced, e)
+		}
+		if isAnswer {
 			answered = append(answered, e)
 		}
 	}
-	sort.SliceStable(answered, func(i, j int) bool { return answered[i].Now < answered[j].Now })
+	sort.SliceStable(applied, func(i, j int) bool { return applied[i].Index < applied[j].Index })
 
 	var grants []fsm.HistoryEntry
 	seen := map[uint64]fsm.HistoryEntry{}
-	for _, e := range answered {
-		if e.Cmd.Op != fsm.OpAcquire || e.Code != "" {
+	for _, e := range applied {
+		if e.Cmd.Op != fsm.OpAcquire || e.Code != "" || e.Lease == nil || e.Error != "" {
 			continue
 		}
 		if prev, ok := seen[e.Lease.Token]; ok {
-			out = append(out, Violation{"token-reused", fmt.Sprintf("token %d granted to %s at %s and to %s at %s",
-				e.Lease.Token, prev.Lease.Holder, stamp(prev.Now), e.Lease.Holder, stamp(e.Now))})
+			out = append(out, Violation{"token-reused", fmt.Sprintf("token %d granted to %s (raft index %d) and to %s (raft index %d)",
+				e.Lease.Token, prev.Lease.Holder, prev.Index, e.Lease.Holder, e.Index)})
 			continue
 		}
 		seen[e.Lease.Token] = e
 		grants = append(grants, e)
 	}
 	sort.SliceStable(grants, func(i, j int) bool { return grants[i].Lease.Token < grants[j].Lease.Token })
+	out = append(out, realTimeOrder(answered, grants)...)
 
-	// A grant with a higher token that had completed before a grant with a
-	// lower token was even called.
+	for i := 1; i < len(grants); i++ {
+		g1, g2 := grants[i-1], grants[i]
+		// A gap in the tokens is a grant nobody saw the answer to; it may
+		// have gone to g1's holder and been released since.
+		if g1.Lease.Holder == g2.Lease.Holder || g2.Lease.Token != g1.Lease.Token+1 {
+			continue
+		}
+		if v, ok := overlap(applied, unplaced, g1, g2); ok {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// realTimeOrder finds tokens out of real-time order: a grant with a higher
+// token that had completed before a grant with a lower token was even
+// called, and an answer showing an older token than an answer that had
+// come back before its command was called.
+func realTimeOrder(answered, grants []fsm.HistoryEntry) []Violation {
+	var out []Violation
 	minRet := -1 // index of the earliest answer among grants[i+1:]
 	for i := len(grants) - 2; i >= 0; i-- {
 		if minRet < 0 || grants[i+1].Return < grants[minRet].Return {
@@ -71,8 +104,6 @@ func CheckSafety(entries []fsm.HistoryEntry) []Violation {
 		}
 	}
 
-	// An answer showing an older token than an answer that had come back
-	// before its command was called.
 	byReturn := append([]fsm.HistoryEntry(nil), answered...)
 	sort.SliceStable(byReturn, func(i, j int) bool { return byReturn[i].Return < byReturn[j].Return })
 	byCall := append([]fsm.HistoryEntry(nil), answered...)
@@ -91,54 +122,46 @@ func CheckSafety(entries []fsm.HistoryEntry) []Violation {
 				e.Node, e.Lease.Token, stamp(e.Call), top.Node, top.Lease.Token, stamp(top.Return))})
 		}
 	}
-
-	for i := 1; i < len(grants); i++ {
-		g1, g2 := grants[i-1], grants[i]
-		// A gap in the tokens is a grant nobody saw the answer to; it may
-		// have gone to g1's holder and been released since.
-		if g1.Lease.Holder == g2.Lease.Holder || g2.Lease.Token != g1.Lease.Token+1 {
-			continue
-		}
-		if v, ok := overlap(entries, answered, g1, g2); ok {
-			out = append(out, v)
-		}
-	}
 	return out
 }
 
-// overlap reports whether g2 was granted while g1 was, by the last answer
-// that showed g1 before g2's time, still held and unexpired, with no
-// command in between that could have freed it.
-func overlap(all, answered []fsm.HistoryEntry, g1, g2 fsm.HistoryEntry) (Violation, bool) {
+// overlap reports whether g2 was granted while, in apply order, the last
+// answer that showed g1 before g2 had it still held and unexpired at g2's
+// applied time, and no command applied in between could have freed it.
+// applied is sorted by index; unplaced are the unanswered entries the Raft
+// log could not place (it was compacted), any of which may have freed g1.
+func overlap(applied, unplaced []fsm.HistoryEntry, g1, g2 fsm.HistoryEntry) (Violation, bool) {
 	last := g1
-	for _, e := range answered {
-		if e.Now >= g2.Now {
+	between := applied[sort.Search(len(applied), func(i int) bool { return applied[i].Index > g1.Index }):]
+	for _, e := range between {
+		if e.Index >= g2.Index {
 			break
 		}
-		if e.Now >= last.Now && e.Lease.Token == g1.Lease.Token {
+		if e.Error == "" && e.Lease != nil && e.Lease.Token == g1.Lease.Token {
 			last = e
 		}
 	}
 	if last.Lease.Holder != g1.Lease.Holder || last.Lease.ExpiresAt <= g2.Now {
 		return Violation{}, false
 	}
-	for _, e := range all {
-		if !frees(e.Cmd, g1) {
-			continue
+	for _, e := range between {
+		if e.Index >= g2.Index {
+			break
 		}
-		at := e.Now
-		if at == 0 {
-			at = e.Call
+		// Applied after the last observation: granted, or its outcome is
+		// unknown (given the benefit of the doubt).
+		if e.Index > last.Index && frees(e.Cmd, g1) && (e.Error != "" || e.Lease == nil || e.Code == "") {
+			return Violation{}, false
 		}
-		// Whatever freed g1 was applied before g2, so it was stamped before
-		// g2's answer came back (though perhaps after g2's own stamp).
-		if at >= last.Now && at <= g2.Return && (e.Error != "" || e.Lease == nil || e.Code == "") {
+	}
+	for _, e := range unplaced {
+		if frees(e.Cmd, g1) && e.Call <= g2.Return {
 			return Violation{}, false
 		}
 	}
 	return Violation{"overlapping-grants", fmt.Sprintf(
-		"token %d granted to %s at %s while token %d of %s was seen (by %s at %s) held until %s, %s later",
-		g2.Lease.Token, g2.Lease.Holder, stamp(g2.Now), g1.Lease.Token, g1.Lease.Holder, last.Node, stamp(last.Now),
+		"token %d granted to %s at %s (raft index %d) while token %d of %s was seen (by %s, raft index %d) held until %s, %s later",
+		g2.Lease.Token, g2.Lease.Holder, stamp(g2.Now), g2.Index, g1.Lease.Token, g1.Lease.Holder, last.Node, last.Index,
 		stamp(last.Lease.ExpiresAt), time.Duration(last.Lease.ExpiresAt-g2.Now))}, true
 }
 
