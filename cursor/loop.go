@@ -99,6 +99,9 @@ type Loop struct {
 	// lastFullGapProbe is when an idle probe last looked for every open gap
 	// (only the Run goroutine touches it).
 	lastFullGapProbe time.Time
+	// clock is the state machine's time as this peer knows it; gaps are
+	// stamped and aged on it.
+	clock stateClock
 }
 
 // Progress is the loop's view of its databases, for the status document.
@@ -199,6 +202,7 @@ func (l *Loop) waitAndAcquire(ctx context.Context, yield bool) (*fsm.Result, err
 	me := l.coord.ID()
 	for ctx.Err() == nil {
 		st, changed := l.coord.Watch()
+		l.clock.observe(st.Clock)
 		now := time.Now()
 		if st.Cursor.Paused {
 			wait(ctx, changed, time.Second)
@@ -245,6 +249,7 @@ func (l *Loop) waitAndAcquire(ctx context.Context, yield bool) (*fsm.Result, err
 		case res.Err != nil:
 			return nil, fmt.Errorf("acquire lease: %w", res.Err)
 		}
+		l.clock.observe(res.Now)
 		l.logger.Info(msgLeaseObtained, "token", res.Lease.Token, "raft_ms", ms(time.Since(start)))
 		return &res, nil
 	}
@@ -254,8 +259,9 @@ func (l *Loop) waitAndAcquire(ctx context.Context, yield bool) (*fsm.Result, err
 // hasWork reports whether the source has events past the replicated
 // cursor, an open gap has become visible, or a gap has timed out.
 func (l *Loop) hasWork(ctx context.Context, st fsm.State, now time.Time) (bool, error) {
+	stateNow := l.clock.now()
 	for _, g := range st.Gaps {
-		if now.Sub(fsm.Time(g.FirstSeen)) > l.cfg.GapTimeout {
+		if stateNow.Sub(fsm.Time(g.FirstSeen)) > l.cfg.GapTimeout {
 			return true, nil
 		}
 	}
@@ -372,6 +378,9 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 	// advance failed, the next holder adopts the position from the fence.
 	settle := func(a *advanceCall) error {
 		inflight = nil
+		if a.err == nil {
+			l.clock.observe(a.res.Now)
+		}
 		if err := a.check(token); err != nil {
 			return err
 		}
@@ -535,7 +544,7 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 			return err
 		}
 		fetched := time.Now()
-		next, dropped := Advance(pos, events, time.Now(), l.cfg.GapTimeout, l.cfg.MaxGaps)
+		next, dropped := Advance(pos, events, l.clock.now(), l.cfg.GapTimeout, l.cfg.MaxGaps)
 		if len(dropped) > 0 {
 			l.logger.Warn("gave up waiting for skipped event IDs (rolled back, or older than source.gap_timeout)",
 				"count", len(dropped), "first_id", dropped[0], "last_id", dropped[len(dropped)-1], "token", token)
