@@ -1,17 +1,12 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
-	"net/http/httptrace"
-	"sync/atomic"
 	"time"
 
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
 )
 
@@ -47,11 +42,13 @@ func (n *Node) applyAt(ctx context.Context, leaderHTTP string, cmd fsm.Command) 
 	if leaderHTTP == "" {
 		return n.applyLocal(cmd)
 	}
-	var wire applyResponse
-	if err := n.post(ctx, leaderHTTP, "/v1/internal/apply", cmd, &wire); err != nil {
-		return fsm.Result{}, err
+	res, err := n.client.Apply(ctx, leaderHTTP, cmd)
+	if errors.Is(err, api.ErrShutdown) {
+		// The leader was shutting down while applying: it may have been
+		// applied.
+		err = fmt.Errorf("%w: %w", api.ErrUnknownOutcome, err)
 	}
-	return wire.result(), nil
+	return res, err
 }
 
 // onLeader calls fn with the leader's HTTP address, or "" when this node
@@ -63,26 +60,21 @@ func (n *Node) onLeader(ctx context.Context, fn func(ctx context.Context, leader
 	wait := 4 * (n.cfg.Raft.HeartbeatTimeout + n.cfg.Raft.ElectionTimeout)
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
-	backoff := 10 * time.Millisecond
-	var last error
+	backoff := api.Backoff{Min: 10 * time.Millisecond, Max: 200 * time.Millisecond}
 	for {
 		if n.closing.Load() {
-			return ErrShutdown
+			return api.ErrShutdown
 		}
 		err := n.tryLeader(ctx, fn)
 		if err == nil || !retryable(err) {
 			return err
 		}
-		last = err
-		select {
-		case <-ctx.Done():
-			if errors.Is(last, ErrNotLeader) {
-				last = ErrNoLeader
+		if backoff.Wait(ctx) != nil {
+			if !errors.Is(err, api.ErrNoLeader) {
+				err = fmt.Errorf("%w: %w", api.ErrNoLeader, err)
 			}
-			return fmt.Errorf("%w (after %s)", last, wait)
-		case <-time.After(backoff):
+			return fmt.Errorf("%w (after %s)", err, wait)
 		}
-		backoff = min(2*backoff, 200*time.Millisecond)
 	}
 }
 
@@ -98,22 +90,25 @@ func (n *Node) tryLeader(ctx context.Context, fn func(ctx context.Context, leade
 	defer cancel()
 	id, _ := n.Leader()
 	if id == "" {
-		return ErrNoLeader
+		return api.ErrNoLeader
 	}
 	m, ok := n.fsm.Member(id)
 	if !ok || m.HTTPAddr == "" {
-		return fmt.Errorf("%w: leader %s has not published its HTTP address yet", ErrNoLeader, id)
+		return fmt.Errorf("%w: leader %s has not published its HTTP address yet", api.ErrNoLeader, id)
 	}
 	err := fn(actx, m.HTTPAddr)
-	if err != nil && actx.Err() != nil && ctx.Err() == nil && !errors.Is(err, ErrUnknownOutcome) {
+	if err != nil && actx.Err() != nil && ctx.Err() == nil && !errors.Is(err, api.ErrUnknownOutcome) {
 		// Not even written: the leader is unreachable; ask again.
-		return fmt.Errorf("%w: leader %s at %s did not answer within %s", ErrNotLeader, id, m.HTTPAddr, attempt)
+		return fmt.Errorf("%w: leader %s at %s did not answer within %s", api.ErrNotLeader, id, m.HTTPAddr, attempt)
 	}
 	return err
 }
 
+// retryable reports whether err says the command was not applied and the
+// leader may be found again: none is known, the node asked is not it, or
+// the request never reached it.
 func retryable(err error) bool {
-	return errors.Is(err, ErrNoLeader) || errors.Is(err, ErrNotLeader)
+	return errors.Is(err, api.ErrNoLeader) || errors.Is(err, api.ErrNotLeader) || errors.Is(err, api.ErrNotSent)
 }
 
 // applyRecorded is applyLocal for the leader's own commands (revokes,
@@ -142,128 +137,6 @@ func (n *Node) applyLocal(cmd fsm.Command) (fsm.Result, error) {
 		return fsm.Result{}, fmt.Errorf("apply %s: unexpected response %T", cmd.Op, f.Response())
 	}
 	return res, nil
-}
-
-// wireError carries an error across HTTP with its sentinel code.
-type wireError struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
-
-type applyResponse struct {
-	Lease  fsm.Lease  `json:"lease"`
-	Cursor fsm.Cursor `json:"cursor"`
-	Now    int64      `json:"now"`
-	Index  uint64     `json:"index,omitempty"`
-	Error  *wireError `json:"error,omitempty"`
-}
-
-func (r applyResponse) result() fsm.Result {
-	res := fsm.Result{Lease: r.Lease, Cursor: r.Cursor, Now: r.Now, Index: r.Index}
-	if r.Error != nil {
-		res.Err = fsm.ErrorFromCode(r.Error.Code, r.Error.Message)
-	}
-	return res
-}
-
-// Codes for the errors of this package on the wire.
-const (
-	codeNoLeader  = "no_leader"
-	codeNotLeader = "not_leader"
-	codeConflict  = "conflict"
-	codeShutdown  = "shutting_down"
-	codeUnknown   = "outcome_unknown"
-)
-
-func errorCode(err error) string {
-	switch {
-	case errors.Is(err, ErrNoLeader):
-		return codeNoLeader
-	case errors.Is(err, ErrNotLeader):
-		return codeNotLeader
-	case errors.Is(err, ErrJoinConflict):
-		return codeConflict
-	case errors.Is(err, ErrShutdown):
-		return codeShutdown
-	case errors.Is(err, ErrUnknownOutcome):
-		return codeUnknown
-	}
-	if c := fsm.Code(err); c != "" {
-		return c
-	}
-	return "internal"
-}
-
-func errorFromWire(status int, w *wireError) error {
-	if w == nil {
-		return fmt.Errorf("HTTP %d", status)
-	}
-	switch w.Code {
-	case codeNoLeader:
-		return fmt.Errorf("%w: %s", ErrNoLeader, w.Message)
-	case codeNotLeader:
-		// The node we reached is not (or no longer) the leader and applied
-		// nothing: find the leader again.
-		return fmt.Errorf("%w: %s", ErrNotLeader, w.Message)
-	case codeShutdown:
-		// The leader was shutting down while applying: it may have been
-		// applied.
-		return fmt.Errorf("%w: %s", ErrUnknownOutcome, w.Message)
-	case codeConflict:
-		return fmt.Errorf("%w: %s", ErrJoinConflict, w.Message)
-	case codeUnknown:
-		return fmt.Errorf("%w: %s", ErrUnknownOutcome, w.Message)
-	}
-	return errors.New(w.Message)
-}
-
-// maxBody bounds every request and response body this package reads.
-const maxBody = 1 << 20
-
-// post sends a JSON request to another node and decodes its JSON answer.
-// A failure before the request was written (the node is down, or cannot be
-// reached) is reported as ErrNotLeader, so that onLeader looks the leader up
-// again and retries. A failure after it was written is ErrUnknownOutcome:
-// the command may have been applied, and sending it again could apply it
-// twice, so the caller decides.
-func (n *Node) post(ctx context.Context, httpAddr, path string, in, out any) error {
-	body, err := json.Marshal(in)
-	if err != nil {
-		return fmt.Errorf("encode request for %s: %w", path, err)
-	}
-	var written atomic.Bool
-	trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { written.Store(true) }}
-	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), http.MethodPost, "http://"+httpAddr+path, bytes.NewReader(body))
-	if err != nil {
-		return fmt.Errorf("build request for %s: %w", httpAddr, err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	lost := func(what string, err error) error {
-		if written.Load() {
-			return fmt.Errorf("%w: %s %s%s: %v", ErrUnknownOutcome, what, httpAddr, path, err)
-		}
-		return fmt.Errorf("%w: %s %s%s: %v", ErrNotLeader, what, httpAddr, path, err)
-	}
-	resp, err := n.httpClient.Do(req)
-	if err != nil {
-		return lost("forward to", err)
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, maxBody))
-	if err != nil {
-		return lost("read answer from", err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		var e struct {
-			Error *wireError `json:"error"`
-		}
-		_ = json.Unmarshal(data, &e)
-		return errorFromWire(resp.StatusCode, e.Error)
-	}
-	if err := json.Unmarshal(data, out); err != nil {
-		return fmt.Errorf("%w: decode answer from %s%s: %v", ErrUnknownOutcome, httpAddr, path, err)
-	}
-	return nil
 }
 
 // clockSkewWarning is how far the state machine's clock may be ahead of

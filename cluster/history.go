@@ -7,12 +7,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
 )
 
 // history records every command this node issues (its own lease and cursor
 // commands, and as leader its revokes and member changes) as JSON lines of
-// fsm.HistoryEntry, for the linearizability checker of the fault tests.
+// api.HistoryEntry, for the linearizability checker of the fault tests.
 type history struct {
 	mu  sync.Mutex
 	w   io.Writer
@@ -34,7 +35,7 @@ func (n *Node) record(call time.Time, cmd fsm.Command, res fsm.Result, err error
 	if h.w == nil || h.err != nil {
 		return
 	}
-	e := fsm.NewHistoryEntry(n.cfg.NodeID, call.UnixNano(), time.Now().UnixNano(), cmd, res, err)
+	e := api.NewHistoryEntry(n.cfg.NodeID, call.UnixNano(), time.Now().UnixNano(), cmd, res, err)
 	b, merr := json.Marshal(e)
 	if merr != nil {
 		h.err = fmt.Errorf("encode history entry: %w", merr)

@@ -8,20 +8,50 @@ import (
 	"io"
 	"net/http"
 
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
 )
 
+// routes is the one table of the HTTP API. Every handler answers through
+// wrap, which encodes the reply and maps an error to its code and status
+// in one place.
 func (n *Node) routes() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/status", n.handleStatus)
-	mux.HandleFunc("GET /v1/health", n.handleHealth)
-	mux.HandleFunc("GET /v1/health/ready", n.handleReady)
-	mux.HandleFunc("POST /v1/cluster/join", n.handleJoin)
-	mux.HandleFunc("POST /v1/internal/apply", n.handleApply)
-	mux.HandleFunc("POST /v1/lease/{op}", n.handleLease)
-	mux.HandleFunc("POST /v1/cursor/pause", n.handlePause(true))
-	mux.HandleFunc("POST /v1/cursor/resume", n.handlePause(false))
+	mux.HandleFunc("GET "+api.PathStatus, n.wrap(n.handleStatus))
+	mux.HandleFunc("GET "+api.PathHealth, n.wrap(n.handleHealth))
+	mux.HandleFunc("GET "+api.PathReady, n.wrap(n.handleReady))
+	mux.HandleFunc("POST "+api.PathJoin, n.wrap(n.handleJoin))
+	mux.HandleFunc("POST "+api.PathApply, n.wrap(n.handleApply))
+	mux.HandleFunc("POST "+api.PathLease+"{op}", n.wrap(n.handleLease))
+	mux.HandleFunc("POST "+api.PathPause, n.wrap(n.handlePause(true)))
+	mux.HandleFunc("POST "+api.PathResume, n.wrap(n.handlePause(false)))
 	return mux
+}
+
+// handlerFunc serves one request: the reply to encode, or the error to
+// answer with.
+type handlerFunc func(w http.ResponseWriter, r *http.Request) (any, error)
+
+// statusCoder is a reply that is served with a status of its own (a
+// readiness answer that says not ready).
+type statusCoder interface{ HTTPStatus() int }
+
+// wrap turns h into an http.HandlerFunc: a reply is encoded as JSON with
+// status 200 (or its own), an error as {"error": {"code", "message"}} with
+// the status of api's table.
+func (n *Node) wrap(h handlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		v, err := h(w, r)
+		if err != nil {
+			writeJSON(w, api.HTTPStatus(err), map[string]any{"error": api.ErrorOf(err)})
+			return
+		}
+		status := http.StatusOK
+		if sc, ok := v.(statusCoder); ok {
+			status = sc.HTTPStatus()
+		}
+		writeJSON(w, status, v)
+	}
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -32,75 +62,50 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = enc.Encode(v)
 }
 
-func writeError(w http.ResponseWriter, status int, code string, err error) {
-	writeJSON(w, status, map[string]any{"error": wireError{Code: code, Message: err.Error()}})
-}
-
-// statusFor maps an error from this package to an HTTP status.
-func statusFor(err error) int {
-	switch {
-	case errors.Is(err, ErrNoLeader), errors.Is(err, ErrNotLeader), errors.Is(err, ErrShutdown):
-		return http.StatusServiceUnavailable
-	case errors.Is(err, ErrJoinConflict):
-		return http.StatusConflict
-	case errors.Is(err, ErrUnknownOutcome):
-		// Retrying may apply the command twice; the caller decides.
-		return http.StatusServiceUnavailable
-	case errors.Is(err, fsm.ErrBadCommand):
-		return http.StatusBadRequest
-	}
-	return http.StatusInternalServerError
-}
-
-// decodeBody reads one JSON object of at most maxBody bytes, rejecting
-// unknown fields, so a malformed request gets a 400 that says why.
-func decodeBody(w http.ResponseWriter, r *http.Request, dst any) bool {
+// decodeBody reads one JSON object of at most api.MaxRequestBody bytes,
+// rejecting unknown fields, so that a malformed request gets a 400 that
+// says why.
+func decodeBody(w http.ResponseWriter, r *http.Request, dst any) error {
 	// Read the whole body before decoding, so that a body over the limit is
 	// refused as too large (413) whatever its first bytes are, not as
 	// malformed or as having data after the object.
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBody))
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, api.MaxRequestBody))
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			writeError(w, http.StatusRequestEntityTooLarge, "bad_request", fmt.Errorf("request body is larger than %d bytes", maxBody))
-			return false
+			return fmt.Errorf("%w: request body is larger than %d bytes", api.ErrTooLarge, api.MaxRequestBody)
 		}
-		writeError(w, http.StatusBadRequest, "bad_request", fmt.Errorf("read request body: %v", err))
-		return false
+		return fmt.Errorf("%w: read request body: %v", api.ErrBadRequest, err)
 	}
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(dst); err != nil {
-		writeError(w, http.StatusBadRequest, "bad_request", fmt.Errorf("decode request body: %v", err))
-		return false
+		return fmt.Errorf("%w: decode request body: %v", api.ErrBadRequest, err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
-		writeError(w, http.StatusBadRequest, "bad_request", errors.New("request body has data after the JSON object"))
-		return false
+		return fmt.Errorf("%w: request body has data after the JSON object", api.ErrBadRequest)
 	}
-	return true
+	return nil
 }
 
-func (n *Node) handleHealth(w http.ResponseWriter, r *http.Request) {
+func (n *Node) handleHealth(w http.ResponseWriter, r *http.Request) (any, error) {
 	if n.closing.Load() {
-		writeError(w, http.StatusServiceUnavailable, codeShutdown, ErrShutdown)
-		return
+		return nil, api.ErrShutdown
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "node_id": n.cfg.NodeID, "raft_state": n.raft.State().String()})
+	return api.Health{Status: "ok", NodeID: n.cfg.NodeID, RaftState: n.raft.State().String()}, nil
 }
 
-func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) {
+func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) (any, error) {
 	if err := n.ready(); err != nil {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "reason": err.Error()})
-		return
+		return api.Ready{Reason: err.Error()}, nil
 	}
 	id, _ := n.Leader()
-	writeJSON(w, http.StatusOK, map[string]any{"ready": true, "leader": id})
+	return api.Ready{Ready: true, Leader: id}, nil
 }
 
 func (n *Node) ready() error {
 	if n.closing.Load() {
-		return ErrShutdown
+		return api.ErrShutdown
 	}
 	if id, _ := n.Leader(); id == "" {
 		return errors.New("no leader known")
@@ -120,34 +125,26 @@ func (n *Node) ready() error {
 // handleApply serves commands forwarded by followers. It only runs them on
 // the leader: a follower that receives one answers not_leader so the sender
 // looks the leader up again, which keeps forwarding to one hop.
-func (n *Node) handleApply(w http.ResponseWriter, r *http.Request) {
+func (n *Node) handleApply(w http.ResponseWriter, r *http.Request) (any, error) {
 	var cmd fsm.Command
-	if !decodeBody(w, r, &cmd) {
-		return
+	if err := decodeBody(w, r, &cmd); err != nil {
+		return nil, err
 	}
 	if err := cmd.Validate(); err != nil {
-		writeError(w, http.StatusBadRequest, fsm.Code(err), err)
-		return
+		return nil, err
 	}
 	if !n.IsLeader() || n.closing.Load() {
 		// Refused before proposing: safe for the sender to try elsewhere.
-		writeError(w, http.StatusServiceUnavailable, codeNotLeader, fmt.Errorf("%w: %s", ErrNotLeader, n.cfg.NodeID))
-		return
+		return nil, fmt.Errorf("%w: %s", api.ErrNotLeader, n.cfg.NodeID)
 	}
-	res, err := n.applyLocal(cmd)
-	writeApplyResult(w, res, err)
+	return applyAnswer(n.applyLocal(cmd))
 }
 
-// writeApplyResult answers a command: 200 with the state machine's answer
-// (a refusal included, as error), or the transport-level error's status.
-func writeApplyResult(w http.ResponseWriter, res fsm.Result, err error) {
+// applyAnswer is the reply to a command: the state machine's answer, a
+// refusal included, or the failure to apply it.
+func applyAnswer(res fsm.Result, err error) (any, error) {
 	if err != nil {
-		writeError(w, statusFor(err), errorCode(err), err)
-		return
+		return nil, err
 	}
-	resp := applyResponse{Lease: res.Lease, Cursor: res.Cursor, Now: res.Now, Index: res.Index}
-	if res.Err != nil {
-		resp.Error = &wireError{Code: fsm.Code(res.Err), Message: res.Err.Error()}
-	}
-	writeJSON(w, http.StatusOK, resp)
+	return api.NewApplyResponse(res), nil
 }

@@ -9,9 +9,8 @@ import (
 // handlePause serves POST /v1/cursor/pause and /v1/cursor/resume on any
 // node. Pausing stops new grants, so processing stops after the batch in
 // flight; resuming lets the peers compete again. Both are idempotent.
-func (n *Node) handlePause(paused bool) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		res, err := n.Apply(r.Context(), fsm.Command{Op: fsm.OpSetPaused, Paused: paused})
-		writeApplyResult(w, res, err)
+func (n *Node) handlePause(paused bool) handlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) (any, error) {
+		return applyAnswer(n.Apply(r.Context(), fsm.Command{Op: fsm.OpSetPaused, Paused: paused}))
 	}
 }

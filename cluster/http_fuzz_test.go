@@ -17,6 +17,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/config"
 	"github.com/geocursor/geocursor/fsm"
 )
@@ -155,7 +156,7 @@ var httpFuzzRoutes = []httpFuzzRoute{
 // decodesStrictly reports whether body is what decodeBody accepts into a
 // value of dst's type: one JSON value, no unknown fields, nothing after it.
 func decodesStrictly(body []byte, dst any) bool {
-	if len(body) > maxBody {
+	if len(body) > api.MaxRequestBody {
 		return false
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -174,7 +175,7 @@ func decodesStrictly(body []byte, dst any) bool {
 func FuzzHTTPRequests(f *testing.F) {
 	n := startHTTPTestNode(f)
 	h := n.routes()
-	self := JoinRequest{NodeID: n.ID(), RaftAddr: string(n.transport.LocalAddr()), HTTPAddr: n.cfg.HTTPAddr}
+	self := api.JoinRequest{NodeID: n.ID(), RaftAddr: string(n.transport.LocalAddr()), HTTPAddr: n.cfg.HTTPAddr}
 
 	seeds := []struct {
 		route uint8
@@ -240,15 +241,15 @@ func FuzzHTTPRequests(f *testing.F) {
 		if pad {
 			// Past the limit whatever the body is: trailing spaces after a
 			// valid object must not make it a 400.
-			body = append(body[:len(body):len(body)], bytes.Repeat([]byte(" "), maxBody+1)...)
+			body = append(body[:len(body):len(body)], bytes.Repeat([]byte(" "), api.MaxRequestBody+1)...)
 		}
 
 		// A valid join under another node ID would add a voter that does
 		// not exist, and the group would lose its quorum: a real effect,
 		// not a fault, so such inputs are left out.
 		if rt.method == http.MethodPost && rt.path == "/v1/cluster/join" {
-			var jr JoinRequest
-			if decodesStrictly(body, &jr) && jr.validate() == nil && jr.NodeID != self.NodeID && jr.RaftAddr != self.RaftAddr {
+			var jr api.JoinRequest
+			if decodesStrictly(body, &jr) && validateJoin(jr) == nil && jr.NodeID != self.NodeID && jr.RaftAddr != self.RaftAddr {
 				t.Skip("a valid join of another node changes the membership")
 			}
 		}
@@ -274,7 +275,7 @@ func checkHTTPResult(t *testing.T, rt httpFuzzRoute, target string, body []byte,
 		}
 		if res.code >= 400 {
 			var e struct {
-				Error *wireError `json:"error"`
+				Error *api.Error `json:"error"`
 			}
 			// /v1/health/ready answers 503 with its own document.
 			if !strings.HasPrefix(target, "/v1/health") && (json.Unmarshal(res.body, &e) != nil || e.Error == nil || e.Error.Code == "" || e.Error.Message == "") {
@@ -289,19 +290,19 @@ func checkHTTPResult(t *testing.T, rt httpFuzzRoute, target string, body []byte,
 	var dst any
 	switch {
 	case rt.path == "/v1/cluster/join":
-		dst = &JoinRequest{}
+		dst = &api.JoinRequest{}
 	case rt.path == "/v1/internal/apply":
 		dst = &fsm.Command{}
 	case rt.op:
-		dst = &leaseRequest{}
+		dst = &api.LeaseRequest{}
 	}
 	if dst == nil {
 		return
 	}
-	if len(body) > maxBody {
+	if len(body) > api.MaxRequestBody {
 		// The lease route refuses an unknown op before reading the body.
 		if res.code != http.StatusRequestEntityTooLarge && res.code != http.StatusNotFound {
-			t.Errorf("%s: status %d for a body over %d bytes, want 413", desc, res.code, maxBody)
+			t.Errorf("%s: status %d for a body over %d bytes, want 413", desc, res.code, api.MaxRequestBody)
 		}
 		return
 	}
@@ -360,9 +361,9 @@ func TestOversizedAndMalformedBodiesRejected(t *testing.T) {
 		{"join: null", "/v1/cluster/join", `null`, 400, "bad_request"},
 		{"join: missing fields", "/v1/cluster/join", `{"node_id":"n2"}`, 400, "bad_request"},
 		{"join: another ID at the leader's raft address", "/v1/cluster/join",
-			fmt.Sprintf(`{"node_id":"impostor","raft_addr":%q,"http_addr":"127.0.0.1:2"}`, n.transport.LocalAddr()), 409, codeConflict},
+			fmt.Sprintf(`{"node_id":"impostor","raft_addr":%q,"http_addr":"127.0.0.1:2"}`, n.transport.LocalAddr()), 409, api.Code(api.ErrJoinConflict)},
 		{"join: the leader's ID at another raft address", "/v1/cluster/join",
-			fmt.Sprintf(`{"node_id":%q,"raft_addr":"127.0.0.1:1","http_addr":"127.0.0.1:2"}`, n.ID()), 409, codeConflict},
+			fmt.Sprintf(`{"node_id":%q,"raft_addr":"127.0.0.1:1","http_addr":"127.0.0.1:2"}`, n.ID()), 409, api.Code(api.ErrJoinConflict)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -374,7 +375,7 @@ func TestOversizedAndMalformedBodiesRejected(t *testing.T) {
 				t.Errorf("Content-Type %q, want application/json", ct)
 			}
 			var e struct {
-				Error *wireError `json:"error"`
+				Error *api.Error `json:"error"`
 			}
 			if err := json.Unmarshal(res.body, &e); err != nil {
 				t.Fatalf("body is not JSON: %v: %q", err, res.body)

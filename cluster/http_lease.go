@@ -5,16 +5,9 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
 )
-
-// leaseRequest is the body of POST /v1/lease/{op}.
-type leaseRequest struct {
-	Node  string `json:"node"`
-	Token uint64 `json:"token"`
-	// TTL is a Go duration ("5s", "10m"); required for acquire and renew.
-	TTL string `json:"ttl"`
-}
 
 // leaseOps are the lease commands that POST /v1/lease/{op} accepts. Advance
 // and revoke are left out on purpose: advance is the cursor loop's, after a
@@ -47,7 +40,7 @@ var leaseOps = map[string]fsm.Op{
 //     after the command (expires_at in Unix nanoseconds, stamped by the
 //     leader) and error is absent on success, else carries the refusal's
 //     stable code (lease_held, stale_token, lease_expired, paused; see
-//     fsm.Code);
+//     package api);
 //   - 400 {"error": {"code": "bad_request"|"bad_command", ...}} for a
 //     malformed body or an invalid command (413 when the body is too large);
 //   - 404 {"error": {"code": "not_found", ...}} for an unknown op;
@@ -58,26 +51,23 @@ var leaseOps = map[string]fsm.Op{
 //     lost while applying, or a forwarded answer was lost: the command may
 //     or may not have been applied;
 //   - 500 for anything else.
-func (n *Node) handleLease(w http.ResponseWriter, r *http.Request) {
+func (n *Node) handleLease(w http.ResponseWriter, r *http.Request) (any, error) {
 	name := r.PathValue("op")
 	op, ok := leaseOps[name]
 	if !ok {
-		writeError(w, http.StatusNotFound, "not_found", fmt.Errorf("unknown lease operation %q: use acquire, renew or release", name))
-		return
+		return nil, fmt.Errorf("%w: unknown lease operation %q: use acquire, renew or release", api.ErrNotFound, name)
 	}
-	var req leaseRequest
-	if !decodeBody(w, r, &req) {
-		return
+	var req api.LeaseRequest
+	if err := decodeBody(w, r, &req); err != nil {
+		return nil, err
 	}
 	cmd := fsm.Command{Op: op, Node: req.Node, Token: req.Token}
 	if req.TTL != "" {
 		ttl, err := time.ParseDuration(req.TTL)
 		if err != nil {
-			writeError(w, http.StatusBadRequest, "bad_request", fmt.Errorf("ttl %q is not a duration: write it like \"500ms\", \"5s\" or \"10m\"", req.TTL))
-			return
+			return nil, fmt.Errorf("%w: ttl %q is not a duration: write it like \"500ms\", \"5s\" or \"10m\"", api.ErrBadRequest, req.TTL)
 		}
 		cmd.TTL = ttl
 	}
-	res, err := n.Apply(r.Context(), cmd)
-	writeApplyResult(w, res, err)
+	return applyAnswer(n.Apply(r.Context(), cmd))
 }

@@ -10,26 +10,14 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
 )
 
-// JoinRequest asks the group to add a voter.
-type JoinRequest struct {
-	NodeID   string `json:"node_id"`
-	RaftAddr string `json:"raft_addr"`
-	HTTPAddr string `json:"http_addr"`
-}
-
-// JoinResponse is the leader's answer to a join.
-type JoinResponse struct {
-	Leader string `json:"leader"`
-	// AlreadyMember is true when the node was in the group already.
-	AlreadyMember bool `json:"already_member"`
-}
-
-func (r JoinRequest) validate() error {
+// validateJoin checks that r names a node and both its addresses.
+func validateJoin(r api.JoinRequest) error {
 	if r.NodeID == "" || r.RaftAddr == "" || r.HTTPAddr == "" {
-		return fmt.Errorf("%w: join needs node_id, raft_addr and http_addr", fsm.ErrBadCommand)
+		return fmt.Errorf("%w: join needs node_id, raft_addr and http_addr", api.ErrBadRequest)
 	}
 	return nil
 }
@@ -39,45 +27,42 @@ func (r JoinRequest) validate() error {
 // cannot fix (a node ID taken by another address) ends it at once.
 func (n *Node) Join(ctx context.Context, addrs []string) error {
 	req := joinRequestFor(n.self())
-	backoff := 100 * time.Millisecond
+	backoff := api.Backoff{Min: 100 * time.Millisecond, Max: 2 * time.Second}
 	lastErr := map[string]string{}
 	for attempt := 1; ; attempt++ {
 		for _, addr := range addrs {
-			var resp JoinResponse
-			err := n.post(ctx, addr, "/v1/cluster/join", req, &resp)
+			resp, err := n.client.Join(ctx, addr, req)
 			if err == nil {
 				n.logger.Info("joined the group", "via", addr, "leader", resp.Leader, "already_member", resp.AlreadyMember)
 				return nil
 			}
-			if errors.Is(err, ErrJoinConflict) || errors.Is(err, fsm.ErrBadCommand) {
+			if errors.Is(err, api.ErrJoinConflict) || errors.Is(err, api.ErrBadRequest) {
 				return fmt.Errorf("join via %s refused: %w", addr, err)
 			}
 			lastErr[addr] = err.Error()
 			n.logger.Debug("join attempt failed", "via", addr, "attempt", attempt, "error", err)
 		}
-		select {
-		case <-ctx.Done():
+		if backoff.Wait(ctx) != nil {
 			var parts []string
 			for _, a := range addrs {
 				parts = append(parts, fmt.Sprintf("%s (%s)", a, lastErr[a]))
 			}
 			return fmt.Errorf("join: no member answered before join_timeout: tried %s; check that -join names the HTTP address (http_addr) of a running member", strings.Join(parts, "; "))
-		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, 2*time.Second)
 	}
 }
 
 // joinOnLeader adds (or updates) the member of req: here if this node
 // leads, else through the leader's join endpoint.
-func (n *Node) joinOnLeader(ctx context.Context, req JoinRequest) (JoinResponse, error) {
-	var resp JoinResponse
+func (n *Node) joinOnLeader(ctx context.Context, req api.JoinRequest) (api.JoinResponse, error) {
+	var resp api.JoinResponse
 	err := n.onLeader(ctx, func(ctx context.Context, leaderHTTP string) error {
-		if leaderHTTP != "" {
-			return n.post(ctx, leaderHTTP, "/v1/cluster/join", req, &resp)
-		}
 		var err error
-		resp, err = n.addVoter(req)
+		if leaderHTTP != "" {
+			resp, err = n.client.Join(ctx, leaderHTTP, req)
+		} else {
+			resp, err = n.addVoter(req)
+		}
 		return err
 	})
 	return resp, err
@@ -89,33 +74,27 @@ func (n *Node) self() fsm.Member {
 }
 
 // joinRequestFor asks for m to be a member.
-func joinRequestFor(m fsm.Member) JoinRequest {
-	return JoinRequest{NodeID: m.ID, RaftAddr: m.RaftAddr, HTTPAddr: m.HTTPAddr}
+func joinRequestFor(m fsm.Member) api.JoinRequest {
+	return api.JoinRequest{NodeID: m.ID, RaftAddr: m.RaftAddr, HTTPAddr: m.HTTPAddr}
 }
 
-func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) {
-	var req JoinRequest
-	if !decodeBody(w, r, &req) {
-		return
+func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) (any, error) {
+	var req api.JoinRequest
+	if err := decodeBody(w, r, &req); err != nil {
+		return nil, err
 	}
-	if err := req.validate(); err != nil {
-		writeError(w, http.StatusBadRequest, "bad_request", err)
-		return
+	if err := validateJoin(req); err != nil {
+		return nil, err
 	}
-	resp, err := n.joinOnLeader(r.Context(), req)
-	if err != nil {
-		writeError(w, statusFor(err), errorCode(err), err)
-		return
-	}
-	writeJSON(w, http.StatusOK, resp)
+	return n.joinOnLeader(r.Context(), req)
 }
 
 // addVoter runs on the leader. Joining twice is harmless; a node ID that
 // the group knows at another Raft address is refused, since two processes
 // would then share one identity; a new ID at the address of an old one
 // replaces it (the old node's data was wiped and it came back renamed).
-func (n *Node) addVoter(req JoinRequest) (JoinResponse, error) {
-	resp := JoinResponse{Leader: n.cfg.NodeID}
+func (n *Node) addVoter(req api.JoinRequest) (api.JoinResponse, error) {
+	resp := api.JoinResponse{Leader: n.cfg.NodeID}
 	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return resp, fmt.Errorf("read raft configuration: %w", mapRaftError(err))
@@ -126,12 +105,12 @@ func (n *Node) addVoter(req JoinRequest) (JoinResponse, error) {
 			resp.AlreadyMember = true
 		case string(s.ID) == req.NodeID:
 			return resp, fmt.Errorf("%w: node ID %s is already a member at raft address %s, not %s: give the new node another node_id, or remove the old one first",
-				ErrJoinConflict, req.NodeID, s.Address, req.RaftAddr)
+				api.ErrJoinConflict, req.NodeID, s.Address, req.RaftAddr)
 		case string(s.ID) == n.cfg.NodeID && string(s.Address) == req.RaftAddr:
 			// This leader is alive at that address, so the joiner cannot be
 			// its renamed successor: replacing it would remove the leader.
 			return resp, fmt.Errorf("%w: raft address %s is the leader's own (node %s): give %s its own raft_addr",
-				ErrJoinConflict, req.RaftAddr, s.ID, req.NodeID)
+				api.ErrJoinConflict, req.RaftAddr, s.ID, req.NodeID)
 		case string(s.Address) == req.RaftAddr:
 			n.logger.Warn("removing a member whose raft address a new node now uses", "old_id", s.ID, "new_id", req.NodeID, "raft_addr", req.RaftAddr)
 			if err := n.raft.RemoveServer(s.ID, 0, applyTimeout).Error(); err != nil {

@@ -17,6 +17,7 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.etcd.io/bbolt"
 
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/config"
 	"github.com/geocursor/geocursor/fsm"
 )
@@ -45,10 +46,11 @@ type Node struct {
 	hadState  bool
 
 	httpServer *http.Server
-	httpClient *http.Client
+	// client reaches the other members: forwarding, joins, probes.
+	client *api.Client
 
-	progress atomic.Pointer[func() Progress]
-	history  history
+	statusSource atomic.Pointer[StatusSource]
+	history      history
 	// lastClockWarning is the stamp of the last warning that this leader's
 	// clock is behind the state's (see checkClock).
 	lastClockWarning atomic.Int64
@@ -65,11 +67,11 @@ type Node struct {
 // one-node group; one with state rejoins its group by itself.
 func Open(cfg Config, join bool) (*Node, error) {
 	n := &Node{
-		cfg:        cfg,
-		logger:     cfg.Logger,
-		fsm:        fsm.New(),
-		stop:       make(chan struct{}),
-		httpClient: &http.Client{Timeout: 10 * time.Second},
+		cfg:    cfg,
+		logger: cfg.Logger,
+		fsm:    fsm.New(),
+		stop:   make(chan struct{}),
+		client: api.NewClient(api.ClientOptions{}),
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data_dir %s: %w", cfg.DataDir, err)

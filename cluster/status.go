@@ -8,92 +8,27 @@ import (
 
 	"github.com/hashicorp/raft"
 
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
 )
 
-// Status is the document of GET /v1/status and `geocursor cluster status
-// -format json`. Fields may be added, never renamed.
-type Status struct {
-	NodeID       string         `json:"node_id"`
-	Leader       *StatusLeader  `json:"leader"`
-	Term         uint64         `json:"term"`
-	CommitIndex  uint64         `json:"commit_index"`
-	AppliedIndex uint64         `json:"applied_index"`
-	Members      []StatusMember `json:"members"`
-	Lease        StatusLease    `json:"lease"`
-	Cursor       StatusCursor   `json:"cursor"`
-	Stats        fsm.Stats      `json:"stats"`
-	// Databases is this node's view of its databases; absent on a witness.
-	Databases *StatusDatabases `json:"databases,omitempty"`
+// StatusSource adds to the status document what this node knows beyond
+// Raft: the cursor loop's view of the source and the tracking database.
+// AddStatus is called with the document built from the local replica and
+// must not block.
+type StatusSource interface {
+	AddStatus(st *api.Status)
 }
 
-// StatusLeader is the leader as this node knows it; null when there is none.
-type StatusLeader struct {
-	ID       string `json:"id"`
-	RaftAddr string `json:"raft_addr"`
-	HTTPAddr string `json:"http_addr"`
-}
-
-// StatusMember is one server of the Raft configuration. Role is leader,
-// follower, candidate (this node only) or nonvoter; Reachable says whether
-// its HTTP health check answered this node just now.
-type StatusMember struct {
-	ID        string `json:"id"`
-	RaftAddr  string `json:"raft_addr"`
-	HTTPAddr  string `json:"http_addr"`
-	Role      string `json:"role"`
-	Voter     bool   `json:"voter"`
-	Reachable bool   `json:"reachable"`
-}
-
-// StatusLease shows the lease. Holder is null when the lease is free or
-// has expired; Token is the latest grant either way.
-type StatusLease struct {
-	Holder    *string    `json:"holder"`
-	Token     uint64     `json:"token"`
-	ExpiresAt *time.Time `json:"expires_at"`
-}
-
-// StatusCursor is the position in the event log and how far behind the
-// source it is. Source figures are null where this node cannot know them
-// (a witness, or the source is unreachable).
-type StatusCursor struct {
-	LastEventID         int64      `json:"last_event_id"`
-	LastEventDate       *time.Time `json:"last_event_date"`
-	SourceLastEventID   *int64     `json:"source_last_event_id"`
-	SourceLastEventDate *time.Time `json:"source_last_event_date"`
-	LagEvents           *int64     `json:"lag_events"`
-	LagSeconds          *float64   `json:"lag_seconds"`
-	OpenGaps            int        `json:"open_gaps"`
-	Paused              bool       `json:"paused"`
-}
-
-// StatusDatabases says whether this node can reach its databases: "ok" or
-// the last error.
-type StatusDatabases struct {
-	Source   string `json:"source"`
-	Tracking string `json:"tracking"`
-}
-
-// Progress is what the local cursor loop knows that Raft does not.
-type Progress struct {
-	SourceHeadID   int64
-	SourceHeadDate time.Time
-	SourceHeadOK   bool   // false until the head was read once
-	SourceError    string // "" when reachable
-	TrackingError  string
-}
-
-// SetProgress installs the function that reports the local cursor loop's
-// view of the databases for the status document.
-func (n *Node) SetProgress(f func() Progress) { n.progress.Store(&f) }
+// SetStatusSource installs what adds the databases' view to the status.
+func (n *Node) SetStatusSource(s StatusSource) { n.statusSource.Store(&s) }
 
 // Status builds the status document from this node's replica of the state,
 // asking every other member whether it is reachable.
-func (n *Node) Status(ctx context.Context) Status {
+func (n *Node) Status(ctx context.Context) api.Status {
 	st := n.fsm.State()
 	leaderID, leaderAddr := n.Leader()
-	out := Status{
+	out := api.Status{
 		NodeID:       n.cfg.NodeID,
 		Term:         n.raft.CurrentTerm(),
 		CommitIndex:  n.raft.CommitIndex(),
@@ -101,19 +36,19 @@ func (n *Node) Status(ctx context.Context) Status {
 		Stats:        st.Stats,
 	}
 	if leaderID != "" {
-		out.Leader = &StatusLeader{ID: leaderID, RaftAddr: leaderAddr, HTTPAddr: st.Members[leaderID].HTTPAddr}
+		out.Leader = &api.Leader{ID: leaderID, RaftAddr: leaderAddr, HTTPAddr: st.Members[leaderID].HTTPAddr}
 	}
 
 	var servers []raft.Server
 	if f := n.raft.GetConfiguration(); f.Error() == nil {
 		servers = f.Configuration().Servers
 	}
-	out.Members = make([]StatusMember, len(servers))
+	out.Members = make([]api.Member, len(servers))
 	var wg sync.WaitGroup
 	for i, s := range servers {
 		id := string(s.ID)
 		voter := s.Suffrage == raft.Voter
-		m := StatusMember{ID: id, RaftAddr: string(s.Address), HTTPAddr: st.Members[id].HTTPAddr, Voter: voter}
+		m := api.Member{ID: id, RaftAddr: string(s.Address), HTTPAddr: st.Members[id].HTTPAddr, Voter: voter}
 		switch {
 		case id == n.cfg.NodeID:
 			m.Role = roleName(n.raft.State())
@@ -129,11 +64,7 @@ func (n *Node) Status(ctx context.Context) Status {
 			out.Members[i].Reachable = true
 			continue
 		}
-		wg.Add(1)
-		go func(i int, httpAddr string) {
-			defer wg.Done()
-			out.Members[i].Reachable = n.probe(ctx, httpAddr)
-		}(i, m.HTTPAddr)
+		wg.Go(func() { out.Members[i].Reachable = n.probe(ctx, m.HTTPAddr) })
 	}
 	wg.Wait()
 
@@ -150,48 +81,30 @@ func (n *Node) Status(ctx context.Context) Status {
 	c.LastEventDate = timePtr(fsm.Time(st.Cursor.LastEventDate))
 	c.OpenGaps = len(st.Gaps)
 	c.Paused = st.Cursor.Paused
-	if pf := n.progress.Load(); pf != nil {
-		p := (*pf)()
-		out.Databases = &StatusDatabases{Source: okOr(p.SourceError), Tracking: okOr(p.TrackingError)}
-		if p.SourceHeadOK {
-			head := max(p.SourceHeadID, st.Cursor.LastEventID)
-			lag := head - st.Cursor.LastEventID
-			c.SourceLastEventID = &head
-			c.SourceLastEventDate = timePtr(p.SourceHeadDate)
-			c.LagEvents = &lag
-			secs := 0.0
-			if lag > 0 && st.Cursor.LastEventDate != 0 && !p.SourceHeadDate.IsZero() {
-				secs = max(p.SourceHeadDate.Sub(fsm.Time(st.Cursor.LastEventDate)).Seconds(), 0)
-			}
-			c.LagSeconds = &secs
-		}
+	if src := n.statusSource.Load(); src != nil {
+		(*src).AddStatus(&out)
 	}
 	return out
 }
 
-func (n *Node) handleStatus(w http.ResponseWriter, r *http.Request) {
+func (n *Node) handleStatus(w http.ResponseWriter, r *http.Request) (any, error) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	writeJSON(w, http.StatusOK, n.Status(ctx))
+	return n.Status(ctx), nil
 }
+
+// probeTimeout bounds a member's health check for the status document.
+const probeTimeout = 500 * time.Millisecond
 
 // probe reports whether the member at httpAddr answers its health check.
 func (n *Node) probe(ctx context.Context, httpAddr string) bool {
 	if httpAddr == "" {
 		return false
 	}
-	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+httpAddr+"/v1/health", nil)
-	if err != nil {
-		return false
-	}
-	resp, err := n.httpClient.Do(req)
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
+	_, err := n.client.Health(ctx, httpAddr)
+	return err == nil
 }
 
 func roleName(s raft.RaftState) string {
@@ -204,13 +117,6 @@ func roleName(s raft.RaftState) string {
 		return "shutdown"
 	}
 	return "follower"
-}
-
-func okOr(errText string) string {
-	if errText == "" {
-		return "ok"
-	}
-	return errText
 }
 
 func timePtr(t time.Time) *time.Time {

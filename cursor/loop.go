@@ -93,8 +93,7 @@ type Loop struct {
 	sink   EventSink
 	logger hclog.Logger
 
-	mu       sync.Mutex
-	progress Progress
+	health *Health
 
 	// lastFullGapProbe is when an idle probe last looked for every open gap
 	// (only the Run goroutine touches it).
@@ -104,17 +103,9 @@ type Loop struct {
 	clock stateClock
 }
 
-// Progress is the loop's view of its databases, for the status document.
-type Progress struct {
-	SourceHeadID   int64
-	SourceHeadDate time.Time
-	SourceHeadOK   bool
-	SourceError    string
-	TrackingError  string
-}
-
-// NewLoop returns a loop; Run starts it.
-func NewLoop(cfg LoopConfig, coord Coordinator, source EventSource, sink EventSink, logger hclog.Logger) *Loop {
+// NewLoop returns a loop; Run starts it. It reports its databases' health
+// to health (nil: a health of its own).
+func NewLoop(cfg LoopConfig, coord Coordinator, source EventSource, sink EventSink, health *Health, logger hclog.Logger) *Loop {
 	if cfg.MaxGaps <= 0 {
 		cfg.MaxGaps = DefaultMaxGaps
 	}
@@ -130,34 +121,10 @@ func NewLoop(cfg LoopConfig, coord Coordinator, source EventSource, sink EventSi
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	return &Loop{cfg: cfg, coord: coord, source: source, sink: sink, logger: logger}
-}
-
-// Progress returns the latest view of the databases.
-func (l *Loop) Progress() Progress {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.progress
-}
-
-func (l *Loop) setSourceError(err error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if err == nil {
-		l.progress.SourceError = ""
-	} else {
-		l.progress.SourceError = err.Error()
+	if health == nil {
+		health = NewHealth()
 	}
-}
-
-func (l *Loop) setTrackingError(err error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if err == nil {
-		l.progress.TrackingError = ""
-	} else {
-		l.progress.TrackingError = err.Error()
-	}
+	return &Loop{cfg: cfg, coord: coord, source: source, sink: sink, health: health, logger: logger}
 }
 
 // Run processes events until ctx ends. Failures of either database are
@@ -268,7 +235,7 @@ func (l *Loop) hasWork(ctx context.Context, st fsm.State, now time.Time) (bool, 
 	qctx, cancel := l.dbContext(ctx)
 	defer cancel()
 	pending, err := l.source.Pending(qctx, st.Cursor.LastEventID, l.gapsToProbe(st.Gaps, now))
-	l.setSourceError(err)
+	l.health.Source(err)
 	if err != nil {
 		return false, fmt.Errorf("look for new events: %w", err)
 	}
@@ -463,11 +430,11 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 			cancel()
 			if err != nil {
 				if !errors.Is(err, ErrFenced) {
-					l.setTrackingError(ctxOr(hctx, err))
+					l.health.Tracking(ctxOr(hctx, err))
 				}
 				return err
 			}
-			l.setTrackingError(nil)
+			l.health.Tracking(nil)
 			p.log(l.logger, token, res, time.Now())
 		}
 		return sendAdvance(p, res)
@@ -492,7 +459,7 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 			// fence would collide again.
 			err = fmt.Errorf("the tracking database already has rows for events after its fence at event %d; "+
 				"was it restored, or the fence reset, without geo_jobs and geo_dead_letters? %w", start.LastEventID, err)
-			l.setTrackingError(err)
+			l.health.Tracking(err)
 			return false, err
 		}
 		l.logger.Info("tracking database moved on before this batch; continuing from its fence", "token", token, "fence_last_id", f.Position.LastEventID)
@@ -539,7 +506,7 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 		} else {
 			events, err = l.fetch(hctx, pos)
 		}
-		l.setSourceError(ctxOr(hctx, err))
+		l.health.Source(ctxOr(hctx, err))
 		if err != nil {
 			return err
 		}
@@ -583,7 +550,7 @@ func (l *Loop) hold(ctx context.Context, grant fsm.Result) (err error) {
 			if err == nil {
 				err = serr
 				if !errors.Is(err, ErrFenced) {
-					l.setTrackingError(ctxOr(hctx, err))
+					l.health.Tracking(ctxOr(hctx, err))
 				}
 			}
 			if !errors.Is(err, ErrFenced) {
@@ -775,10 +742,10 @@ func (l *Loop) startPosition(ctx context.Context, token uint64, granted fsm.Curs
 		if errors.Is(err, ErrFenced) {
 			return Position{}, false, errors.Join(err, errLeaseLost)
 		}
-		l.setTrackingError(ctxOr(ctx, err))
+		l.health.Tracking(ctxOr(ctx, err))
 		return Position{}, false, fmt.Errorf("claim the tracking database (token %d): %w", token, err)
 	}
-	l.setTrackingError(nil)
+	l.health.Tracking(nil)
 	st, _ := l.coord.Watch()
 	replicated := positionOf(st)
 	switch {
@@ -839,20 +806,12 @@ func (l *Loop) watchHead(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		l.mu.Lock()
 		if err == nil {
-			l.progress.SourceHeadID, l.progress.SourceHeadDate, l.progress.SourceHeadOK = id, date, true
-			l.progress.SourceError = ""
+			l.health.Head(id, date)
 		} else {
-			l.progress.SourceHeadOK = false
-			l.progress.SourceError = err.Error()
+			l.health.Source(err)
 		}
-		if terr == nil {
-			l.progress.TrackingError = ""
-		} else {
-			l.progress.TrackingError = terr.Error()
-		}
-		l.mu.Unlock()
+		l.health.Tracking(terr)
 		select {
 		case <-ctx.Done():
 			return

@@ -12,6 +12,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
 )
 
@@ -136,7 +137,7 @@ func TestFailedAdvanceInThePipelineIsAdoptedFromTheFence(t *testing.T) {
 				BatchSize: batch, PollInterval: 10 * time.Millisecond, GapTimeout: time.Hour,
 				LeaseTTL: 2 * time.Second, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond,
 				AdvanceInterval: time.Nanosecond, // an advance for every batch
-			}, coord, src, tr, hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info}))
+			}, coord, src, tr, nil, hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info}))
 			runUntilDrained(t, loop, coord, total)
 
 			coord.mu.Lock()
@@ -200,7 +201,7 @@ func TestBacklogAdvancesAreSpacedAndCountEveryBatch(t *testing.T) {
 				BatchSize: batch, PollInterval: 10 * time.Millisecond, GapTimeout: time.Hour,
 				LeaseTTL: 5 * time.Second, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond,
 				AdvanceInterval: time.Hour,
-			}, coord, src, tr, hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info}))
+			}, coord, src, tr, nil, hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info}))
 			runUntilDrained(t, loop, coord, int64(tc.total))
 
 			coord.mu.Lock()
@@ -234,13 +235,19 @@ func TestRowsAfterTheFenceAreReportedNotRetriedInALoop(t *testing.T) {
 	exec(t, conn, `INSERT INTO geo_jobs (event_id, kind) VALUES (30, 'sync')`)
 
 	var logs syncBuffer
+	health := NewHealth()
 	loop := NewLoop(LoopConfig{
 		BatchSize: 1000, PollInterval: 10 * time.Millisecond, GapTimeout: time.Hour,
 		LeaseTTL: 5 * time.Second, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond,
-	}, NewLocalCoordinator("a"), src, tr, hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info}))
+	}, NewLocalCoordinator("a"), src, tr, health, hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info}))
 	ctx, stop := startLoop(t, loop)
 	defer stop()
-	for !strings.Contains(loop.Progress().TrackingError, "already has rows for events after its fence") {
+	trackingHealth := func() string {
+		var st api.Status
+		health.AddStatus(&st)
+		return st.Databases.Tracking
+	}
+	for !strings.Contains(trackingHealth(), "already has rows for events after its fence") {
 		select {
 		case <-ctx.Done():
 			t.Fatalf("no tracking error reported; log:\n%s", logs.String())

@@ -2,7 +2,6 @@ package fsm
 
 import (
 	"errors"
-	"fmt"
 	"math/rand"
 	"reflect"
 	"sync"
@@ -74,7 +73,7 @@ func TestReplicasApplyingSameLogAgree(t *testing.T) {
 	t.Cleanup(func() { close(stop); wg.Wait() })
 
 	accepted := map[Op]int{}
-	refused := map[string]int{}
+	refused := map[error]int{}
 	for i, data := range log {
 		l := &raft.Log{Index: uint64(i + 1), Term: 1, Type: raft.LogCommand, Data: data}
 		ra, ok := a.Apply(l).(Result)
@@ -93,7 +92,7 @@ func TestReplicasApplyingSameLogAgree(t *testing.T) {
 			t.Fatalf("entry %d (%s): FSM and State.Apply disagree:\n fsm   %+v\n state %+v", i, data, ra, want[i])
 		}
 		if ra.Err != nil {
-			refused[Code(ra.Err)]++
+			refused[refusal(ra.Err)]++
 		} else if c, err := DecodeCommand(data); err == nil {
 			accepted[c.Op]++
 		}
@@ -112,9 +111,9 @@ func TestReplicasApplyingSameLogAgree(t *testing.T) {
 			t.Errorf("only %d accepted %s commands in the log", accepted[op], op)
 		}
 	}
-	for _, code := range []string{"lease_held", "stale_token", "lease_expired", "cursor_backwards", "paused", "bad_command"} {
-		if refused[code] < 5 {
-			t.Errorf("only %d refusals with %s in the log", refused[code], code)
+	for _, sentinel := range Refusals {
+		if refused[sentinel] < 5 {
+			t.Errorf("only %d refusals with %q in the log", refused[sentinel], sentinel)
 		}
 	}
 	if sa.Lease.Token < 50 || sa.Cursor.LastEventID < 50 {
@@ -123,71 +122,12 @@ func TestReplicasApplyingSameLogAgree(t *testing.T) {
 	t.Logf("final token %d, cursor %d, accepted %v, refused %v", sa.Lease.Token, sa.Cursor.LastEventID, accepted, refused)
 }
 
-// sentinels lists every sentinel error with its wire code. The codes cross
-// the HTTP API between nodes of different versions: never change one.
-var sentinels = []struct {
-	err  error
-	code string
-}{
-	{ErrLeaseHeld, "lease_held"},
-	{ErrStaleToken, "stale_token"},
-	{ErrLeaseExpired, "lease_expired"},
-	{ErrCursorBackwards, "cursor_backwards"},
-	{ErrPaused, "paused"},
-	{ErrBadCommand, "bad_command"},
-}
-
-func TestErrorCodeRoundTripKeepsSentinel(t *testing.T) {
-	if len(sentinels) != len(codes) {
-		t.Fatalf("the test knows %d sentinels, errors.go maps %d", len(sentinels), len(codes))
-	}
-	for _, s := range sentinels {
-		t.Run(s.code, func(t *testing.T) {
-			for _, err := range []error{
-				s.err,
-				refuse(s.err, "while testing"),
-				fmt.Errorf("apply advance (token 3): %w", refuse(s.err, "detail")),
-			} {
-				code := Code(err)
-				if code != s.code {
-					t.Errorf("Code(%v) = %q, want %q", err, code, s.code)
-				}
-				back := ErrorFromCode(code, err.Error())
-				if !errors.Is(back, s.err) {
-					t.Errorf("ErrorFromCode(%q, %q) = %v, does not match %v", code, err.Error(), back, s.err)
-				}
-				if back.Error() != err.Error() {
-					t.Errorf("message %q became %q", err.Error(), back.Error())
-				}
-				if Code(back) != code {
-					t.Errorf("Code after the round trip = %q, want %q", Code(back), code)
-				}
-				for _, other := range sentinels {
-					if other.err != s.err && errors.Is(back, other.err) {
-						t.Errorf("%v also matches %v", back, other.err)
-					}
-				}
-			}
-		})
-	}
-}
-
-func TestErrorFromUnknownCodeMatchesNoSentinel(t *testing.T) {
-	if got := Code(nil); got != "" {
-		t.Errorf("Code(nil) = %q", got)
-	}
-	if got := Code(errors.New("disk on fire")); got != "" {
-		t.Errorf("Code(plain error) = %q", got)
-	}
-	for _, code := range []string{"", "not_leader", "LEASE_HELD"} {
-		err := ErrorFromCode(code, "disk on fire")
-		if err == nil || err.Error() != "disk on fire" {
-			t.Errorf("ErrorFromCode(%q) = %v", code, err)
-		}
-		for _, s := range sentinels {
-			if errors.Is(err, s.err) {
-				t.Errorf("ErrorFromCode(%q) matches %v", code, s.err)
-			}
+// refusal returns the sentinel of Refusals that err wraps, or nil.
+func refusal(err error) error {
+	for _, r := range Refusals {
+		if errors.Is(err, r) {
+			return r
 		}
 	}
+	return nil
 }

@@ -200,7 +200,7 @@ func checkStep(t *testing.T, step int, c Command, prev, s State, res Result, gra
 	}
 
 	if res.Err != nil {
-		if Code(res.Err) == "" {
+		if refusal(res.Err) == nil {
 			fail("refusal wraps no sentinel")
 		}
 		unclocked := copyState(s)

@@ -1,17 +1,17 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
-	"strings"
 	"text/tabwriter"
 	"time"
 
-	"github.com/geocursor/geocursor/cluster"
+	"github.com/geocursor/geocursor/api"
 )
 
 // defaultAddr is where `cluster status` looks when neither -addr nor
@@ -30,19 +30,33 @@ func runClusterStatus(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	body, err := fetchStatus(ctx, *addr)
+	body, err := newClient().StatusJSON(ctx, *addr)
 	if err != nil {
-		return err
+		return unreachable(*addr, err)
 	}
 	if *format == "json" {
-		_, err := stdout.Write(body)
+		_, err := stdout.Write(append(bytes.TrimSpace(body), '\n'))
 		return err
 	}
-	var st cluster.Status
+	var st api.Status
 	if err := json.Unmarshal(body, &st); err != nil {
 		return fmt.Errorf("decode status from %s: %w", *addr, err)
 	}
 	return printStatusTable(stdout, st, time.Now())
+}
+
+// newClient is the API client of the CLI commands.
+func newClient() *api.Client {
+	return api.NewClient(api.ClientOptions{})
+}
+
+// unreachable explains a request that failed: no agent at addr, or the
+// agent's own error.
+func unreachable(addr string, err error) error {
+	if errors.Is(err, api.ErrNotSent) {
+		return fmt.Errorf("no agent answered at %s (%v): is it running? pass -addr or set GEOCURSOR_ADDR to a member's http_addr", addr, err)
+	}
+	return fmt.Errorf("agent at %s: %w", addr, err)
 }
 
 // defaultAgentAddr is $GEOCURSOR_ADDR, else the default http_addr.
@@ -53,27 +67,7 @@ func defaultAgentAddr() string {
 	return defaultAddr
 }
 
-func fetchStatus(ctx context.Context, addr string) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/v1/status", nil)
-	if err != nil {
-		return nil, usagef("cluster status: -addr %q: %v", addr, err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("no agent answered at %s (%v): is it running? pass -addr or set GEOCURSOR_ADDR to a member's http_addr", addr, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
-	if err != nil {
-		return nil, fmt.Errorf("read status from %s: %w", addr, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("status from %s: HTTP %d: %s", addr, resp.StatusCode, strings.TrimSpace(string(body)))
-	}
-	return body, nil
-}
-
-func printStatusTable(w io.Writer, st cluster.Status, now time.Time) error {
+func printStatusTable(w io.Writer, st api.Status, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	p := func(format string, args ...any) { fmt.Fprintf(tw, format, args...) }
 

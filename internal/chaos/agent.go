@@ -16,7 +16,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/geocursor/geocursor/cluster"
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/internal/devcluster"
 )
 
@@ -238,8 +238,8 @@ func (a *Agent) Wipe() error {
 }
 
 // Status fetches GET /v1/status.
-func (a *Agent) Status(ctx context.Context) (cluster.Status, error) {
-	var st cluster.Status
+func (a *Agent) Status(ctx context.Context) (api.Status, error) {
+	var st api.Status
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+a.HTTPAddr+"/v1/status", nil)
 	if err != nil {
 		return st, err

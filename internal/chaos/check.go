@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
 	"github.com/geocursor/geocursor/internal/linearize"
 	"github.com/geocursor/geocursor/internal/loadgen"
@@ -317,7 +318,7 @@ func (c *Cluster) waitQuiet(ctx context.Context, timeout time.Duration) error {
 // checkHistory merges the agents' histories, reconciles them with the
 // Raft log and checks them.
 func (c *Cluster) checkHistory(r *Report) {
-	var entries []fsm.HistoryEntry
+	var entries []api.HistoryEntry
 	for _, a := range c.Agents {
 		es, bad, err := readHistory(a.HistoryPath)
 		if err != nil {
@@ -404,7 +405,7 @@ func (c *Cluster) checkHistory(r *Report) {
 // issuer was killed while waiting for the answer (expected) and the rest:
 // a command applied more often than its issuer asked, or an issuer that
 // lost its answer without dying.
-func (c *Cluster) explainOrphans(r *Report, orphans []fsm.HistoryEntry) {
+func (c *Cluster) explainOrphans(r *Report, orphans []api.HistoryEntry) {
 	var unexplained []string
 	for _, o := range orphans {
 		at := fsm.Time(o.Now)
@@ -477,7 +478,7 @@ func (c *Cluster) resumeTimes(r *Report, holders map[uint64]string) {
 	}
 }
 
-func readHistory(path string) ([]fsm.HistoryEntry, int, error) {
+func readHistory(path string) ([]api.HistoryEntry, int, error) {
 	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, 0, nil
@@ -486,7 +487,7 @@ func readHistory(path string) ([]fsm.HistoryEntry, int, error) {
 		return nil, 0, err
 	}
 	defer f.Close()
-	var out []fsm.HistoryEntry
+	var out []api.HistoryEntry
 	bad := 0
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 16<<20)
@@ -495,7 +496,7 @@ func readHistory(path string) ([]fsm.HistoryEntry, int, error) {
 		if line == "" {
 			continue
 		}
-		var e fsm.HistoryEntry
+		var e api.HistoryEntry
 		if err := json.Unmarshal([]byte(line), &e); err != nil {
 			bad++
 			continue
@@ -505,7 +506,7 @@ func readHistory(path string) ([]fsm.HistoryEntry, int, error) {
 	return out, bad, sc.Err()
 }
 
-func writeHistory(path string, entries []fsm.HistoryEntry) {
+func writeHistory(path string, entries []api.HistoryEntry) {
 	f, err := os.Create(path)
 	if err != nil {
 		return
@@ -513,7 +514,7 @@ func writeHistory(path string, entries []fsm.HistoryEntry) {
 	defer f.Close()
 	w := bufio.NewWriter(f)
 	enc := json.NewEncoder(w)
-	sorted := append([]fsm.HistoryEntry(nil), entries...)
+	sorted := append([]api.HistoryEntry(nil), entries...)
 	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Call < sorted[j].Call })
 	for _, e := range sorted {
 		_ = enc.Encode(e)
@@ -525,7 +526,7 @@ func writeHistory(path string, entries []fsm.HistoryEntry) {
 // answer was lost but which the log shows applied, followed at once (a
 // retry of the same call) by another attempt of the same command from the
 // same node that was applied as well.
-func retriedApplies(resolved, merged []fsm.HistoryEntry) []string {
+func retriedApplies(resolved, merged []api.HistoryEntry) []string {
 	var out []string
 	for _, first := range resolved {
 		if first.Now > first.Return {

@@ -18,7 +18,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/geocursor/geocursor/cluster"
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/internal/devcluster"
 	"github.com/geocursor/geocursor/internal/loadgen"
 	"github.com/geocursor/geocursor/internal/pgserver"
@@ -365,7 +365,7 @@ func waitFor(ctx context.Context, timeout time.Duration, what string, cond func(
 	})
 }
 
-func (c *Cluster) status(ctx context.Context, a *Agent) (cluster.Status, error) {
+func (c *Cluster) status(ctx context.Context, a *Agent) (api.Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	return a.Status(ctx)

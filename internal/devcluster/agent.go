@@ -18,7 +18,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/geocursor/geocursor/cluster"
+	"github.com/geocursor/geocursor/api"
 )
 
 // AgentSpec says how to start one agent.
@@ -338,8 +338,8 @@ func (a *Agent) WaitExit(timeout time.Duration) (int, error) {
 }
 
 // Status fetches GET /v1/status: the decoded document and its raw body.
-func (a *Agent) Status(ctx context.Context) (cluster.Status, []byte, error) {
-	var st cluster.Status
+func (a *Agent) Status(ctx context.Context) (api.Status, []byte, error) {
+	var st api.Status
 	body, code, err := a.do(ctx, http.MethodGet, "/v1/status", nil)
 	if err != nil {
 		return st, body, err

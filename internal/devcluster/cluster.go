@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/geocursor/geocursor/cluster"
+	"github.com/geocursor/geocursor/api"
 )
 
 // Cluster is a group of agents named node1..nodeN in one directory. Set
@@ -133,7 +133,7 @@ func (c *Cluster) WaitFormed(ctx context.Context, timeout time.Duration) error {
 
 // membersDetail says what is wrong when st does not list exactly the
 // agents as reachable members, or "" when it does.
-func membersDetail(st cluster.Status, agents []*Agent) string {
+func membersDetail(st api.Status, agents []*Agent) string {
 	if len(st.Members) != len(agents) {
 		return fmt.Sprintf("%s sees %d members, want %d: %+v", st.NodeID, len(st.Members), len(agents), st.Members)
 	}
@@ -154,7 +154,7 @@ func membersDetail(st cluster.Status, agents []*Agent) string {
 	return ""
 }
 
-func quickStatus(ctx context.Context, a *Agent) (cluster.Status, error) {
+func quickStatus(ctx context.Context, a *Agent) (api.Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	st, _, err := a.Status(ctx)
@@ -198,7 +198,7 @@ func (c *Cluster) Leader(ctx context.Context, timeout time.Duration) (*Agent, er
 // Holder returns the agent that holds the lease according to the status
 // of the first live agent that answers (lease.holder), with that status;
 // nil when the lease is free.
-func (c *Cluster) Holder(ctx context.Context) (*Agent, cluster.Status, error) {
+func (c *Cluster) Holder(ctx context.Context) (*Agent, api.Status, error) {
 	var errs []error
 	for _, a := range c.Live() {
 		st, err := quickStatus(ctx, a)
@@ -216,9 +216,9 @@ func (c *Cluster) Holder(ctx context.Context) (*Agent, cluster.Status, error) {
 		return h, st, nil
 	}
 	if len(errs) == 0 {
-		return nil, cluster.Status{}, errors.New("lease holder: no agent is running")
+		return nil, api.Status{}, errors.New("lease holder: no agent is running")
 	}
-	return nil, cluster.Status{}, fmt.Errorf("lease holder: no agent answered: %w", errors.Join(errs...))
+	return nil, api.Status{}, fmt.Errorf("lease holder: no agent answered: %w", errors.Join(errs...))
 }
 
 // Close stops every running agent with SIGTERM, all at once, and waits up

@@ -9,7 +9,7 @@ import (
 
 	"github.com/anishathalye/porcupine"
 
-	"github.com/geocursor/geocursor/fsm"
+	"github.com/geocursor/geocursor/api"
 )
 
 // DefaultTimeout bounds one porcupine search. Checking is NP-hard in
@@ -83,13 +83,13 @@ func (i *Info) WriteVisualization(path string) error {
 // Check reports whether entries are linearizable with respect to
 // fsm.State.Apply, starting from the state of a fresh cluster. Entries may
 // come from several peers in any order.
-func Check(entries []fsm.HistoryEntry) (bool, *Info) {
+func Check(entries []api.HistoryEntry) (bool, *Info) {
 	return CheckTimeout(entries, DefaultTimeout)
 }
 
 // CheckTimeout is Check with a bound on the search; a search that runs out
 // of time reports false with Info.Result Unknown.
-func CheckTimeout(entries []fsm.HistoryEntry, timeout time.Duration) (bool, *Info) {
+func CheckTimeout(entries []api.HistoryEntry, timeout time.Duration) (bool, *Info) {
 	info := &Info{model: newModel()}
 	info.ops, info.Unknown = operations(entries)
 	info.Ops = len(info.ops)
@@ -108,8 +108,8 @@ func CheckTimeout(entries []fsm.HistoryEntry, timeout time.Duration) (bool, *Inf
 // answer returns at the end of the history: it may take effect at any time
 // after its call. Each peer gets as many rows (client IDs) as it had
 // commands in flight at once.
-func operations(entries []fsm.HistoryEntry) ([]porcupine.Operation, int) {
-	sorted := make([]fsm.HistoryEntry, len(entries))
+func operations(entries []api.HistoryEntry) ([]porcupine.Operation, int) {
+	sorted := make([]api.HistoryEntry, len(entries))
 	copy(sorted, entries)
 	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Call < sorted[j].Call })
 

@@ -1,5 +1,5 @@
 // Package linearize checks histories of geocursor's replicated commands
-// (fsm.HistoryEntry records, as the agents write them to
+// (api.HistoryEntry records, as the agents write them to
 // GEOCURSOR_HISTORY_FILE) against the state machine itself.
 //
 // Check asks porcupine whether the history is linearizable: whether there

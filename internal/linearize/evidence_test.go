@@ -9,6 +9,7 @@ import (
 	"sort"
 	"testing"
 
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
 )
 
@@ -59,9 +60,9 @@ type evidenceLogEntry struct {
 }
 
 // evidenceWindows splits a history and its log into the windows they hold.
-func evidenceWindows(t *testing.T, historyFile, logFile string) (hist [][]fsm.HistoryEntry, logs [][]LogEntry) {
+func evidenceWindows(t *testing.T, historyFile, logFile string) (hist [][]api.HistoryEntry, logs [][]LogEntry) {
 	t.Helper()
-	entries := readJSONLines[fsm.HistoryEntry](t, filepath.Join("testdata", historyFile))
+	entries := readJSONLines[api.HistoryEntry](t, filepath.Join("testdata", historyFile))
 	stored := readJSONLines[evidenceLogEntry](t, filepath.Join("testdata", logFile))
 	if len(entries) != len(stored) || len(entries)%evidenceWindow != 0 {
 		t.Fatalf("%s has %d entries, %s %d: want whole windows of %d", historyFile, len(entries), logFile, len(stored), evidenceWindow)
@@ -80,7 +81,7 @@ func evidenceWindows(t *testing.T, historyFile, logFile string) (hist [][]fsm.Hi
 // windowStart is the state before a window's first command, as far as the
 // window's answers tell: the lease and cursor its first entry shows, and the
 // gaps its first advance reports open below that cursor.
-func windowStart(win []fsm.HistoryEntry) fsm.State {
+func windowStart(win []api.HistoryEntry) fsm.State {
 	var s fsm.State
 	first := win[0]
 	switch first.Cmd.Op {
@@ -107,8 +108,8 @@ func windowStart(win []fsm.HistoryEntry) fsm.State {
 
 // replayAgrees replays log from start and reports the first answer in win
 // that the replay does not reproduce.
-func replayAgrees(win []fsm.HistoryEntry, log []LogEntry) error {
-	byStamp := map[string]fsm.HistoryEntry{}
+func replayAgrees(win []api.HistoryEntry, log []LogEntry) error {
+	byStamp := map[string]api.HistoryEntry{}
 	for _, e := range win {
 		byStamp[fmt.Sprintf("%s/%s/%d", e.Node, e.Cmd.Op, e.Now)] = e
 	}
@@ -119,10 +120,10 @@ func replayAgrees(win []fsm.HistoryEntry, log []LogEntry) error {
 		if !ok {
 			return fmt.Errorf("log entry %d (%s %s) is not in the window", l.Index, l.Cmd.Node, l.Cmd.Op)
 		}
-		if fsm.Code(res.Err) != e.Code || res.Lease.Holder != e.Lease.Holder || res.Lease.Token != e.Lease.Token ||
+		if api.RefusalCode(res.Err) != e.Code || res.Lease.Holder != e.Lease.Holder || res.Lease.Token != e.Lease.Token ||
 			res.Lease.ExpiresAt != e.Lease.ExpiresAt || res.Cursor.LastEventID != e.Cursor.LastEventID {
 			return fmt.Errorf("log entry %d (%s %s): replay gives %q %+v cursor %d, %s was told %q %+v cursor %d",
-				l.Index, l.Cmd.Node, l.Cmd.Op, fsm.Code(res.Err), res.Lease, res.Cursor.LastEventID,
+				l.Index, l.Cmd.Node, l.Cmd.Op, api.RefusalCode(res.Err), res.Lease, res.Cursor.LastEventID,
 				e.Node, e.Code, *e.Lease, e.Cursor.LastEventID)
 		}
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/anishathalye/porcupine"
 
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
 )
 
@@ -26,7 +27,7 @@ const (
 // each peer saw.
 type sim struct {
 	st    fsm.State
-	h     []fsm.HistoryEntry
+	h     []api.HistoryEntry
 	index uint64
 }
 
@@ -41,9 +42,9 @@ func (s *sim) apply(cmd fsm.Command, now int64) (fsm.Result, LogEntry) {
 
 // do applies cmd at leader time now for node, which called at call and got
 // the answer at ret.
-func (s *sim) do(node string, call, now, ret int64, cmd fsm.Command) fsm.HistoryEntry {
+func (s *sim) do(node string, call, now, ret int64, cmd fsm.Command) api.HistoryEntry {
 	res, _ := s.apply(cmd, now)
-	e := fsm.NewHistoryEntry(node, call, ret, cmd, res, nil)
+	e := api.NewHistoryEntry(node, call, ret, cmd, res, nil)
 	s.h = append(s.h, e)
 	return e
 }
@@ -55,7 +56,7 @@ func (s *sim) lost(node string, call, now int64, cmd fsm.Command, applied bool) 
 	if applied {
 		_, l = s.apply(cmd, now)
 	}
-	s.h = append(s.h, fsm.NewHistoryEntry(node, call, call+4*sec, cmd, fsm.Result{}, errors.New("no Raft leader")))
+	s.h = append(s.h, api.NewHistoryEntry(node, call, call+4*sec, cmd, fsm.Result{}, errors.New("no Raft leader")))
 	return l
 }
 
@@ -67,7 +68,7 @@ func (s *sim) unrecorded(now int64, cmd fsm.Command) LogEntry {
 }
 
 // logEntry is the log entry of an answered history entry.
-func logEntry(e fsm.HistoryEntry) LogEntry {
+func logEntry(e api.HistoryEntry) LogEntry {
 	c := e.Cmd
 	c.Now = e.Now
 	return LogEntry{Index: e.Index, Cmd: c}
@@ -129,7 +130,7 @@ func TestCorrectHistoryIsLinearizable(t *testing.T) {
 
 func TestHistoryOrderDoesNotMatter(t *testing.T) {
 	s := healthy()
-	h := append([]fsm.HistoryEntry(nil), s.h...)
+	h := append([]api.HistoryEntry(nil), s.h...)
 	rand.New(rand.NewPCG(1, 2)).Shuffle(len(h), func(i, j int) { h[i], h[j] = h[j], h[i] })
 	if ok, info := Check(h); !ok {
 		t.Fatalf("shuffled history: %s", info)
@@ -177,7 +178,7 @@ func TestUnansweredRenewWithUnknownTime(t *testing.T) {
 
 	// The same refusal with an expiry the renew cannot have produced (its
 	// leader time would be before its call) is not linearizable.
-	bad := append([]fsm.HistoryEntry(nil), s.h...)
+	bad := append([]api.HistoryEntry(nil), s.h...)
 	l := *bad[2].Lease
 	l.ExpiresAt = t0 + 7*sec // renew at t0+2s, before it was called
 	bad[2].Lease = &l
@@ -190,7 +191,7 @@ func TestDoubledGrantIsNotLinearizable(t *testing.T) {
 	s := &sim{}
 	s.do("n1", t0, t0+ms, t0+2*ms, acquire("n1"))
 	// n2 is told it got token 1 too, while n1 holds it.
-	e := fsm.NewHistoryEntry("n2", t0+sec, t0+sec+2*ms, acquire("n2"),
+	e := api.NewHistoryEntry("n2", t0+sec, t0+sec+2*ms, acquire("n2"),
 		fsm.Result{Lease: fsm.Lease{Holder: "n2", Token: 1, ExpiresAt: t0 + sec + ms + int64(ttl)}, Now: t0 + sec + ms, Index: s.index + 1}, nil)
 	h := append(s.h, e)
 	ok, info := Check(h)
@@ -208,7 +209,7 @@ func TestLostAdvanceIsNotLinearizable(t *testing.T) {
 	s.do("n1", t0+10*ms, t0+11*ms, t0+12*ms, advance("n1", 1, 100, false))
 	// n2 acquires afterwards and is shown the cursor from before the
 	// acknowledged advance.
-	e := fsm.NewHistoryEntry("n2", t0+sec, t0+sec+2*ms, acquire("n2"),
+	e := api.NewHistoryEntry("n2", t0+sec, t0+sec+2*ms, acquire("n2"),
 		fsm.Result{Lease: fsm.Lease{Holder: "n2", Token: 2, ExpiresAt: t0 + sec + ms + int64(ttl)}, Now: t0 + sec + ms}, nil)
 	if ok, info := Check(append(s.h, e)); ok || info.Result != porcupine.Illegal {
 		t.Fatalf("lost advance passed: %s", info)
@@ -221,7 +222,7 @@ func TestCursorMovingBackwardsIsNotLinearizable(t *testing.T) {
 	s.do("n1", t0+10*ms, t0+11*ms, t0+12*ms, advance("n1", 1, 100, false))
 	s.do("n2", t0+sec, t0+sec+ms, t0+sec+2*ms, acquire("n2"))
 	// n2's advance to 90 is acknowledged and the cursor shown at 90.
-	e := fsm.NewHistoryEntry("n2", t0+2*sec, t0+2*sec+2*ms, advance("n2", 2, 90, false),
+	e := api.NewHistoryEntry("n2", t0+2*sec, t0+2*sec+2*ms, advance("n2", 2, 90, false),
 		fsm.Result{Lease: fsm.Lease{Token: 2}, Cursor: fsm.Cursor{LastEventID: 90}, Now: t0 + 2*sec + ms}, nil)
 	if ok, info := Check(append(s.h, e)); ok || info.Result != porcupine.Illegal {
 		t.Fatalf("cursor moving backwards passed: %s", info)
@@ -231,7 +232,7 @@ func TestCursorMovingBackwardsIsNotLinearizable(t *testing.T) {
 func TestVisualizationWrittenOnFailure(t *testing.T) {
 	s := &sim{}
 	s.do("n1", t0, t0+ms, t0+2*ms, acquire("n1"))
-	e := fsm.NewHistoryEntry("n2", t0+sec, t0+sec+2*ms, acquire("n2"),
+	e := api.NewHistoryEntry("n2", t0+sec, t0+sec+2*ms, acquire("n2"),
 		fsm.Result{Lease: fsm.Lease{Holder: "n2", Token: 1, ExpiresAt: t0 + sec + ms + int64(ttl)}, Now: t0 + sec + ms}, nil)
 	ok, info := Check(append(s.h, e))
 	if ok {
@@ -256,7 +257,7 @@ func TestSafetyOverlappingGrants(t *testing.T) {
 	s.do("n1", t0, t0+ms, t0+2*ms, acquire("n1"))
 	s.do("n1", t0+sec, t0+sec+ms, t0+sec+2*ms, renew("n1", 1))
 	// n2 is granted token 2 while n1's renewed lease runs until t0+6s.
-	e := fsm.NewHistoryEntry("n2", t0+3*sec, t0+3*sec+2*ms, acquire("n2"),
+	e := api.NewHistoryEntry("n2", t0+3*sec, t0+3*sec+2*ms, acquire("n2"),
 		fsm.Result{Lease: fsm.Lease{Holder: "n2", Token: 2, ExpiresAt: t0 + 8*sec}, Now: t0 + 3*sec + ms, Index: s.index + 2}, nil)
 	h := append(s.h, e)
 	if v := CheckSafety(h); !hasViolation(v, "overlapping-grants") {
@@ -264,7 +265,7 @@ func TestSafetyOverlappingGrants(t *testing.T) {
 	}
 	// A release of token 1 that the log could not place (its answer was
 	// lost, the log was compacted) may have been applied in between.
-	lost := fsm.NewHistoryEntry("n1", t0+2*sec, t0+6*sec, release("n1", 1), fsm.Result{}, errors.New("timeout"))
+	lost := api.NewHistoryEntry("n1", t0+2*sec, t0+6*sec, release("n1", 1), fsm.Result{}, errors.New("timeout"))
 	if v := CheckSafety(append(h, lost)); len(v) != 0 {
 		t.Fatalf("a possible release was not taken into account: %v", v)
 	}
@@ -281,11 +282,11 @@ func TestSafetyOverlappingGrants(t *testing.T) {
 }
 
 func TestSafetyTokenOrder(t *testing.T) {
-	grant := func(node string, token uint64, call int64) fsm.HistoryEntry {
-		return fsm.NewHistoryEntry(node, call, call+2*ms, acquire(node),
+	grant := func(node string, token uint64, call int64) api.HistoryEntry {
+		return api.NewHistoryEntry(node, call, call+2*ms, acquire(node),
 			fsm.Result{Lease: fsm.Lease{Holder: node, Token: token, ExpiresAt: call + ms + int64(ttl)}, Now: call + ms, Index: uint64(token)}, nil)
 	}
-	h := []fsm.HistoryEntry{grant("n1", 5, t0), grant("n2", 4, t0+10*sec)}
+	h := []api.HistoryEntry{grant("n1", 5, t0), grant("n2", 4, t0+10*sec)}
 	v := CheckSafety(h)
 	if !hasViolation(v, "token-not-increasing") || !hasViolation(v, "token-went-back") {
 		t.Fatalf("violations = %v, want token-not-increasing and token-went-back", v)
@@ -295,7 +296,7 @@ func TestSafetyTokenOrder(t *testing.T) {
 func TestReconcile(t *testing.T) {
 	s := &sim{}
 	var log []LogEntry
-	logged := func(e fsm.HistoryEntry) { log = append(log, logEntry(e)) }
+	logged := func(e api.HistoryEntry) { log = append(log, logEntry(e)) }
 	logged(s.do("n1", t0, t0+ms, t0+2*ms, acquire("n1")))
 	// n1 is killed while its advance is in flight: applied, never recorded.
 	log = append(log, s.unrecorded(t0+10*ms, advance("n1", 1, 100, false)))
@@ -392,8 +393,8 @@ func hasViolation(vs []Violation, kind string) bool {
 // alike, so an unanswered one is matched to the copy stamped while its
 // caller waited, not to an earlier-stamped copy that a later call owns.
 func TestReconcilePrefersACopyStampedWhileWaiting(t *testing.T) {
-	lostAt := func(call int64) fsm.HistoryEntry {
-		return fsm.NewHistoryEntry("n1", call, call+1500*ms, acquire("n1"), fsm.Result{}, errors.New("timeout"))
+	lostAt := func(call int64) api.HistoryEntry {
+		return api.NewHistoryEntry("n1", call, call+1500*ms, acquire("n1"), fsm.Result{}, errors.New("timeout"))
 	}
 	stamped := func(index uint64, now int64) LogEntry {
 		c := acquire("n1")
@@ -402,7 +403,7 @@ func TestReconcilePrefersACopyStampedWhileWaiting(t *testing.T) {
 	}
 	// Call A at t0 is stamped late (t0+5s, after a partition healed);
 	// call B at t0+2s is stamped while it waits.
-	entries := []fsm.HistoryEntry{lostAt(t0), lostAt(t0 + 2*sec)}
+	entries := []api.HistoryEntry{lostAt(t0), lostAt(t0 + 2*sec)}
 	log := []LogEntry{stamped(1, t0+2*sec+100*ms), stamped(2, t0+5*sec)}
 	_, rec := Reconcile(entries, log, true)
 	if len(rec.Resolved) != 2 {

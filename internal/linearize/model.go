@@ -8,6 +8,7 @@ import (
 
 	"github.com/anishathalye/porcupine"
 
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
 )
 
@@ -195,7 +196,7 @@ func step(st mstate, in input, out output) []mstate {
 			next = append(next, post)
 			continue
 		}
-		if fsm.Code(res.Err) != out.code || res.Lease.Holder != out.lease.Holder ||
+		if api.RefusalCode(res.Err) != out.code || res.Lease.Holder != out.lease.Holder ||
 			res.Lease.Token != out.lease.Token || res.Cursor != out.cursor {
 			continue
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
 )
 
@@ -26,18 +27,18 @@ type Reconciliation struct {
 	Matched int
 	// Resolved are the unanswered entries found in the log: they were
 	// applied, at the index and time now filled in.
-	Resolved []fsm.HistoryEntry
+	Resolved []api.HistoryEntry
 	// NotApplied are the unanswered entries that a complete log does not
 	// hold: they were never applied and are left out.
-	NotApplied []fsm.HistoryEntry
+	NotApplied []api.HistoryEntry
 	// Orphans are log commands that no entry accounts for, added to the
 	// history as unanswered entries called at their leader time: their
 	// issuer died before the answer came, or a command was applied more
 	// often than it was recorded (a retried forward).
-	Orphans []fsm.HistoryEntry
+	Orphans []api.HistoryEntry
 	// Unmatched are answered entries the log does not hold: an answer for
 	// a command that was never applied, or a log that is not complete.
-	Unmatched []fsm.HistoryEntry
+	Unmatched []api.HistoryEntry
 }
 
 func (r Reconciliation) String() string {
@@ -54,7 +55,7 @@ func (r Reconciliation) String() string {
 // answer carries), the unanswered ones the log holds with their index and
 // applied time filled in (still unanswered: what they returned is not
 // known), and one unanswered entry per log command that no peer recorded.
-func Reconcile(entries []fsm.HistoryEntry, log []LogEntry, complete bool) ([]fsm.HistoryEntry, Reconciliation) {
+func Reconcile(entries []api.HistoryEntry, log []LogEntry, complete bool) ([]api.HistoryEntry, Reconciliation) {
 	var rec Reconciliation
 	byKey := map[string][]int{} // command without Now -> log positions, ascending
 	byIndex := make(map[uint64]int, len(log))
@@ -69,8 +70,8 @@ func Reconcile(entries []fsm.HistoryEntry, log []LogEntry, complete bool) ([]fsm
 	// not know the clock at its start).
 	anchors := map[uint64]int64{}
 
-	out := make([]fsm.HistoryEntry, 0, len(entries))
-	var pending []fsm.HistoryEntry
+	out := make([]api.HistoryEntry, 0, len(entries))
+	var pending []api.HistoryEntry
 	for _, e := range entries {
 		if e.Error != "" || e.Lease == nil {
 			pending = append(pending, e)
@@ -156,7 +157,7 @@ func Reconcile(entries []fsm.HistoryEntry, log []LogEntry, complete bool) ([]fsm
 		}
 		cmd := l.Cmd
 		cmd.Now = 0
-		e := fsm.HistoryEntry{Node: node, Call: l.Cmd.Now, Cmd: cmd, Now: applied[i], Index: l.Index,
+		e := api.HistoryEntry{Node: node, Call: l.Cmd.Now, Cmd: cmd, Now: applied[i], Index: l.Index,
 			Error: "not recorded by its issuer (found in the raft log)"}
 		rec.Orphans = append(rec.Orphans, e)
 		out = append(out, e)

@@ -5,6 +5,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
 )
 
@@ -34,10 +35,10 @@ func (v Violation) String() string { return v.Kind + ": " + v.Detail }
 // commands proposed at once can be applied in the other order than their
 // stamps, and ordering by stamp raises false alarms. An answered entry
 // without an index cannot be placed and is reported as unordered.
-func CheckSafety(entries []fsm.HistoryEntry) []Violation {
+func CheckSafety(entries []api.HistoryEntry) []Violation {
 	var out []Violation
-	answered := make([]fsm.HistoryEntry, 0, len(entries))
-	var applied, unplaced []fsm.HistoryEntry
+	answered := make([]api.HistoryEntry, 0, len(entries))
+	var applied, unplaced []api.HistoryEntry
 	for _, e := range entries {
 		isAnswer := e.Error == "" && e.Lease != nil && e.Now != 0
 		switch {
@@ -55,8 +56,8 @@ func CheckSafety(entries []fsm.HistoryEntry) []Violation {
 	}
 	sort.SliceStable(applied, func(i, j int) bool { return applied[i].Index < applied[j].Index })
 
-	var grants []fsm.HistoryEntry
-	seen := map[uint64]fsm.HistoryEntry{}
+	var grants []api.HistoryEntry
+	seen := map[uint64]api.HistoryEntry{}
 	for _, e := range applied {
 		if e.Cmd.Op != fsm.OpAcquire || e.Code != "" || e.Lease == nil || e.Error != "" {
 			continue
@@ -90,7 +91,7 @@ func CheckSafety(entries []fsm.HistoryEntry) []Violation {
 // token that had completed before a grant with a lower token was even
 // called, and an answer showing an older token than an answer that had
 // come back before its command was called.
-func realTimeOrder(answered, grants []fsm.HistoryEntry) []Violation {
+func realTimeOrder(answered, grants []api.HistoryEntry) []Violation {
 	var out []Violation
 	minRet := -1 // index of the earliest answer among grants[i+1:]
 	for i := len(grants) - 2; i >= 0; i-- {
@@ -104,11 +105,11 @@ func realTimeOrder(answered, grants []fsm.HistoryEntry) []Violation {
 		}
 	}
 
-	byReturn := append([]fsm.HistoryEntry(nil), answered...)
+	byReturn := append([]api.HistoryEntry(nil), answered...)
 	sort.SliceStable(byReturn, func(i, j int) bool { return byReturn[i].Return < byReturn[j].Return })
-	byCall := append([]fsm.HistoryEntry(nil), answered...)
+	byCall := append([]api.HistoryEntry(nil), answered...)
 	sort.SliceStable(byCall, func(i, j int) bool { return byCall[i].Call < byCall[j].Call })
-	var top *fsm.HistoryEntry
+	var top *api.HistoryEntry
 	r := 0
 	for _, e := range byCall {
 		for r < len(byReturn) && byReturn[r].Return < e.Call {
@@ -130,7 +131,7 @@ func realTimeOrder(answered, grants []fsm.HistoryEntry) []Violation {
 // applied time, and no command applied in between could have freed it.
 // applied is sorted by index; unplaced are the unanswered entries the Raft
 // log could not place (it was compacted), any of which may have freed g1.
-func overlap(applied, unplaced []fsm.HistoryEntry, g1, g2 fsm.HistoryEntry) (Violation, bool) {
+func overlap(applied, unplaced []api.HistoryEntry, g1, g2 api.HistoryEntry) (Violation, bool) {
 	last := g1
 	between := applied[sort.Search(len(applied), func(i int) bool { return applied[i].Index > g1.Index }):]
 	for _, e := range between {
@@ -166,7 +167,7 @@ func overlap(applied, unplaced []fsm.HistoryEntry, g1, g2 fsm.HistoryEntry) (Vio
 }
 
 // frees reports whether c, applied, would end grant g.
-func frees(c fsm.Command, g fsm.HistoryEntry) bool {
+func frees(c fsm.Command, g api.HistoryEntry) bool {
 	switch c.Op {
 	case fsm.OpRelease, fsm.OpRevoke:
 		return c.Token == g.Lease.Token

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/geocursor/geocursor/cluster"
+	"github.com/geocursor/geocursor/api"
 	ts "github.com/geocursor/geocursor/internal/testsupport"
 )
 
@@ -28,7 +28,7 @@ func TestClusterFormsThroughJoin(t *testing.T) {
 
 	for _, a := range c.Agents {
 		out := runCLI(t, 0, "cluster", "status", "-format", "json", "-addr", a.HTTPAddr)
-		var st cluster.Status
+		var st api.Status
 		if err := json.Unmarshal([]byte(out), &st); err != nil {
 			t.Fatalf("cluster status -format json from %s: not a status document: %v\n%s", a.ID, err, out)
 		}
@@ -129,7 +129,7 @@ func TestJoinTwiceIsHarmless(t *testing.T) {
 	before := mustStatus(t, c.Agents[0])
 
 	// The same join again, to the leader and to followers (who forward it).
-	req := cluster.JoinRequest{NodeID: node3.ID, RaftAddr: node3.RaftAddr, HTTPAddr: node3.HTTPAddr}
+	req := api.JoinRequest{NodeID: node3.ID, RaftAddr: node3.RaftAddr, HTTPAddr: node3.HTTPAddr}
 	for _, a := range c.Agents {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		body, code, err := a.Post(ctx, "/v1/cluster/join", req)
@@ -137,7 +137,7 @@ func TestJoinTwiceIsHarmless(t *testing.T) {
 		if err != nil {
 			t.Fatalf("join again via %s: %v", a.ID, err)
 		}
-		var resp cluster.JoinResponse
+		var resp api.JoinResponse
 		if code != 200 || json.Unmarshal(body, &resp) != nil || !resp.AlreadyMember {
 			t.Errorf("join again via %s: HTTP %d %s, want 200 with already_member", a.ID, code, body)
 		}
@@ -245,7 +245,7 @@ func lease(t *testing.T, via *ts.Agent, op, node string, token uint64) ts.LeaseA
 	return ans
 }
 
-func mustStatus(t *testing.T, a *ts.Agent) cluster.Status {
+func mustStatus(t *testing.T, a *ts.Agent) api.Status {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -19,7 +19,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/geocursor/geocursor/cluster"
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/internal/loadgen"
 	"github.com/geocursor/geocursor/internal/pgserver"
 	ts "github.com/geocursor/geocursor/internal/testsupport"
@@ -137,7 +137,7 @@ func startProcessing(t *testing.T, d *procDBs, p procConfig) *ts.Cluster {
 	return c
 }
 
-func statusOf(a *ts.Agent) (cluster.Status, error) {
+func statusOf(a *ts.Agent) (api.Status, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
 	st, _, err := a.Status(ctx)
@@ -145,7 +145,7 @@ func statusOf(a *ts.Agent) (cluster.Status, error) {
 }
 
 // anyStatus returns the status from the first of agents that answers.
-func anyStatus(agents []*ts.Agent) (cluster.Status, error) {
+func anyStatus(agents []*ts.Agent) (api.Status, error) {
 	var errs []error
 	for _, a := range agents {
 		st, err := statusOf(a)
@@ -154,7 +154,7 @@ func anyStatus(agents []*ts.Agent) (cluster.Status, error) {
 		}
 		errs = append(errs, err)
 	}
-	return cluster.Status{}, fmt.Errorf("no agent answered: %w", errors.Join(errs...))
+	return api.Status{}, fmt.Errorf("no agent answered: %w", errors.Join(errs...))
 }
 
 // poll calls cond every interval until it returns true or timeout passes,
@@ -306,9 +306,9 @@ func readFence(ctx context.Context, d *procDBs) (fenceRow, error) {
 
 // waitCursor waits until the replicated cursor on the first agent that
 // answers is at least id, and returns its status.
-func waitCursor(t *testing.T, agents []*ts.Agent, id int64, timeout time.Duration) cluster.Status {
+func waitCursor(t *testing.T, agents []*ts.Agent, id int64, timeout time.Duration) api.Status {
 	t.Helper()
-	var st cluster.Status
+	var st api.Status
 	ts.WaitFor(t, timeout, fmt.Sprintf("the cursor to reach event %d", id), func() (bool, string) {
 		var err error
 		st, err = anyStatus(agents)
@@ -320,7 +320,7 @@ func waitCursor(t *testing.T, agents []*ts.Agent, id int64, timeout time.Duratio
 	return st
 }
 
-func leaseString(st cluster.Status) string {
+func leaseString(st api.Status) string {
 	holder := "none"
 	if st.Lease.Holder != nil {
 		holder = *st.Lease.Holder

@@ -19,7 +19,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/geocursor/geocursor/cluster"
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/internal/loadgen"
 	"github.com/geocursor/geocursor/internal/pgserver"
 	ts "github.com/geocursor/geocursor/internal/testsupport"
@@ -112,7 +112,7 @@ func TestHolderKilledMidBatchExactlyOnce(t *testing.T) {
 
 // holderInBacklog gives the peers a backlog of small batches and returns
 // a status that shows a holder in the middle of it, and the backlog's end.
-func holderInBacklog(t *testing.T, d *procDBs, c *ts.Cluster, round int64) (cluster.Status, int64) {
+func holderInBacklog(t *testing.T, d *procDBs, c *ts.Cluster, round int64) (api.Status, int64) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -126,7 +126,7 @@ func holderInBacklog(t *testing.T, d *procDBs, c *ts.Cluster, round int64) (clus
 		}
 		head := sourceHead(t, d)
 		var (
-			st     cluster.Status
+			st     api.Status
 			missed bool
 		)
 		found, last := poll(10*time.Second, 20*time.Millisecond, func() (bool, string) {
@@ -149,13 +149,13 @@ func holderInBacklog(t *testing.T, d *procDBs, c *ts.Cluster, round int64) (clus
 		detail = last
 	}
 	t.Fatalf("round %d: never saw a peer hold the lease in the middle of a backlog: %s", round, detail)
-	return cluster.Status{}, 0
+	return api.Status{}, 0
 }
 
 // killHolder SIGKILLs the holder that st shows, waits until processing goes
 // on under a newer token, and restarts the killed peer: after that, or, with
 // restartAtOnce, right away.
-func killHolder(t *testing.T, clk *testClock, c *ts.Cluster, st cluster.Status, head, round int64, restartAtOnce bool) {
+func killHolder(t *testing.T, clk *testClock, c *ts.Cluster, st api.Status, head, round int64, restartAtOnce bool) {
 	t.Helper()
 	holder := c.Agent(t, *st.Lease.Holder)
 	role := "follower"
@@ -169,7 +169,7 @@ func killHolder(t *testing.T, clk *testClock, c *ts.Cluster, st cluster.Status, 
 		holder.Restart(t)
 	}
 
-	var took cluster.Status
+	var took api.Status
 	ts.WaitFor(t, 20*time.Second, "processing to go on after "+holder.ID+" was killed", func() (bool, string) {
 		var err error
 		took, err = anyStatus(c.Live())
@@ -205,7 +205,7 @@ func TestPausedHolderIsFencedOut(t *testing.T) {
 	}
 	head := sourceHead(t, d)
 
-	var st cluster.Status
+	var st api.Status
 	ts.WaitFor(t, 20*time.Second, "a peer to hold the lease while it works through the backlog", func() (bool, string) {
 		var err error
 		st, err = anyStatus(c.Agents)
@@ -244,7 +244,7 @@ func TestPausedHolderIsFencedOut(t *testing.T) {
 	// for longer than the lease TTL (2s).
 	const ttl = 2 * time.Second
 	var (
-		took    cluster.Status
+		took    api.Status
 		movedAt time.Duration
 	)
 	ok, detail := poll(30*time.Second, 50*time.Millisecond, func() (bool, string) {
@@ -693,7 +693,7 @@ func TestBadSourcePasswordOrMissingTableClearError(t *testing.T) {
 			Env: []string{"GEOCURSOR_SOURCE_DSN=" + dsn, "GEOCURSOR_TRACKING_DSN=" + tracking},
 		})
 		a.WaitReady(t, 20*time.Second)
-		var st cluster.Status
+		var st api.Status
 		ts.WaitFor(t, 20*time.Second, "the status to show the source unreachable", func() (bool, string) {
 			var err error
 			st, err = statusOf(a)

@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/geocursor/geocursor/cluster"
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
 	"github.com/geocursor/geocursor/internal/devcluster"
 )
@@ -233,7 +233,7 @@ func (a *Agent) WaitExit(tb testing.TB, timeout time.Duration) int {
 }
 
 // Status fetches GET /v1/status: the decoded document and its raw body.
-func (a *Agent) Status(ctx context.Context) (cluster.Status, []byte, error) {
+func (a *Agent) Status(ctx context.Context) (api.Status, []byte, error) {
 	return a.proc.Status(ctx)
 }
 

@@ -192,7 +192,7 @@ func (b *bench) drainPlain(ctx context.Context, trackingDSN string, head int64, 
 		LeaseTTL:     config.DefaultLeaseTTL,
 		RetryMin:     config.DefaultRetryMin,
 		RetryMax:     config.DefaultRetryMax,
-	}, cursor.NewLocalCoordinator("plain"), src, trk, logger.Named("cursor"))
+	}, cursor.NewLocalCoordinator("plain"), src, trk, nil, logger.Named("cursor"))
 	lctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- loop.Run(lctx) }()

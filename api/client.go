@@ -1,0 +1,244 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/geocursor/geocursor/fsm"
+)
+
+// ClientOptions configure a Client.
+type ClientOptions struct {
+	// Timeout bounds one request, from the dial to the end of the answer;
+	// 0 means DefaultTimeout. A context deadline applies as well.
+	Timeout time.Duration
+	// Retries is how many times a request that never reached the server
+	// (the connection could not be made) is sent again, waiting Backoff in
+	// between; 0 never sends it again.
+	Retries int
+	// Backoff is the wait between retries; the zero value means
+	// 50ms doubling to 1s.
+	Backoff Backoff
+}
+
+// DefaultTimeout bounds a request when ClientOptions.Timeout is 0.
+const DefaultTimeout = 10 * time.Second
+
+// Client is the one HTTP client of geocursor's API: the CLI, forwarding
+// between peers, the member probes, the test harness and the scripts all
+// go through it. Every request is one call of send, which encodes the
+// body, sends it, and decodes the answer or its error object into the
+// error of the table (errors.Is matches it). A request that never reached
+// the server is sent again, up to Retries times; one that reached it is
+// never sent again by the client, since a command could be applied twice:
+// such a failure wraps ErrUnknownOutcome, and what to do is the caller's
+// call. It is safe for concurrent use.
+type Client struct {
+	httpc   *http.Client
+	retries int
+	backoff Backoff
+}
+
+// NewClient returns a client with opts.
+func NewClient(opts ClientOptions) *Client {
+	if opts.Timeout <= 0 {
+		opts.Timeout = DefaultTimeout
+	}
+	if opts.Backoff.Min <= 0 || opts.Backoff.Max <= 0 {
+		opts.Backoff = Backoff{Min: 50 * time.Millisecond, Max: time.Second}
+	}
+	return &Client{
+		httpc:   &http.Client{Timeout: opts.Timeout},
+		retries: opts.Retries,
+		backoff: opts.Backoff,
+	}
+}
+
+// Status fetches the status document of the agent at addr.
+func (c *Client) Status(ctx context.Context, addr string) (Status, error) {
+	var st Status
+	err := c.send(ctx, http.MethodGet, addr, PathStatus, nil, &st, nil)
+	return st, err
+}
+
+// StatusJSON fetches the status document as the agent wrote it.
+func (c *Client) StatusJSON(ctx context.Context, addr string) ([]byte, error) {
+	var raw json.RawMessage
+	err := c.send(ctx, http.MethodGet, addr, PathStatus, nil, &raw, nil)
+	return raw, err
+}
+
+// Health asks the agent at addr whether its process and Raft run.
+func (c *Client) Health(ctx context.Context, addr string) (Health, error) {
+	var h Health
+	err := c.send(ctx, http.MethodGet, addr, PathHealth, nil, &h, nil)
+	return h, err
+}
+
+// Ready asks the agent at addr whether it is ready; a node that is not
+// answers with the reason, which is no error.
+func (c *Client) Ready(ctx context.Context, addr string) (Ready, error) {
+	var r Ready
+	err := c.send(ctx, http.MethodGet, addr, PathReady, nil, &r, []int{http.StatusServiceUnavailable})
+	return r, err
+}
+
+// Join asks the member at addr to add req's node to the group.
+func (c *Client) Join(ctx context.Context, addr string, req JoinRequest) (JoinResponse, error) {
+	var resp JoinResponse
+	err := c.send(ctx, http.MethodPost, addr, PathJoin, req, &resp, nil)
+	return resp, err
+}
+
+// Apply sends a state-machine command to the leader at addr (POST
+// /v1/internal/apply) and returns its answer; a refusal is in Result.Err.
+func (c *Client) Apply(ctx context.Context, addr string, cmd fsm.Command) (fsm.Result, error) {
+	var resp ApplyResponse
+	if err := c.send(ctx, http.MethodPost, addr, PathApply, cmd, &resp, nil); err != nil {
+		return fsm.Result{}, err
+	}
+	return resp.Result(), nil
+}
+
+// SetPaused pauses or resumes processing through the agent at addr.
+func (c *Client) SetPaused(ctx context.Context, addr string, paused bool) (fsm.Result, error) {
+	path := PathResume
+	if paused {
+		path = PathPause
+	}
+	var resp ApplyResponse
+	if err := c.send(ctx, http.MethodPost, addr, path, nil, &resp, nil); err != nil {
+		return fsm.Result{}, err
+	}
+	return resp.Result(), nil
+}
+
+// Lease sends a lease command (op is acquire, renew or release) through
+// the agent at addr.
+func (c *Client) Lease(ctx context.Context, addr, op string, req LeaseRequest) (fsm.Result, error) {
+	var resp ApplyResponse
+	if err := c.send(ctx, http.MethodPost, addr, PathLease+op, req, &resp, nil); err != nil {
+		return fsm.Result{}, err
+	}
+	return resp.Result(), nil
+}
+
+// Raw sends body as it is (nil for none) and returns the answer's status
+// and body whatever they are: for tests that send what no well-behaved
+// caller would. Only a request that never reached the server is retried.
+func (c *Client) Raw(ctx context.Context, method, addr, path string, body []byte) (int, []byte, error) {
+	var (
+		status int
+		raw    []byte
+	)
+	err := c.roundTrip(ctx, method, addr, path, body, func(resp *http.Response, data []byte) error {
+		status, raw = resp.StatusCode, data
+		return nil
+	})
+	return status, raw, err
+}
+
+// send encodes in (nil for no body), sends the request and decodes a 200
+// answer (or one of the statuses in also) into out; any other answer
+// becomes the error its error object carries.
+func (c *Client) send(ctx context.Context, method, addr, path string, in, out any, also []int) error {
+	var body []byte
+	if in != nil {
+		var err error
+		if body, err = json.Marshal(in); err != nil {
+			return fmt.Errorf("%s %s: encode request: %w", method, path, err)
+		}
+	}
+	return c.roundTrip(ctx, method, addr, path, body, func(resp *http.Response, data []byte) error {
+		ok := resp.StatusCode == http.StatusOK
+		for _, s := range also {
+			ok = ok || resp.StatusCode == s
+		}
+		if !ok {
+			var e struct {
+				Error *Error `json:"error"`
+			}
+			if json.Unmarshal(data, &e) == nil && e.Error != nil {
+				return e.Error.Err()
+			}
+			return statusError(resp.StatusCode, bytes.TrimSpace(data))
+		}
+		if err := json.Unmarshal(data, out); err != nil {
+			if method == http.MethodPost {
+				return fmt.Errorf("%w: decode the answer: %v", ErrUnknownOutcome, err)
+			}
+			return fmt.Errorf("decode the answer: %w", err)
+		}
+		return nil
+	})
+}
+
+// roundTrip sends one request, again while it never reached the server,
+// and hands a complete answer to answer. Every error names the request.
+func (c *Client) roundTrip(ctx context.Context, method, addr, path string, body []byte, answer func(*http.Response, []byte) error) error {
+	u := baseURL(addr) + path
+	backoff := c.backoff
+	for attempt := 0; ; attempt++ {
+		err := c.once(ctx, method, u, body, answer)
+		if err == nil {
+			return nil
+		}
+		err = fmt.Errorf("%s %s: %w", method, u, err)
+		if !errors.Is(err, ErrNotSent) || attempt >= c.retries || ctx.Err() != nil {
+			return err
+		}
+		if backoff.Wait(ctx) != nil {
+			return err
+		}
+	}
+}
+
+func (c *Client) once(ctx context.Context, method, u string, body []byte, answer func(*http.Response, []byte) error) error {
+	var written atomic.Bool
+	trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { written.Store(true) }}
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(ctx, trace), method, u, rd)
+	if err != nil {
+		return fmt.Errorf("build the request: %w", err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	lost := func(what string, err error) error {
+		if written.Load() {
+			return fmt.Errorf("%w: %s: %v", ErrUnknownOutcome, what, err)
+		}
+		return fmt.Errorf("%w: %v", ErrNotSent, err)
+	}
+	resp, err := c.httpc.Do(req)
+	if err != nil {
+		return lost("no answer", err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseBody))
+	if err != nil {
+		return lost("reading the answer", err)
+	}
+	return answer(resp, data)
+}
+
+// baseURL is addr as a URL prefix: addr itself when it names a scheme,
+// else http://addr.
+func baseURL(addr string) string {
+	if strings.HasPrefix(addr, "http://") || strings.HasPrefix(addr, "https://") {
+		return strings.TrimSuffix(addr, "/")
+	}
+	return "http://" + addr
+}

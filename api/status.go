@@ -1,0 +1,98 @@
+package api
+
+import (
+	"time"
+
+	"github.com/geocursor/geocursor/fsm"
+)
+
+// Status is the document of GET /v1/status and `geocursor cluster status
+// -format json` (design section 7). Fields may be added, never renamed.
+type Status struct {
+	NodeID       string    `json:"node_id"`
+	Leader       *Leader   `json:"leader"`
+	Term         uint64    `json:"term"`
+	CommitIndex  uint64    `json:"commit_index"`
+	AppliedIndex uint64    `json:"applied_index"`
+	Members      []Member  `json:"members"`
+	Lease        Lease     `json:"lease"`
+	Cursor       Cursor    `json:"cursor"`
+	Stats        fsm.Stats `json:"stats"`
+	// Databases is this node's view of its databases; absent on a witness.
+	Databases *Databases `json:"databases,omitempty"`
+}
+
+// Leader is the leader as the answering node knows it; null when there is
+// none.
+type Leader struct {
+	ID       string `json:"id"`
+	RaftAddr string `json:"raft_addr"`
+	HTTPAddr string `json:"http_addr"`
+}
+
+// Member is one server of the Raft configuration. Role is leader,
+// follower, candidate (the answering node only) or nonvoter; Reachable
+// says whether its health check answered the answering node just now.
+type Member struct {
+	ID        string `json:"id"`
+	RaftAddr  string `json:"raft_addr"`
+	HTTPAddr  string `json:"http_addr"`
+	Role      string `json:"role"`
+	Voter     bool   `json:"voter"`
+	Reachable bool   `json:"reachable"`
+}
+
+// Lease shows the lease. Holder is null when the lease is free or has
+// expired; Token is the latest grant either way.
+type Lease struct {
+	Holder    *string    `json:"holder"`
+	Token     uint64     `json:"token"`
+	ExpiresAt *time.Time `json:"expires_at"`
+}
+
+// Cursor is the position in the event log and how far behind the source
+// it is. Source figures are null where the answering node cannot know them
+// (a witness, or the source is unreachable).
+type Cursor struct {
+	LastEventID         int64      `json:"last_event_id"`
+	LastEventDate       *time.Time `json:"last_event_date"`
+	SourceLastEventID   *int64     `json:"source_last_event_id"`
+	SourceLastEventDate *time.Time `json:"source_last_event_date"`
+	LagEvents           *int64     `json:"lag_events"`
+	LagSeconds          *float64   `json:"lag_seconds"`
+	OpenGaps            int        `json:"open_gaps"`
+	Paused              bool       `json:"paused"`
+}
+
+// Databases says whether the answering node can reach its databases: "ok"
+// or the last error.
+type Databases struct {
+	Source   string `json:"source"`
+	Tracking string `json:"tracking"`
+}
+
+// DatabaseOK is the value of a Databases field for a reachable database.
+const DatabaseOK = "ok"
+
+// Health is the answer of GET /v1/health: the process and Raft run.
+type Health struct {
+	Status    string `json:"status"`
+	NodeID    string `json:"node_id"`
+	RaftState string `json:"raft_state"`
+}
+
+// Ready is the answer of GET /v1/health/ready: 200 when the node knows a
+// leader and is in the configuration, else 503 with the reason.
+type Ready struct {
+	Ready  bool   `json:"ready"`
+	Leader string `json:"leader,omitempty"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// HTTPStatus is the status Ready is served with.
+func (r Ready) HTTPStatus() int {
+	if r.Ready {
+		return 200
+	}
+	return 503
+}

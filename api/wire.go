@@ -1,0 +1,72 @@
+package api
+
+import (
+	"github.com/geocursor/geocursor/fsm"
+)
+
+// The endpoints (design section 7).
+const (
+	PathStatus      = "/v1/status"
+	PathHealth      = "/v1/health"
+	PathReady       = "/v1/health/ready"
+	PathJoin        = "/v1/cluster/join"
+	PathApply       = "/v1/internal/apply"
+	PathLease       = "/v1/lease/" // + acquire, renew or release
+	PathPause       = "/v1/cursor/pause"
+	PathResume      = "/v1/cursor/resume"
+	MaxRequestBody  = 1 << 20
+	maxResponseBody = 8 << 20
+)
+
+// JoinRequest asks the group to add a member.
+type JoinRequest struct {
+	NodeID   string `json:"node_id"`
+	RaftAddr string `json:"raft_addr"`
+	HTTPAddr string `json:"http_addr"`
+}
+
+// JoinResponse is the leader's answer to a join.
+type JoinResponse struct {
+	Leader string `json:"leader"`
+	// AlreadyMember is true when the node was in the group already.
+	AlreadyMember bool `json:"already_member"`
+}
+
+// LeaseRequest is the body of POST /v1/lease/{acquire,renew,release}.
+type LeaseRequest struct {
+	Node  string `json:"node"`
+	Token uint64 `json:"token"`
+	// TTL is a Go duration ("5s", "10m"); required for acquire and renew.
+	TTL string `json:"ttl,omitempty"`
+}
+
+// ApplyResponse is the answer to a state-machine command: the state after
+// it (lease and cursor), the time it was applied at, its Raft index, and
+// the refusal if the state machine refused it. A refusal is an answer
+// (HTTP 200), not a failure of the request.
+type ApplyResponse struct {
+	Lease  fsm.Lease  `json:"lease"`
+	Cursor fsm.Cursor `json:"cursor"`
+	Now    int64      `json:"now"`
+	Index  uint64     `json:"index,omitempty"`
+	Error  *Error     `json:"error,omitempty"`
+}
+
+// NewApplyResponse is the answer that carries res.
+func NewApplyResponse(res fsm.Result) ApplyResponse {
+	a := ApplyResponse{Lease: res.Lease, Cursor: res.Cursor, Now: res.Now, Index: res.Index}
+	if res.Err != nil {
+		a.Error = ErrorOf(res.Err)
+	}
+	return a
+}
+
+// Result turns the answer back into the result it carries; a refusal
+// matches its sentinel with errors.Is.
+func (a ApplyResponse) Result() fsm.Result {
+	res := fsm.Result{Lease: a.Lease, Cursor: a.Cursor, Now: a.Now, Index: a.Index}
+	if a.Error != nil {
+		res.Err = a.Error.Err()
+	}
+	return res
+}
