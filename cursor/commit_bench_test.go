@@ -78,9 +78,9 @@ func BenchmarkCommit(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()
 				events := benchEvents(pos.LastEventID, size)
-				next, _ := Advance(pos, events, time.Now(), time.Hour, DefaultMaxGaps)
+				next, _ := NextPosition(pos, events, time.Now(), time.Hour, DefaultMaxGaps)
 				b.StartTimer()
-				if _, err := tr.Commit(ctx, Batch{Token: 1, Start: pos, Next: next, Events: events}); err != nil {
+				if _, err := commitBatch(ctx, tr, Batch{Token: 1, Start: pos, Next: next, Events: events}); err != nil {
 					b.Fatalf("Commit: %v", err)
 				}
 				pos = next

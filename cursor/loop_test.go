@@ -14,6 +14,7 @@ import (
 
 	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
+	"github.com/geocursor/geocursor/internal/localcoord"
 )
 
 // syncBuffer is a bytes.Buffer safe for a logger and a test to share.
@@ -37,7 +38,7 @@ func (b *syncBuffer) String() string {
 // flakyCoordinator fails chosen advances, as a leader that is cut off or an
 // answer that is lost would.
 type flakyCoordinator struct {
-	*LocalCoordinator
+	*localcoord.Coordinator
 	mu sync.Mutex
 	// fail decides, per advance, whether it fails and whether it was
 	// applied all the same (the answer was lost).
@@ -57,12 +58,12 @@ func (c *flakyCoordinator) Apply(ctx context.Context, cmd fsm.Command) (fsm.Resu
 		c.mu.Unlock()
 		if fail {
 			if applied {
-				c.LocalCoordinator.Apply(ctx, cmd) //nolint:errcheck // the answer is what is lost
+				c.Coordinator.Apply(ctx, cmd) //nolint:errcheck // the answer is what is lost
 			}
 			return fsm.Result{}, errFlaky
 		}
 	}
-	return c.LocalCoordinator.Apply(ctx, cmd)
+	return c.Coordinator.Apply(ctx, cmd)
 }
 
 // startLoop runs loop for at most a minute; stop ends it and waits.
@@ -128,7 +129,7 @@ func TestFailedAdvanceInThePipelineIsAdoptedFromTheFence(t *testing.T) {
 			tr, conn := openTestTracking(t)
 
 			var logs syncBuffer
-			coord := &flakyCoordinator{LocalCoordinator: NewLocalCoordinator("a")}
+			coord := &flakyCoordinator{Coordinator: localcoord.New("a")}
 			coord.fail = func(cmd fsm.Command) (bool, bool) {
 				// The second and fourth advance of the first grant.
 				return cmd.Token == 1 && (cmd.Advance.Seq == 2 || cmd.Advance.Seq == 4), tc.applied
@@ -191,7 +192,7 @@ func TestBacklogAdvancesAreSpacedAndCountEveryBatch(t *testing.T) {
 			src := openTestSource(t, db.dsn)
 			tr, _ := openTestTracking(t)
 			var advances []fsm.Advance
-			coord := &flakyCoordinator{LocalCoordinator: NewLocalCoordinator("a")}
+			coord := &flakyCoordinator{Coordinator: localcoord.New("a")}
 			coord.fail = func(cmd fsm.Command) (bool, bool) {
 				advances = append(advances, *cmd.Advance) // under coord.mu
 				return false, false
@@ -239,7 +240,7 @@ func TestRowsAfterTheFenceAreReportedNotRetriedInALoop(t *testing.T) {
 	loop := NewLoop(LoopConfig{
 		BatchSize: 1000, PollInterval: 10 * time.Millisecond, GapTimeout: time.Hour,
 		LeaseTTL: 5 * time.Second, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond,
-	}, NewLocalCoordinator("a"), src, tr, health, hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info}))
+	}, localcoord.New("a"), src, tr, health, hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info}))
 	ctx, stop := startLoop(t, loop)
 	defer stop()
 	trackingHealth := func() string {

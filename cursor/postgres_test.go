@@ -172,3 +172,13 @@ func testContext(t *testing.T) context.Context {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// commitBatch applies b in one transaction, as a holder does: Stage, then
+// the staged batch's Commit.
+func commitBatch(ctx context.Context, tr *Tracking, b Batch) (CommitResult, error) {
+	st, err := tr.Stage(ctx, b)
+	if err != nil {
+		return CommitResult{}, err
+	}
+	return st.Commit(ctx)
+}

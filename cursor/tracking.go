@@ -2,26 +2,17 @@ package cursor
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"sort"
 	"time"
 
-	"github.com/geocursor/geocursor/fsm"
 	"github.com/hashicorp/go-hclog"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
-
-// ErrFenced is returned (wrapped, with the details) by Commit when the
-// tracking database has already seen a newer token, or stands at a different
-// position than the batch started from. Nothing was written. The holder must
-// stop: its lease is gone, or another holder has moved the cursor; the next
-// holder adopts the position in the fence row.
-var ErrFenced = errors.New("fenced")
 
 // Tracking writes processed events to this site's tracking database.
 //
@@ -93,49 +84,7 @@ func (t *Tracking) Ping(ctx context.Context) error {
 	return nil
 }
 
-// Fence is the fence row: the highest token that committed a batch and the
-// position that batch left.
-type Fence struct {
-	Token    uint64
-	Position Position
-}
-
-// Fence reads the fence row. A new holder compares it with the cursor in the
-// Raft group: if the previous holder died after its commit here but before
-// its release-and-advance, the fence is ahead and is the truth.
-func (t *Tracking) Fence(ctx context.Context) (Fence, error) {
-	var (
-		token, lastID int64
-		lastDate      *time.Time
-		gapsJSON      string
-	)
-	err := t.pool.QueryRow(ctx,
-		`SELECT token, last_event_id, last_event_date, gaps::text FROM geocursor_fence WHERE id = 1`).
-		Scan(&token, &lastID, &lastDate, &gapsJSON)
-	if err != nil {
-		return Fence{}, fmt.Errorf("read the fence row: %w", err)
-	}
-	f, err := fenceFromRow(token, lastID, lastDate, gapsJSON)
-	if err != nil {
-		return Fence{}, fmt.Errorf("read the fence row: %w", err)
-	}
-	return f, nil
-}
-
-// fenceFromRow builds a Fence from the columns of the fence row.
-func fenceFromRow(token, lastID int64, lastDate *time.Time, gapsJSON string) (Fence, error) {
-	gaps, err := decodeGaps(gapsJSON)
-	if err != nil {
-		return Fence{}, err
-	}
-	f := Fence{Token: uint64(token), Position: Position{LastEventID: lastID, Gaps: gaps}}
-	if lastDate != nil {
-		f.Position.LastEventDate = lastDate.UTC()
-	}
-	return f, nil
-}
-
-// Batch is one unit of work for Commit.
+// Batch is one unit of work: the events read under one token from Start.
 type Batch struct {
 	// Token is the fencing token of the lease the batch was processed under.
 	Token uint64
@@ -155,20 +104,6 @@ type CommitResult struct {
 	// RegistryUpserts and RegistryDeletes count registry rows actually
 	// changed; an event older than the row (a late gap) changes nothing.
 	RegistryUpserts, RegistryDeletes int
-}
-
-// Commit applies b in one transaction: Stage, then the staged batch's
-// Commit.
-//
-// If Commit returns an error other than ErrFenced, the outcome may be unknown
-// (the connection can fail during COMMIT): read the fence to find out before
-// retrying, since a retry of a batch that did commit is refused as fenced.
-func (t *Tracking) Commit(ctx context.Context, b Batch) (CommitResult, error) {
-	st, err := t.Stage(ctx, b)
-	if err != nil {
-		return CommitResult{}, err
-	}
-	return st.Commit(ctx)
 }
 
 // Staged is a batch whose transaction is open, with the writes that take no
@@ -198,11 +133,11 @@ func (t *Tracking) Stage(ctx context.Context, b Batch) (StagedBatch, error) {
 	if b.Token > math.MaxInt64 {
 		return nil, fmt.Errorf("commit batch (token %d): token does not fit in a bigint", b.Token)
 	}
-	nextGaps, err := json.Marshal(nonNil(b.Next.Gaps))
+	nextGaps, err := encodeGaps(b.Next.Gaps)
 	if err != nil {
 		return nil, fmt.Errorf("commit batch (token %d): encode gaps: %w", b.Token, err)
 	}
-	s := &Staged{t: t, b: b, events: events, eff: classify(events), nextGaps: string(nextGaps), began: time.Now()}
+	s := &Staged{t: t, b: b, events: events, eff: classify(events), nextGaps: nextGaps, began: time.Now()}
 	if s.conn, err = t.pool.Acquire(ctx); err != nil {
 		return nil, s.errorf("%w", err)
 	}
@@ -316,225 +251,6 @@ func checkBatch(b Batch) ([]Event, error) {
 		}
 	}
 	return events, nil
-}
-
-// checkFence refuses the batch unless the fence row, read with its lock
-// held, is where the batch starts. Holding the row lock to the end of the
-// transaction is what makes the check and the writes one step: a stale
-// holder blocked on the lock sees the newer row once it is released.
-func checkFence(row pgx.Row, b Batch) error {
-	var (
-		token, lastID int64
-		gapsJSON      string
-	)
-	if err := row.Scan(&token, &lastID, &gapsJSON); err != nil {
-		return fmt.Errorf("commit batch (token %d): lock the fence row: %w", b.Token, err)
-	}
-	if uint64(token) > b.Token {
-		return fmt.Errorf("%w: token %d is older than token %d in the tracking database", ErrFenced, b.Token, token)
-	}
-	if lastID != b.Start.LastEventID {
-		return fmt.Errorf("%w: batch starts at event %d but the tracking database is at %d", ErrFenced, b.Start.LastEventID, lastID)
-	}
-	gaps, err := decodeGaps(gapsJSON)
-	if err != nil {
-		return fmt.Errorf("commit batch (token %d): read the fence row: %w", b.Token, err)
-	}
-	if id, differ := gapsDiffer(b.Start.Gaps, gaps); differ {
-		return fmt.Errorf("%w: batch starts at event %d with %d open gaps but the tracking database has %d (they differ at gap %d)",
-			ErrFenced, b.Start.LastEventID, len(b.Start.Gaps), len(gaps), id)
-	}
-	return nil
-}
-
-// rollback ends the transaction on conn after a failure, best effort: if
-// it fails, the connection is still inside the transaction and the pool
-// destroys it on release.
-func rollback(ctx context.Context, conn *pgx.Conn) {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-	defer cancel()
-	conn.Exec(rctx, `ROLLBACK`) //nolint:errcheck // see above
-}
-
-// gapsDiffer compares two gap sets by ID (the first-seen times may differ
-// between holders) and returns the lowest ID in one but not the other.
-func gapsDiffer(a, b []fsm.Gap) (int64, bool) {
-	in := make(map[int64]int, len(a)+len(b))
-	for _, g := range a {
-		in[g.ID] |= 1
-	}
-	for _, g := range b {
-		in[g.ID] |= 2
-	}
-	var (
-		lowest int64
-		differ bool
-	)
-	for id, where := range in {
-		if where != 3 && (!differ || id < lowest) {
-			lowest, differ = id, true
-		}
-	}
-	return lowest, differ
-}
-
-// The statements that write a batch's effects: one statement per kind of
-// write, each taking its rows as arrays, so that a batch of any size is a
-// handful of statements sent in one round trip. The counts land in res.
-
-// queueRows adds the inserts of eff's jobs and dead letters to pb. They
-// take no lock another batch could want: each event is in one batch only.
-func queueRows(pb *pgx.Batch, eff effects, res *CommitResult) {
-	if len(eff.Jobs) > 0 {
-		n := len(eff.Jobs)
-		ids, kinds, names, models, payloads := make([]int64, n), make([]string, n), make([]*string, n), make([]*int64, n), make([]string, n)
-		for i, j := range eff.Jobs {
-			ids[i], kinds[i], names[i], models[i], payloads[i] = j.EventID, j.Kind, j.ReplicableName, j.ModelRecordID, string(j.Payload)
-		}
-		pb.Queue(`INSERT INTO geo_jobs (event_id, kind, replicable_name, model_record_id, payload)
-SELECT j.event_id, j.kind, j.replicable_name, j.model_record_id, j.payload::jsonb
-FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[])
-    AS j(event_id, kind, replicable_name, model_record_id, payload)
-ORDER BY j.event_id`, ids, kinds, names, models, payloads).
-			Exec(func(ct pgconn.CommandTag) error { res.Jobs = int(ct.RowsAffected()); return nil })
-	}
-
-	if len(eff.DeadLetters) > 0 {
-		n := len(eff.DeadLetters)
-		ids, reasons, rows := make([]int64, n), make([]string, n), make([]string, n)
-		for i, d := range eff.DeadLetters {
-			ids[i], reasons[i], rows[i] = d.EventID, d.Reason, string(d.Row)
-		}
-		pb.Queue(`INSERT INTO geo_dead_letters (event_id, reason, "row")
-SELECT d.event_id, d.reason, d.body::jsonb
-FROM unnest($1::bigint[], $2::text[], $3::text[]) AS d(event_id, reason, body)
-ORDER BY d.event_id`, ids, reasons, rows).
-			Exec(func(ct pgconn.CommandTag) error { res.DeadLetters = int(ct.RowsAffected()); return nil })
-	}
-}
-
-// queueRegistry adds eff's registry and tombstone writes to pb. start is
-// the last event ID before the batch (events above it are not late),
-// tombstoneFloor the lowest ID that can still arrive late after it. They
-// must run under the fence row's lock, after the batch before.
-func queueRegistry(pb *pgx.Batch, eff effects, start, tombstoneFloor int64, res *CommitResult) {
-	// A registry row only moves forward in event order. An event above the
-	// start position is newer than anything the tracking database has
-	// seen, so only a late event (an open gap filled) can be older than
-	// the row, or than a tombstone left by a delete of a record that no
-	// longer has a row.
-	var fresh, late, del registryColumns
-	for _, op := range eff.Registry {
-		switch {
-		case op.Delete:
-			del.add(op)
-		case op.EventID > start:
-			fresh.add(op)
-		default:
-			late.add(op)
-		}
-	}
-
-	if len(fresh.names) > 0 {
-		pb.Queue(upsertRegistry(""), fresh.names, fresh.models, fresh.eventIDs).
-			Exec(func(ct pgconn.CommandTag) error { res.RegistryUpserts += int(ct.RowsAffected()); return nil })
-	}
-	if len(late.names) > 0 {
-		pb.Queue(upsertRegistry(`
-WHERE NOT EXISTS (
-    SELECT 1 FROM geo_registry_tombstones t
-    WHERE t.replicable_name = u.replicable_name AND t.model_record_id = u.model_record_id
-      AND t.last_event_id > u.event_id)`), late.names, late.models, late.eventIDs).
-			Exec(func(ct pgconn.CommandTag) error { res.RegistryUpserts += int(ct.RowsAffected()); return nil })
-	}
-
-	if len(del.names) > 0 {
-		pb.Queue(`DELETE FROM geo_registry r
-USING unnest($1::text[], $2::bigint[], $3::bigint[]) AS d(replicable_name, model_record_id, event_id)
-WHERE r.replicable_name = d.replicable_name AND r.model_record_id = d.model_record_id
-  AND r.last_event_id < d.event_id`, del.names, del.models, del.eventIDs).
-			Exec(func(ct pgconn.CommandTag) error { res.RegistryDeletes = int(ct.RowsAffected()); return nil })
-	}
-
-	// A tombstone guards a deleted record against the late events that can
-	// still arrive: those in the gaps left open below it. A delete above
-	// every open gap needs none, and a tombstone falls due once the gaps
-	// below it are filled or given up. So the table holds only the deletes
-	// since the oldest open gap, instead of one row per record ever deleted,
-	// and a drain without gaps never touches it.
-	var tomb registryColumns
-	for i, id := range del.eventIDs {
-		if id > tombstoneFloor {
-			tomb.names = append(tomb.names, del.names[i])
-			tomb.models = append(tomb.models, del.models[i])
-			tomb.eventIDs = append(tomb.eventIDs, id)
-		}
-	}
-	if len(tomb.names) > 0 {
-		pb.Queue(`INSERT INTO geo_registry_tombstones (replicable_name, model_record_id, last_event_id)
-SELECT d.replicable_name, d.model_record_id, d.event_id
-FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS d(replicable_name, model_record_id, event_id)
-ORDER BY d.replicable_name, d.model_record_id
-ON CONFLICT (replicable_name, model_record_id) DO UPDATE
-SET last_event_id = EXCLUDED.last_event_id
-WHERE geo_registry_tombstones.last_event_id < EXCLUDED.last_event_id`, tomb.names, tomb.models, tomb.eventIDs)
-	}
-	pb.Queue(`DELETE FROM geo_registry_tombstones WHERE last_event_id < $1`, tombstoneFloor)
-}
-
-// registryColumns holds registry ops as the arrays a statement unnests.
-type registryColumns struct {
-	names    []string
-	models   []int64
-	eventIDs []int64
-}
-
-func (c *registryColumns) add(op registryOp) {
-	c.names = append(c.names, op.ReplicableName)
-	c.models = append(c.models, op.ModelRecordID)
-	c.eventIDs = append(c.eventIDs, op.EventID)
-}
-
-// upsertRegistry is the statement that marks registry rows pending as of
-// their event, with where filtering the rows to write. The row moves only
-// forward in event order.
-func upsertRegistry(where string) string {
-	return `INSERT INTO geo_registry (replicable_name, model_record_id, state, last_event_id, updated_at)
-SELECT u.replicable_name, u.model_record_id, 'pending', u.event_id, clock_timestamp()
-FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(replicable_name, model_record_id, event_id)` + where + `
-ORDER BY u.replicable_name, u.model_record_id
-ON CONFLICT (replicable_name, model_record_id) DO UPDATE
-SET state = 'pending', last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at
-WHERE geo_registry.last_event_id < EXCLUDED.last_event_id`
-}
-
-// tombstoneFloor is the lowest event ID that can still arrive late after a
-// batch that leaves next: its lowest open gap, or none (MaxInt64).
-func tombstoneFloor(next Position) int64 {
-	floor := int64(math.MaxInt64)
-	for _, g := range next.Gaps {
-		floor = min(floor, g.ID)
-	}
-	return floor
-}
-
-func decodeGaps(s string) ([]fsm.Gap, error) {
-	var gaps []fsm.Gap
-	if err := json.Unmarshal([]byte(s), &gaps); err != nil {
-		return nil, fmt.Errorf("decode gaps: %w", err)
-	}
-	if len(gaps) == 0 {
-		return nil, nil
-	}
-	sort.Slice(gaps, func(i, j int) bool { return gaps[i].ID < gaps[j].ID })
-	return gaps, nil
-}
-
-func nonNil(gaps []fsm.Gap) []fsm.Gap {
-	if gaps == nil {
-		return []fsm.Gap{}
-	}
-	return gaps
 }
 
 func firstID(events []Event) int64 {

@@ -155,8 +155,8 @@ func commitAll(t *testing.T, tr *Tracking, token uint64, events ...Event) (Commi
 	if err != nil {
 		t.Fatalf("Fence: %v", err)
 	}
-	next, _ := Advance(f.Position, events, time.Now(), time.Hour, 1000)
-	res, err := tr.Commit(testContext(t), Batch{Token: token, Start: f.Position, Next: next, Events: events})
+	next, _ := NextPosition(f.Position, events, time.Now(), time.Hour, 1000)
+	res, err := commitBatch(testContext(t), tr, Batch{Token: token, Start: f.Position, Next: next, Events: events})
 	if err != nil {
 		t.Fatalf("Commit: %v", err)
 	}
@@ -226,7 +226,7 @@ func TestCommitRefusesFencedBatchesAndWritesNothing(t *testing.T) {
 	}
 
 	ev := []Event{geo(4, "lfs_object", "deleted", `{"model_record_id": 1}`)}
-	next := func(start Position) Position { p, _ := Advance(start, ev, time.Now(), time.Hour, 1000); return p }
+	next := func(start Position) Position { p, _ := NextPosition(start, ev, time.Now(), time.Hour, 1000); return p }
 	otherGaps := Position{LastEventID: at.LastEventID, Gaps: []fsm.Gap{{ID: 1, FirstSeen: 1}}}
 	tests := []struct {
 		name  string
@@ -256,7 +256,7 @@ func TestCommitRefusesFencedBatchesAndWritesNothing(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := tr.Commit(testContext(t), tt.batch)
+			_, err := commitBatch(testContext(t), tr, tt.batch)
 			if !errors.Is(err, ErrFenced) {
 				t.Fatalf("Commit = %v, want ErrFenced", err)
 			}
@@ -271,7 +271,7 @@ func TestCommitRefusesFencedBatchesAndWritesNothing(t *testing.T) {
 	}
 
 	// A newer token from the right start position goes through.
-	if _, err := tr.Commit(testContext(t), Batch{Token: 6, Start: at, Next: next(at), Events: ev}); err != nil {
+	if _, err := commitBatch(testContext(t), tr, Batch{Token: 6, Start: at, Next: next(at), Events: ev}); err != nil {
 		t.Errorf("Commit with a newer token: %v", err)
 	}
 }
@@ -284,8 +284,8 @@ func TestCommitRejectsEventsThatWouldApplyTwice(t *testing.T) {
 		{geo(1, "lfs_object", "updated", `{"model_record_id": 1}`)}, // already processed
 		{geo(4, "lfs_object", "updated", `{"model_record_id": 1}`), geo(4, "lfs_object", "updated", `{"model_record_id": 1}`)},
 	} {
-		next, _ := Advance(at, events, time.Now(), time.Hour, 1000)
-		_, err := tr.Commit(testContext(t), Batch{Token: 1, Start: at, Next: next, Events: events})
+		next, _ := NextPosition(at, events, time.Now(), time.Hour, 1000)
+		_, err := commitBatch(testContext(t), tr, Batch{Token: 1, Start: at, Next: next, Events: events})
 		if err == nil || errors.Is(err, ErrFenced) {
 			t.Errorf("Commit(%v) = %v, want a non-fence error", ids(events), err)
 		}
@@ -460,8 +460,8 @@ func TestSourceToTracking(t *testing.T) {
 		if err != nil {
 			t.Fatalf("Fetch: %v", err)
 		}
-		next, _ := Advance(f.Position, events, time.Now(), time.Hour, 100)
-		if _, err := tr.Commit(ctx, Batch{Token: token, Start: f.Position, Next: next, Events: events}); err != nil {
+		next, _ := NextPosition(f.Position, events, time.Now(), time.Hour, 100)
+		if _, err := commitBatch(ctx, tr, Batch{Token: token, Start: f.Position, Next: next, Events: events}); err != nil {
 			t.Fatalf("Commit: %v", err)
 		}
 		return next
@@ -490,7 +490,7 @@ func TestSourceToTracking(t *testing.T) {
 func TestConcurrentCommitsFromOneStartApplyOnce(t *testing.T) {
 	tr, conn := openTestTracking(t)
 	events := []Event{geo(1, "lfs_object", "created", `{"model_record_id": 1}`), geo(2, "lfs_object", "created", `{"model_record_id": 2}`)}
-	next, _ := Advance(Position{}, events, time.Now(), time.Hour, 100)
+	next, _ := NextPosition(Position{}, events, time.Now(), time.Hour, 100)
 
 	const holders = 5
 	var (
@@ -503,7 +503,7 @@ func TestConcurrentCommitsFromOneStartApplyOnce(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			<-start
-			_, errs[i] = tr.Commit(context.Background(), Batch{Token: uint64(i + 1), Next: next, Events: events})
+			_, errs[i] = commitBatch(context.Background(), tr, Batch{Token: uint64(i + 1), Next: next, Events: events})
 		}()
 	}
 	close(start)
@@ -529,7 +529,7 @@ func TestConcurrentCommitsFromOneStartApplyOnce(t *testing.T) {
 // stage is Stage for the batch of events from start under token.
 func stage(t *testing.T, tr *Tracking, token uint64, start Position, events ...Event) (StagedBatch, Position) {
 	t.Helper()
-	next, _ := Advance(start, events, time.Now(), time.Hour, 1000)
+	next, _ := NextPosition(start, events, time.Now(), time.Hour, 1000)
 	st, err := tr.Stage(testContext(t), Batch{Token: token, Start: start, Next: next, Events: events})
 	if err != nil {
 		t.Fatalf("Stage(%v): %v", ids(events), err)
@@ -596,7 +596,7 @@ func TestStagedBatchOfALostLeaseIsFenced(t *testing.T) {
 	if _, err := stale.Commit(testContext(t)); !errors.Is(err, ErrFenced) {
 		t.Fatalf("stale Commit = %v, want ErrFenced", err)
 	}
-	if _, err := tr.Commit(testContext(t), Batch{Token: 2, Start: Position{}, Next: Position{LastEventID: 1}, Events: events}); err != nil {
+	if _, err := commitBatch(testContext(t), tr, Batch{Token: 2, Start: Position{}, Next: Position{LastEventID: 1}, Events: events}); err != nil {
 		t.Fatalf("new holder's Commit: %v", err)
 	}
 	if st := readTracking(t, conn); len(st.Jobs) != 1 {

@@ -2,7 +2,6 @@ package fsm
 
 import (
 	"errors"
-	"fmt"
 	"reflect"
 	"testing"
 	"time"
@@ -965,21 +964,6 @@ func TestCloneSharesNothing(t *testing.T) {
 	c.Members["z"] = Member{ID: "z"}
 	if want := rich(); !reflect.DeepEqual(s, want) {
 		t.Errorf("changing the clone changed the original:\n got %+v\nwant %+v", s, want)
-	}
-}
-
-func TestGapIDsAndSortedMembers(t *testing.T) {
-	s := rich()
-	s.Members["0"] = Member{ID: "0", RaftAddr: "x:1"}
-	if got, want := s.GapIDs(), []int64{90, 95}; !reflect.DeepEqual(got, want) {
-		t.Errorf("GapIDs() = %v, want %v", got, want)
-	}
-	var ids []string
-	for _, m := range s.SortedMembers() {
-		ids = append(ids, m.ID)
-	}
-	if got, want := fmt.Sprint(ids), "[0 a b]"; got != want {
-		t.Errorf("SortedMembers IDs = %s, want %s", got, want)
 	}
 }
 

@@ -290,7 +290,7 @@ func checkStep(t *testing.T, step int, c Command, prev, s State, res Result, gra
 			fail("gap %d outside 1..%d", g.ID, s.Cursor.LastEventID-1)
 		}
 		if i > 0 && g.ID <= s.Gaps[i-1].ID {
-			fail("gaps not sorted and unique: %v", s.GapIDs())
+			fail("gaps not sorted and unique: %v", s.Gaps)
 		}
 	}
 }

@@ -1,9 +1,6 @@
 package fsm
 
-import (
-	"sort"
-	"time"
-)
+import "time"
 
 // Lease is the exclusive right to process the next batch of events.
 //
@@ -100,25 +97,6 @@ func (s State) Clone() State {
 		}
 	}
 	return c
-}
-
-// GapIDs returns the IDs of the open gaps in ascending order.
-func (s State) GapIDs() []int64 {
-	ids := make([]int64, len(s.Gaps))
-	for i, g := range s.Gaps {
-		ids[i] = g.ID
-	}
-	return ids
-}
-
-// SortedMembers returns the members ordered by node ID.
-func (s State) SortedMembers() []Member {
-	out := make([]Member, 0, len(s.Members))
-	for _, m := range s.Members {
-		out = append(out, m)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
-	return out
 }
 
 // Nanos converts t to the Unix-nanosecond form used in the state (0 for the

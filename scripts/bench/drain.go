@@ -13,6 +13,7 @@ import (
 
 	"github.com/geocursor/geocursor/config"
 	"github.com/geocursor/geocursor/cursor"
+	"github.com/geocursor/geocursor/internal/localcoord"
 	"github.com/geocursor/geocursor/internal/devcluster"
 	"github.com/geocursor/geocursor/internal/loadgen"
 	"github.com/geocursor/geocursor/scripts/internal/harness"
@@ -32,7 +33,7 @@ type drainReport struct {
 	BulkLoadS float64  `json:"bulk_load_s"`
 	Cluster   drainRun `json:"cluster"`
 	// Plain is the same cursor loop in the benchmark process with
-	// cursor.NewLocalCoordinator: no Raft, no other peers. It runs once
+	// localcoord.New: no Raft, no other peers. It runs once
 	// before the cluster and once after, so that a machine getting faster
 	// or slower during the benchmark moves both sides of the ratio alike.
 	Plain []drainRun `json:"plain"`
@@ -192,7 +193,7 @@ func (b *bench) drainPlain(ctx context.Context, trackingDSN string, head int64, 
 		LeaseTTL:     config.DefaultLeaseTTL,
 		RetryMin:     config.DefaultRetryMin,
 		RetryMax:     config.DefaultRetryMax,
-	}, cursor.NewLocalCoordinator("plain"), src, trk, nil, logger.Named("cursor"))
+	}, localcoord.New("plain"), src, trk, nil, logger.Named("cursor"))
 	lctx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- loop.Run(lctx) }()

@@ -8,7 +8,10 @@ import (
 )
 
 // Position is where the cursor stands in the source event log: every ID at or
-// below LastEventID has been processed, is an open gap, or was dropped.
+// below LastEventID has been processed, is an open gap, or was dropped. It is
+// the one shape of a position in this package: the replicated state
+// (positionOf), the fence row (Fence.Position) and a batch's start and end
+// all use it.
 type Position struct {
 	LastEventID int64
 	// LastEventDate is the created_at of LastEventID (zero before the first
@@ -16,6 +19,15 @@ type Position struct {
 	LastEventDate time.Time
 	// Gaps are the open gaps, sorted by ID, all below LastEventID.
 	Gaps []fsm.Gap
+}
+
+// positionOf is the position recorded in the replicated state.
+func positionOf(st fsm.State) Position {
+	return Position{
+		LastEventID:   st.Cursor.LastEventID,
+		LastEventDate: fsm.Time(st.Cursor.LastEventDate),
+		Gaps:          append([]fsm.Gap(nil), st.Gaps...),
+	}
 }
 
 // GapIDs returns the IDs of the open gaps in ascending order.
@@ -27,9 +39,39 @@ func (p Position) GapIDs() []int64 {
 	return ids
 }
 
-// Advance works out, from a batch fetched at start, the new position and gap
-// set. It is a pure function of its arguments so that every holder, and the
-// tests, compute the same answer.
+// Same reports whether p and q stand at the same event with the same open
+// gaps. Gaps are compared by ID: holders stamp first-seen times of their
+// own.
+func (p Position) Same(q Position) bool {
+	_, differ := gapsDiffer(p.Gaps, q.Gaps)
+	return p.LastEventID == q.LastEventID && !differ
+}
+
+// gapsDiffer compares two gap sets by ID and returns the lowest ID in one
+// but not the other.
+func gapsDiffer(a, b []fsm.Gap) (int64, bool) {
+	in := make(map[int64]int, len(a)+len(b))
+	for _, g := range a {
+		in[g.ID] |= 1
+	}
+	for _, g := range b {
+		in[g.ID] |= 2
+	}
+	var (
+		lowest int64
+		differ bool
+	)
+	for id, where := range in {
+		if where != 3 && (!differ || id < lowest) {
+			lowest, differ = id, true
+		}
+	}
+	return lowest, differ
+}
+
+// NextPosition works out, from a batch of events fetched at start, the
+// position after it. It is a pure function of its arguments so that every
+// holder, and the tests, compute the same answer.
 //
 //   - Events above start.LastEventID move LastEventID to the highest of them
 //     (and LastEventDate to its CreatedAt).
@@ -45,10 +87,11 @@ func (p Position) GapIDs() []int64 {
 //     cannot fill the replicated state with millions of gaps. maxGaps <= 0
 //     means no limit.
 //
-// dropped lists every ID given up on, in ascending order. Note that a jump of
-// N IDs yields about N dropped IDs: callers should log and count them, not
-// carry the list around.
-func Advance(start Position, events []Event, now time.Time, gapTimeout time.Duration, maxGaps int) (next Position, dropped []int64) {
+// now is the state machine's time (stateClock), the timeline every holder
+// stamps and ages gaps on. dropped lists every ID given up on, in ascending
+// order. Note that a jump of N IDs yields about N dropped IDs: callers
+// should log and count them, not carry the list around.
+func NextPosition(start Position, events []Event, now time.Time, gapTimeout time.Duration, maxGaps int) (next Position, dropped []int64) {
 	seen := make(map[int64]struct{}, len(events))
 	next.LastEventID = start.LastEventID
 	next.LastEventDate = start.LastEventDate

@@ -8,7 +8,7 @@ import (
 	"github.com/geocursor/geocursor/fsm"
 )
 
-func TestAdvance(t *testing.T) {
+func TestNextPosition(t *testing.T) {
 	now := time.Date(2026, 11, 25, 10, 0, 0, 0, time.UTC)
 	at := func(id int64) time.Time { return now.Add(-time.Hour).Add(time.Duration(id) * time.Second) }
 	evs := func(ids ...int64) []Event {
@@ -145,7 +145,7 @@ func TestAdvance(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			startGaps := append([]fsm.Gap(nil), tt.start.Gaps...)
-			got, dropped := Advance(tt.start, tt.events, now, tt.gapTimeout, tt.maxGaps)
+			got, dropped := NextPosition(tt.start, tt.events, now, tt.gapTimeout, tt.maxGaps)
 			if got.LastEventID != tt.want.LastEventID || !got.LastEventDate.Equal(tt.want.LastEventDate) {
 				t.Errorf("position = %d @ %v, want %d @ %v", got.LastEventID, got.LastEventDate, tt.want.LastEventID, tt.want.LastEventDate)
 			}
@@ -160,7 +160,7 @@ func TestAdvance(t *testing.T) {
 				}
 			}
 			if !reflect.DeepEqual(tt.start.Gaps, startGaps) {
-				t.Errorf("Advance modified start.Gaps: %v, was %v", tt.start.Gaps, startGaps)
+				t.Errorf("NextPosition modified start.Gaps: %v, was %v", tt.start.Gaps, startGaps)
 			}
 		})
 	}

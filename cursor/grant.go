@@ -1,0 +1,349 @@
+package cursor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/geocursor/geocursor/fsm"
+)
+
+// errLeaseLost ends a grant whose lease is gone (refused, revoked, expired,
+// or fenced by a newer token): nothing is released, since it is no longer
+// this peer's to release.
+var errLeaseLost = errors.New("lease lost")
+
+// errNothingNew ends a grant that found nothing to process after all
+// (another peer got there first): its lease is released at once.
+var errNothingNew = errors.New("nothing new to process")
+
+// grant is everything that lives for one lease grant, as hashicorp/raft's
+// leaderState is for one term: set up by newGrant when the lease is
+// obtained, changed only by its methods, and ended by close, the only way
+// out.
+//
+// Through a backlog four batches are in the air at once: while batch i
+// commits in the tracking database, i+1 stages (opens its transaction and
+// inserts its jobs, which take no lock), i+2 is read from the source, and
+// i-1's release-and-advance goes through Raft. Commits and advances stay
+// in batch order: a staged batch takes the fence row's lock only in its
+// commit, and commits only if its start is where the batch before it left
+// the fence. The prefetch and the staged batch are dropped whenever the
+// position changes any other way.
+type grant struct {
+	l     *Loop
+	token uint64
+	// granted is the cursor the leader had when it made the grant.
+	granted fsm.Cursor
+	// parent is the loop's context; ctx is the grant's, cancelled when it
+	// ends or the renewer finds the lease lost (the cause says which).
+	parent  context.Context
+	ctx     context.Context
+	cancel  context.CancelCauseFunc
+	renewer *renewer
+	renewWG sync.WaitGroup
+
+	// pos is where the next batch starts; adopted says it came from the
+	// fence row and differs from the replicated cursor, so it is recorded
+	// in Raft even if no event follows.
+	pos     Position
+	adopted bool
+	// prefetch is the next batch's read, started while the last one
+	// stages and commits.
+	prefetch <-chan fetchResult
+	// committing is the last batch, staged: its commit runs while the next
+	// batch stages.
+	committing *pendingBatch
+	// inflight is the last release-and-advance, on its way through Raft.
+	inflight *progressCall
+	// folded counts the committed batches not yet recorded in Raft: while
+	// the lease is kept, an advance goes out at most every AdvanceInterval
+	// and carries the position of the last batch and the counts of all.
+	// Only full batches keep the lease, so folded.Batches > 0 whenever a
+	// committed batch is not recorded yet.
+	folded   fsm.Advance
+	lastSent time.Time
+	// seq numbers the grant's advances, so that a retried advance whose
+	// first answer was lost is not applied twice.
+	seq uint64
+}
+
+// newGrant sets up the grant of granted and starts its renewer.
+func (l *Loop) newGrant(parent context.Context, granted fsm.Result) *grant {
+	ctx, cancel := context.WithCancelCause(parent)
+	g := &grant{
+		l: l, token: granted.Lease.Token, granted: granted.Cursor, parent: parent, ctx: ctx, cancel: cancel, seq: 1,
+		renewer: &renewer{coord: l.coord, token: granted.Lease.Token, ttl: l.cfg.LeaseTTL, logger: l.logger, last: time.Now()},
+	}
+	g.renewWG.Add(1)
+	go func() {
+		defer g.renewWG.Done()
+		g.renewer.run(ctx, cancel)
+	}()
+	return g
+}
+
+// close ends the grant with the outcome of run: it settles what is still
+// in the air (a staged batch is rolled back, the advance in flight is
+// waited for so that a release cannot overtake it), stops the renewer and
+// releases the lease, unless the last advance released it already (err is
+// nil) or the lease is lost.
+func (g *grant) close(err error) error {
+	if g.committing != nil {
+		g.committing.staged.Abort()
+		g.committing = nil
+	}
+	if g.inflight != nil {
+		<-g.inflight.done
+		g.inflight = nil
+	}
+	g.cancel(nil)
+	g.renewWG.Wait()
+	if errors.Is(context.Cause(g.ctx), errLeaseLost) && g.parent.Err() == nil {
+		err = fmt.Errorf("token %d: %w", g.token, context.Cause(g.ctx))
+	}
+	switch {
+	case err == nil, errors.Is(err, errLeaseLost):
+		return err
+	case errors.Is(err, errNothingNew):
+		g.l.logger.Info(msgLeaseReleased, "token", g.token, "count", 0)
+		return g.l.release(g.parent, g.token)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if rerr := g.l.release(ctx, g.token); rerr != nil {
+		g.l.logger.Debug("release lease", "token", g.token, "error", rerr)
+	}
+	return err
+}
+
+// run processes batches until there is no more work (nil: the last advance
+// released the lease), nothing new was found (errNothingNew), or the grant
+// must end.
+func (g *grant) run() error {
+	l := g.l
+	if err := g.startPosition(); err != nil {
+		return err
+	}
+	for {
+		batchStart := time.Now()
+		events, reread, err := g.read()
+		if err != nil {
+			return err
+		}
+		if reread {
+			continue
+		}
+		fetchedAt := time.Now()
+		next, dropped := NextPosition(g.pos, events, l.clock.now(), l.cfg.GapTimeout, l.cfg.MaxGaps)
+		if len(dropped) > 0 {
+			l.logger.Warn("gave up waiting for skipped event IDs (rolled back, or older than source.gap_timeout)",
+				"count", len(dropped), "first_id", dropped[0], "last_id", dropped[len(dropped)-1], "token", g.token)
+		}
+		// Keep the lease for the next batch only while there is more to do
+		// and nobody asked to pause.
+		st, _ := l.coord.Watch()
+		keep := len(events) >= l.cfg.BatchSize && !st.Cursor.Paused
+		if keep {
+			g.prefetch = l.fetchAsync(g.ctx, next)
+		}
+		p := &pendingBatch{start: g.pos, events: events, next: next, dropped: len(dropped), keep: keep,
+			batchStart: batchStart, fetched: fetchedAt}
+		var staging <-chan stageResult
+		if len(events) > 0 || len(dropped) > 0 {
+			staging = l.stageAsync(g.ctx, Batch{Token: g.token, Start: g.pos, Next: next, Events: events})
+		}
+		if again, err := g.commitLastAndStage(p, staging); err != nil || again {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+
+		if p.staged == nil && !g.adopted && g.folded.Batches == 0 {
+			if err := g.awaitProgress(); err != nil {
+				return err
+			}
+			return errNothingNew
+		}
+		g.pos, g.adopted = next, false
+		if keep {
+			g.committing = p
+			continue
+		}
+		// The grant's last batch: commit it, and release with its advance.
+		again, err := g.commitOrAdopt(p)
+		if err != nil {
+			return err
+		}
+		if again {
+			continue
+		}
+		if err := g.awaitProgress(); err != nil {
+			return err
+		}
+		l.logger.Info(msgLeaseReleased, "token", g.token, "last_id", next.LastEventID, "open_gaps", len(next.Gaps))
+		return nil
+	}
+}
+
+// read returns the next batch's events: the prefetch if there is one,
+// else a fresh read. When the prefetch is not ready while a staged batch
+// waits, it commits that batch first rather than keep its transaction open
+// while the source answers; again says the position moved (adopted from
+// the fence) and the batch must be read anew.
+func (g *grant) read() (events []Event, again bool, err error) {
+	if g.prefetch != nil && g.committing != nil {
+		select {
+		case r := <-g.prefetch:
+			g.prefetch = fetched(r)
+		default:
+			c := g.committing
+			g.committing = nil
+			if again, err := g.commitOrAdopt(c); err != nil || again {
+				return nil, again, err
+			}
+		}
+	}
+	if g.prefetch != nil {
+		r := <-g.prefetch
+		events, err, g.prefetch = r.events, r.err, nil
+	} else {
+		events, err = g.l.fetch(g.ctx, g.pos)
+	}
+	g.l.health.Source(ctxOr(g.ctx, err))
+	return events, false, err
+}
+
+// commitLastAndStage commits the staged batch before p, if any, while p
+// stages, and takes p's staging. If either fails, p is dropped; a fenced
+// failure is resolved from the fence row (again: go on from there).
+func (g *grant) commitLastAndStage(p *pendingBatch, staging <-chan stageResult) (again bool, err error) {
+	var (
+		commitErr error
+		failed    *pendingBatch
+	)
+	if g.committing != nil {
+		failed, g.committing = g.committing, nil
+		commitErr = g.commit(failed)
+	}
+	var stageErr error
+	if staging != nil {
+		sr := <-staging
+		p.staged, stageErr = sr.staged, sr.err
+	}
+	if commitErr == nil && stageErr == nil {
+		return false, nil
+	}
+	if p.staged != nil {
+		p.staged.Abort()
+	}
+	err, start := commitErr, failed
+	if err == nil {
+		err, start = stageErr, p
+		if !errors.Is(err, ErrFenced) {
+			g.l.health.Tracking(ctxOr(g.ctx, err))
+		}
+	}
+	if !errors.Is(err, ErrFenced) {
+		return false, fmt.Errorf("commit batch: %w", err)
+	}
+	return g.adoptFence(err, start.start)
+}
+
+// commitOrAdopt commits p and records it; when p is fenced, it decides from
+// the fence row whether to go on from there (again) or end the grant.
+func (g *grant) commitOrAdopt(p *pendingBatch) (again bool, err error) {
+	err = g.commit(p)
+	switch {
+	case err == nil:
+		return false, nil
+	case !errors.Is(err, ErrFenced):
+		return false, fmt.Errorf("commit batch: %w", err)
+	}
+	return g.adoptFence(err, p.start)
+}
+
+// commit commits p, the oldest batch in the air, and records it.
+func (g *grant) commit(p *pendingBatch) error {
+	var res CommitResult
+	if p.staged != nil {
+		qctx, cancel := g.l.dbContext(g.ctx)
+		var err error
+		res, err = p.staged.Commit(qctx)
+		cancel()
+		if err != nil {
+			if !errors.Is(err, ErrFenced) {
+				g.l.health.Tracking(ctxOr(g.ctx, err))
+			}
+			return err
+		}
+		g.l.health.Tracking(nil)
+		p.log(g.l.logger, g.token, res, time.Now())
+	}
+	return g.record(p, res)
+}
+
+// adoptFence decides what a batch refused as fenced means, start being
+// where it began: a holder with an older token slipped a batch in before
+// this one claimed the fence (go on from the fence: again), or this grant
+// is over.
+func (g *grant) adoptFence(fencedErr error, start Position) (again bool, err error) {
+	if err := g.awaitProgress(); err != nil {
+		return false, errors.Join(fencedErr, err)
+	}
+	qctx, cancel := g.l.dbContext(g.ctx)
+	f, rerr := g.l.tracking.Fence(qctx)
+	cancel()
+	switch {
+	case rerr != nil || f.Token > g.token:
+		return false, fmt.Errorf("commit batch: %w", errors.Join(fencedErr, errLeaseLost))
+	case f.Token == g.token && f.Position.Same(start):
+		// Nobody moved the fence: the batch collided with rows that are
+		// already there for events after it. Going on from the fence would
+		// collide again.
+		err := fmt.Errorf("the tracking database already has rows for events after its fence at event %d; "+
+			"was it restored, or the fence reset, without geo_jobs and geo_dead_letters? %w", start.LastEventID, fencedErr)
+		g.l.health.Tracking(err)
+		return false, err
+	}
+	g.l.logger.Info("tracking database moved on before this batch; continuing from its fence", "token", g.token, "fence_last_id", f.Position.LastEventID)
+	g.pos, g.adopted, g.prefetch = f.Position, true, nil
+	return true, nil
+}
+
+// startPosition claims the tracking database for the grant's token and
+// sets the position to continue from. The fence row is the truth: a holder
+// may have committed a batch there and died before its release-and-advance
+// reached Raft, and only the fence row knows the gaps it left open. The
+// granted cursor is the leader's at grant time; the local replica may not
+// have applied the last advance yet, which is no cause for alarm.
+func (g *grant) startPosition() error {
+	l := g.l
+	qctx, cancel := l.dbContext(g.ctx)
+	defer cancel()
+	fence, err := l.tracking.Claim(qctx, g.token)
+	if err != nil {
+		if errors.Is(err, ErrFenced) {
+			return errors.Join(err, errLeaseLost)
+		}
+		l.health.Tracking(ctxOr(g.ctx, err))
+		return fmt.Errorf("claim the tracking database (token %d): %w", g.token, err)
+	}
+	l.health.Tracking(nil)
+	st, _ := l.coord.Watch()
+	granted := g.granted
+	switch {
+	case fence.Position.LastEventID < granted.LastEventID:
+		return fmt.Errorf("the tracking database is at event %d but the replicated cursor is at %d: was the tracking database restored from an older backup? Restore a newer one, or reset the cursor deliberately",
+			fence.Position.LastEventID, granted.LastEventID)
+	case fence.Position.LastEventID > granted.LastEventID:
+		l.logger.Warn("adopting the position of the tracking database: the previous holder committed a batch but did not advance the cursor",
+			"token", g.token, "fence_last_id", fence.Position.LastEventID, "cursor_last_id", granted.LastEventID)
+	}
+	// Recorded in Raft with the next advance if the local replica differs.
+	g.pos, g.adopted = fence.Position, !fence.Position.Same(positionOf(st))
+	return nil
+}

@@ -1,0 +1,47 @@
+package cursor
+
+import (
+	"context"
+	"time"
+
+	"github.com/geocursor/geocursor/fsm"
+)
+
+// The loop's ports: what it needs of the Raft group, the source and the
+// tracking database. cluster.Node, *Source and *Tracking satisfy them;
+// tests give fakes.
+
+// Coordinator is what the loop needs of the Raft group: apply a command on
+// the leader and watch the local replica of the state.
+type Coordinator interface {
+	ID() string
+	Apply(ctx context.Context, cmd fsm.Command) (fsm.Result, error)
+	Watch() (fsm.State, <-chan struct{})
+}
+
+// EventSource is the event log the loop reads.
+type EventSource interface {
+	Fetch(ctx context.Context, after int64, gaps []int64, limit int) ([]Event, error)
+	Pending(ctx context.Context, after int64, gaps []int64) (bool, error)
+	Head(ctx context.Context) (int64, time.Time, error)
+}
+
+// TrackingStore is the tracking database the loop writes: the fence row,
+// and batches in transactions fenced by it.
+type TrackingStore interface {
+	// Claim raises the fence row's token to token and returns the fence.
+	Claim(ctx context.Context, token uint64) (Fence, error)
+	// Fence reads the fence row.
+	Fence(ctx context.Context) (Fence, error)
+	// Stage opens b's transaction and writes what needs no lock; the
+	// batch is written once the StagedBatch commits.
+	Stage(ctx context.Context, b Batch) (StagedBatch, error)
+	Ping(ctx context.Context) error
+}
+
+// StagedBatch is a batch whose transaction is open. Exactly one of Commit
+// and Abort is called.
+type StagedBatch interface {
+	Commit(ctx context.Context) (CommitResult, error)
+	Abort()
+}
