@@ -25,7 +25,37 @@ type Config struct {
 	// Source is nil on a witness: a voter that never processes.
 	Source   *SourceConfig
 	Tracking *TrackingConfig
+
+	// TLS, when set, makes the Raft port and the HTTP API speak only
+	// mutually verified TLS; ACL, when set, makes every endpoint but the
+	// health checks ask for a token. Insecure allows a non-loopback address
+	// without both.
+	TLS      *TLSConfig
+	ACL      *ACLConfig
+	Insecure bool
 }
+
+// TLSConfig is the node's TLS material (design section 10).
+type TLSConfig struct {
+	CAFile   string
+	CertFile string
+	KeyFile  string
+}
+
+// ACLConfig holds the API's tokens. The operator token may do everything;
+// the read token may read status, metrics and the status page.
+type ACLConfig struct {
+	OperatorToken string
+	ReadToken     string
+}
+
+// MinTokenLength is the shortest token accepted: a token is a password
+// that a script sends on every request, so it must not be guessable.
+const MinTokenLength = 16
+
+// Secure reports whether the node needs no insecure = true to listen on
+// an address other peers can reach.
+func (c *Config) Secure() bool { return c.TLS != nil && c.ACL != nil }
 
 // LeaseConfig tunes the processing lease.
 type LeaseConfig struct {

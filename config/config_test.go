@@ -144,6 +144,11 @@ join         = ["10.0.0.1:8470", "10.0.0.3:8470"]
 join_timeout = "2m"
 log_level    = "debug"
 log_format   = "text"
+insecure     = true
+acl {
+  operator_token = "0123456789abcdef-operator"
+  read_token     = "0123456789abcdef-reader"
+}
 lease {
   ttl       = "10s"
   retry_min = "0s"
@@ -178,6 +183,8 @@ tracking {
 				},
 				Source:   &config.SourceConfig{DSN: "postgres://src", BatchSize: 500, PollInterval: time.Second, GapTimeout: 30 * time.Minute},
 				Tracking: &config.TrackingConfig{DSN: "postgres://trk"},
+				ACL:      &config.ACLConfig{OperatorToken: "0123456789abcdef-operator", ReadToken: "0123456789abcdef-reader"},
+				Insecure: true,
 			},
 		},
 	}
@@ -546,6 +553,36 @@ func TestFileErrorsPointAtTheBadValue(t *testing.T) {
 			msg:  `log_format "xml" is not json or text`,
 		},
 		{
+			name: "a reachable address without tls and acl",
+			src:  "node_id = \"n1\"\nhttp_addr = @@\"10.1.2.3:8470\"\n",
+			msg:  `http_addr "10.1.2.3:8470" is not a loopback address, and anyone who reaches it could change the cluster: add tls and acl blocks`,
+		},
+		{
+			name: "a reachable raft address with acl but without tls",
+			src:  "node_id = \"n1\"\nraft_addr = @@\"10.1.2.3:8471\"\nacl {\n  operator_token = \"0123456789abcdef\"\n}\n",
+			msg:  `raft_addr "10.1.2.3:8471" is not a loopback address, and anyone who reaches it could change the cluster: add a tls block`,
+		},
+		{
+			name: "a short operator token",
+			src:  "node_id = \"n1\"\nacl {\n  operator_token = @@\"hunter2\"\n}\n",
+			msg:  "acl.operator_token is 7 characters long: use at least 16",
+		},
+		{
+			name: "the read token equal to the operator token",
+			src:  "node_id = \"n1\"\nacl {\n  operator_token = \"0123456789abcdef\"\n  read_token = @@\"0123456789abcdef\"\n}\n",
+			msg:  "acl.read_token is the same as acl.operator_token",
+		},
+		{
+			name: "a tls file that does not exist",
+			src:  "node_id = \"n1\"\ntls {\n  ca_file = @@\"/nonexistent/ca.pem\"\n  cert_file = \"x\"\n  key_file = \"y\"\n}\n",
+			msg:  `tls.ca_file "/nonexistent/ca.pem": no such file or directory`,
+		},
+		{
+			name: "insecure is not a bool",
+			src:  "node_id = \"n1\"\ninsecure = @@\"maybe\"\n",
+			msg:  "insecure must be bool",
+		},
+		{
 			name: "batch_size out of range",
 			src:  "node_id = \"n1\"\nsource {\n  dsn = \"x\"\n  batch_size = @@0\n}\ntracking {\n  dsn = \"y\"\n}\n",
 			msg:  "source.batch_size must be between 1 and 100000, got 0",
@@ -675,5 +712,45 @@ func TestMissingFileIsAClearError(t *testing.T) {
 	checkError(t, err, path+": ", "cannot read config file")
 	if !errors.Is(err, os.ErrNotExist) && !strings.Contains(err.Error(), "no such file") {
 		t.Errorf("error %q does not say the file does not exist", err)
+	}
+}
+
+func TestTokensFromTheEnvironmentOverrideAnACLBlockOnly(t *testing.T) {
+	env := []string{config.EnvOperatorToken + "=from-the-environment-0", config.EnvReadToken + "=from-the-environment-1"}
+	cfg := mustLoad(t, "node_id = \"n1\"\nacl {\n  operator_token = \"0123456789abcdef\"\n}\n", env, config.Overrides{})
+	if cfg.ACL.OperatorToken != "from-the-environment-0" || cfg.ACL.ReadToken != "from-the-environment-1" {
+		t.Errorf("acl = %+v, want both tokens from the environment", cfg.ACL)
+	}
+	cfg = mustLoad(t, "node_id = \"n1\"\n", env, config.Overrides{})
+	if cfg.ACL != nil {
+		t.Errorf("tokens in the environment made an acl block: %+v", cfg.ACL)
+	}
+}
+
+func TestReachableAddressAllowedWithTLSAndACLOrInsecure(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"ca.pem", "n1.pem", "n1-key.pem"} {
+		if err := os.WriteFile(filepath.Join(dir, f), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	secure := fmt.Sprintf(`node_id = "n1"
+http_addr = "10.1.2.3:8470"
+raft_addr = "10.1.2.3:8471"
+tls {
+  ca_file   = %q
+  cert_file = %q
+  key_file  = %q
+}
+acl {
+  operator_token = "0123456789abcdef"
+}
+`, filepath.Join(dir, "ca.pem"), filepath.Join(dir, "n1.pem"), filepath.Join(dir, "n1-key.pem"))
+	if cfg := mustLoad(t, secure, nil, config.Overrides{}); !cfg.Secure() || cfg.Insecure {
+		t.Errorf("secure config: Secure %t, Insecure %t", cfg.Secure(), cfg.Insecure)
+	}
+	insecure := "node_id = \"n1\"\nhttp_addr = \"10.1.2.3:8470\"\ninsecure = true\n"
+	if cfg := mustLoad(t, insecure, nil, config.Overrides{}); cfg.Secure() || !cfg.Insecure {
+		t.Errorf("insecure config: Secure %t, Insecure %t", cfg.Secure(), cfg.Insecure)
 	}
 }

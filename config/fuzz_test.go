@@ -17,6 +17,7 @@ import (
 var fuzzEnvNames = []string{
 	config.EnvNodeID, config.EnvDataDir, config.EnvHTTPAddr, config.EnvRaftAddr,
 	config.EnvJoin, config.EnvLogLevel, config.EnvSourceDSN, config.EnvTrackingDSN,
+	config.EnvOperatorToken, config.EnvReadToken,
 	"FUZZ",
 }
 

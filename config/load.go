@@ -104,9 +104,9 @@ func envMap(environ []string) map[string]string {
 var topSchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{
 		{Name: "node_id"}, {Name: "data_dir"}, {Name: "http_addr"}, {Name: "raft_addr"},
-		{Name: "join"}, {Name: "join_timeout"}, {Name: "log_level"}, {Name: "log_format"},
+		{Name: "join"}, {Name: "join_timeout"}, {Name: "log_level"}, {Name: "log_format"}, {Name: "insecure"},
 	},
-	Blocks: []hcl.BlockHeaderSchema{{Type: "lease"}, {Type: "source"}, {Type: "tracking"}, {Type: "raft"}},
+	Blocks: []hcl.BlockHeaderSchema{{Type: "lease"}, {Type: "source"}, {Type: "tracking"}, {Type: "raft"}, {Type: "tls"}, {Type: "acl"}},
 }
 
 var blockSchemas = map[string]*hcl.BodySchema{
@@ -115,6 +115,8 @@ var blockSchemas = map[string]*hcl.BodySchema{
 		{Name: "dsn"}, {Name: "batch_size"}, {Name: "poll_interval"}, {Name: "gap_timeout"},
 	}},
 	"tracking": {Attributes: []hcl.AttributeSchema{{Name: "dsn"}}},
+	"tls":      {Attributes: []hcl.AttributeSchema{{Name: "ca_file"}, {Name: "cert_file"}, {Name: "key_file"}}},
+	"acl":      {Attributes: []hcl.AttributeSchema{{Name: "operator_token"}, {Name: "read_token"}}},
 	"raft": {Attributes: []hcl.AttributeSchema{
 		{Name: "heartbeat_timeout"}, {Name: "election_timeout"}, {Name: "snapshot_threshold"},
 		{Name: "snapshot_interval"}, {Name: "trailing_logs"},
@@ -171,6 +173,12 @@ func (d *decoder) value(key string, a *hcl.Attribute, ty cty.Type) (cty.Value, b
 	}
 	d.origins[key] = pos
 	return cv, true
+}
+
+func (d *decoder) boolean(key string, a *hcl.Attribute, dst *bool) {
+	if v, ok := d.value(key, a, cty.Bool); ok {
+		*dst = v.True()
+	}
 }
 
 func (d *decoder) str(key string, a *hcl.Attribute, dst *string) {
@@ -300,6 +308,7 @@ func parse(src []byte, path string, env map[string]string) (*Config, origins, er
 	d.duration("join_timeout", at["join_timeout"], &cfg.JoinTimeout)
 	d.str("log_level", at["log_level"], &cfg.LogLevel)
 	d.str("log_format", at["log_format"], &cfg.LogFormat)
+	d.boolean("insecure", at["insecure"], &cfg.Insecure)
 
 	seen := map[string]hcl.Range{}
 	for _, blk := range content.Blocks {
@@ -343,6 +352,17 @@ func parse(src []byte, path string, env map[string]string) (*Config, origins, er
 			tr := &TrackingConfig{}
 			d.str("tracking.dsn", ba["dsn"], &tr.DSN)
 			cfg.Tracking = tr
+		case "tls":
+			t := &TLSConfig{}
+			d.str("tls.ca_file", ba["ca_file"], &t.CAFile)
+			d.str("tls.cert_file", ba["cert_file"], &t.CertFile)
+			d.str("tls.key_file", ba["key_file"], &t.KeyFile)
+			cfg.TLS = t
+		case "acl":
+			a := &ACLConfig{}
+			d.str("acl.operator_token", ba["operator_token"], &a.OperatorToken)
+			d.str("acl.read_token", ba["read_token"], &a.ReadToken)
+			cfg.ACL = a
 		}
 	}
 	if d.err != nil {
@@ -361,6 +381,9 @@ const (
 	EnvLogLevel    = "GEOCURSOR_LOG_LEVEL"
 	EnvSourceDSN   = "GEOCURSOR_SOURCE_DSN"
 	EnvTrackingDSN = "GEOCURSOR_TRACKING_DSN"
+	// The tokens override an acl block that exists, like the DSNs.
+	EnvOperatorToken = "GEOCURSOR_OPERATOR_TOKEN"
+	EnvReadToken     = "GEOCURSOR_READ_TOKEN"
 )
 
 func applyEnv(cfg *Config, o origins, env map[string]string) {
@@ -386,6 +409,10 @@ func applyEnv(cfg *Config, o origins, env map[string]string) {
 	}
 	if cfg.Tracking != nil {
 		set(EnvTrackingDSN, "tracking.dsn", &cfg.Tracking.DSN)
+	}
+	if cfg.ACL != nil {
+		set(EnvOperatorToken, "acl.operator_token", &cfg.ACL.OperatorToken)
+		set(EnvReadToken, "acl.read_token", &cfg.ACL.ReadToken)
 	}
 }
 

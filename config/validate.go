@@ -4,12 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"regexp"
+	"os"
 	"strconv"
 	"time"
-)
 
-var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+	"github.com/geocursor/geocursor/fsm"
+)
 
 func validate(c *Config, o origins) error {
 	fail := func(key, format string, args ...any) error {
@@ -18,7 +18,7 @@ func validate(c *Config, o origins) error {
 	if c.NodeID == "" {
 		return &Error{Msg: "node_id is not set: add node_id = \"node1\" to the config file, or pass -node-id"}
 	}
-	if !nodeIDPattern.MatchString(c.NodeID) {
+	if !fsm.ValidNodeID(c.NodeID) {
 		return fail("node_id", "node_id %q is not valid: use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit", c.NodeID)
 	}
 	if c.DataDir == "" {
@@ -96,6 +96,9 @@ func validate(c *Config, o origins) error {
 			return fail("source.gap_timeout", "source.gap_timeout must be positive, got %s", s.GapTimeout)
 		}
 	}
+	if err := validateSecurity(c, o); err != nil {
+		return err
+	}
 	if c.Tracking != nil {
 		if c.Source == nil {
 			return fail("tracking", "a tracking block without a source block does nothing: add a source block, or remove both to run a witness")
@@ -129,4 +132,75 @@ func checkHostPort(s string) error {
 		return fmt.Errorf("port %q is not a number from 1 to 65535", port)
 	}
 	return nil
+}
+
+// validateSecurity checks the tls and acl blocks, and that a node other
+// machines can reach has both (design section 10).
+func validateSecurity(c *Config, o origins) error {
+	fail := func(key, format string, args ...any) error {
+		return &Error{Where: o.of(key), Msg: fmt.Sprintf(format, args...)}
+	}
+	if t := c.TLS; t != nil {
+		for _, f := range []struct{ key, path string }{
+			{"tls.ca_file", t.CAFile}, {"tls.cert_file", t.CertFile}, {"tls.key_file", t.KeyFile},
+		} {
+			if f.path == "" {
+				return fail(f.key, "%s is not set: the tls block needs ca_file, cert_file and key_file (create them with `geocursor tls ca create` and `geocursor tls cert create -node %s`)", f.key, c.NodeID)
+			}
+			if _, err := os.Stat(f.path); err != nil {
+				return fail(f.key, "%s %q: %v", f.key, f.path, unwrapPathError(err))
+			}
+		}
+	}
+	if a := c.ACL; a != nil {
+		if a.OperatorToken == "" {
+			return fail("acl.operator_token", "acl.operator_token is empty: set %s or write operator_token in the acl block (generate one with `openssl rand -hex 32`)", EnvOperatorToken)
+		}
+		for _, tok := range []struct{ key, val string }{{"acl.operator_token", a.OperatorToken}, {"acl.read_token", a.ReadToken}} {
+			if tok.val != "" && len(tok.val) < MinTokenLength {
+				return fail(tok.key, "%s is %d characters long: use at least %d (generate one with `openssl rand -hex 32`)", tok.key, len(tok.val), MinTokenLength)
+			}
+		}
+		if a.ReadToken == a.OperatorToken {
+			return fail("acl.read_token", "acl.read_token is the same as acl.operator_token: give it its own value, or leave it out (the operator token reads too)")
+		}
+	}
+	if c.Secure() || c.Insecure {
+		return nil
+	}
+	for _, a := range []struct{ key, val string }{{"http_addr", c.HTTPAddr}, {"raft_addr", c.RaftAddr}} {
+		if !isLoopback(a.val) {
+			missing := "tls and acl blocks"
+			switch {
+			case c.TLS != nil:
+				missing = "an acl block"
+			case c.ACL != nil:
+				missing = "a tls block"
+			}
+			return fail(a.key, "%s %q is not a loopback address, and anyone who reaches it could change the cluster: add %s (see the README's Security section), or set insecure = true", a.key, a.val, missing)
+		}
+	}
+	return nil
+}
+
+// isLoopback reports whether the host of addr is a loopback address or
+// localhost.
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func unwrapPathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }

@@ -41,12 +41,13 @@ type LoopConfig struct {
 const DefaultAdvanceInterval = 100 * time.Millisecond
 
 // DefaultMaxGaps bounds the gap set: far more than concurrent writers can
-// leave open, far less than a sequence jump would create.
-const DefaultMaxGaps = 10000
+// leave open, far less than a sequence jump would create. It is the state
+// machine's own cap.
+const DefaultMaxGaps = fsm.MaxGaps
 
 // withDefaults fills in the knobs left at zero.
 func (c LoopConfig) withDefaults() LoopConfig {
-	if c.MaxGaps <= 0 {
+	if c.MaxGaps <= 0 || c.MaxGaps > fsm.MaxGaps {
 		c.MaxGaps = DefaultMaxGaps
 	}
 	if c.HeadInterval <= 0 {

@@ -15,26 +15,79 @@ func (s *State) Apply(c Command) Result {
 	if err := c.Validate(); err != nil {
 		return s.result(err)
 	}
-	c.Now = max(c.Now, s.Clock)
+	c.Now = s.at(c.Now)
 	s.Clock = c.Now
-	res := s.apply(c)
+	err := s.refusal(c)
+	if err == nil {
+		s.effect(c)
+	}
+	res := s.result(err)
 	res.Now = c.Now
 	return res
 }
 
-func (s *State) apply(c Command) Result {
-	var err error
+// Check returns the refusal s would answer c with if it were applied now,
+// or nil if it would be granted, without changing s: Apply is Check
+// followed by the command's effect. The leader uses it to refuse commands
+// without writing them to the log.
+func (s *State) Check(c Command) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	c.Now = s.at(c.Now)
+	return s.refusal(c)
+}
+
+// at is the time a command stamped at stamp is applied at.
+func (s *State) at(stamp int64) int64 { return max(stamp, s.Clock) }
+
+func (s *State) result(err error) Result {
+	return Result{Lease: s.Lease, Cursor: s.Cursor, Err: err}
+}
+
+// refusal is the rule of each command (documented on its Op): the error it
+// is refused with, or nil.
+func (s *State) refusal(c Command) error {
 	switch c.Op {
 	case OpAcquire:
-		err = s.acquire(c)
+		return s.acquireRefusal(c)
 	case OpRenew:
-		err = s.renew(c)
+		if err := s.checkGrant(c.Node, c.Token); err != nil {
+			return err
+		}
+		if c.Now >= s.Lease.ExpiresAt {
+			return refuse(ErrLeaseExpired, "token %d expired %s ago", c.Token, time.Duration(c.Now-s.Lease.ExpiresAt))
+		}
 	case OpRelease:
-		err = s.release(c)
+		return s.checkGrant(c.Node, c.Token)
 	case OpAdvance:
-		err = s.advance(c)
+		return s.advanceRefusal(c)
 	case OpRevoke:
-		err = s.revoke(c)
+		if c.Token != s.Lease.Token || s.Lease.Holder == "" {
+			return refuse(ErrStaleToken, "token %d is not a current grant (token %d, holder %q)",
+				c.Token, s.Lease.Token, s.Lease.Holder)
+		}
+	}
+	return nil
+}
+
+// effect changes s as the granted command c does.
+func (s *State) effect(c Command) {
+	switch c.Op {
+	case OpAcquire:
+		s.Lease = Lease{Holder: c.Node, Token: s.Lease.Token + 1, ExpiresAt: c.Now + int64(c.TTL)}
+		s.LastHolder = c.Node
+		s.RevokedFrom = ""
+	case OpRenew:
+		s.Lease.ExpiresAt = c.Now + int64(c.TTL)
+	case OpRelease:
+		s.Lease.Holder, s.Lease.ExpiresAt = "", 0
+		s.RevokedFrom = ""
+	case OpAdvance:
+		s.advanceEffect(c)
+	case OpRevoke:
+		s.RevokedFrom = s.Lease.Holder
+		s.Lease.Holder, s.Lease.ExpiresAt = "", 0
 	case OpSetMember:
 		if s.Members == nil {
 			s.Members = make(map[string]Member)
@@ -45,14 +98,9 @@ func (s *State) apply(c Command) Result {
 	case OpSetPaused:
 		s.Cursor.Paused = c.Paused
 	}
-	return s.result(err)
 }
 
-func (s *State) result(err error) Result {
-	return Result{Lease: s.Lease, Cursor: s.Cursor, Err: err}
-}
-
-func (s *State) acquire(c Command) error {
+func (s *State) acquireRefusal(c Command) error {
 	if s.Cursor.Paused {
 		return refuse(ErrPaused, "processing is paused")
 	}
@@ -60,9 +108,6 @@ func (s *State) acquire(c Command) error {
 		return refuse(ErrLeaseHeld, "held by %s (token %d) for another %s",
 			s.Lease.Holder, s.Lease.Token, time.Duration(s.Lease.ExpiresAt-c.Now))
 	}
-	s.Lease = Lease{Holder: c.Node, Token: s.Lease.Token + 1, ExpiresAt: c.Now + int64(c.TTL)}
-	s.LastHolder = c.Node
-	s.RevokedFrom = ""
 	return nil
 }
 
@@ -75,27 +120,7 @@ func (s *State) checkGrant(node string, token uint64) error {
 	return nil
 }
 
-func (s *State) renew(c Command) error {
-	if err := s.checkGrant(c.Node, c.Token); err != nil {
-		return err
-	}
-	if c.Now >= s.Lease.ExpiresAt {
-		return refuse(ErrLeaseExpired, "token %d expired %s ago", c.Token, time.Duration(c.Now-s.Lease.ExpiresAt))
-	}
-	s.Lease.ExpiresAt = c.Now + int64(c.TTL)
-	return nil
-}
-
-func (s *State) release(c Command) error {
-	if err := s.checkGrant(c.Node, c.Token); err != nil {
-		return err
-	}
-	s.Lease.Holder, s.Lease.ExpiresAt = "", 0
-	s.RevokedFrom = ""
-	return nil
-}
-
-func (s *State) advance(c Command) error {
+func (s *State) advanceRefusal(c Command) error {
 	a := c.Advance
 	// The grant may have expired or been revoked since: the batch was
 	// committed under this token, so it is recorded as long as no newer
@@ -136,6 +161,11 @@ func (s *State) advance(c Command) error {
 			return refuse(ErrBadCommand, "gap %d is at or below the cursor (%d) but was not open", g.ID, s.Cursor.LastEventID)
 		}
 	}
+	return nil
+}
+
+func (s *State) advanceEffect(c Command) {
+	a := c.Advance
 	s.Lease.Advances++
 	s.Cursor.LastEventID = a.LastEventID
 	if a.LastEventDate != 0 {
@@ -157,15 +187,4 @@ func (s *State) advance(c Command) error {
 		s.Lease.Holder, s.Lease.ExpiresAt = "", 0
 		s.RevokedFrom = ""
 	}
-	return nil
-}
-
-func (s *State) revoke(c Command) error {
-	if c.Token != s.Lease.Token || s.Lease.Holder == "" {
-		return refuse(ErrStaleToken, "token %d is not a current grant (token %d, holder %q)",
-			c.Token, s.Lease.Token, s.Lease.Holder)
-	}
-	s.RevokedFrom = s.Lease.Holder
-	s.Lease.Holder, s.Lease.ExpiresAt = "", 0
-	return nil
 }

@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
+	"regexp"
+	"strconv"
 	"time"
 )
 
@@ -64,6 +67,24 @@ const (
 // MaxTTL bounds a lease's TTL, so that Now+TTL cannot overflow and a typo
 // cannot hand one peer the lease for a century.
 const MaxTTL = 24 * time.Hour
+
+// Caps on what a command may carry, so that no command can grow the log
+// or the state without bound: MaxGaps open gaps (the cursor loop drops the
+// lowest beyond it), addresses and revoke reasons of at most MaxAddrLen and
+// MaxReasonLen bytes.
+const (
+	MaxGaps      = 10000
+	MaxAddrLen   = 255
+	MaxReasonLen = 512
+)
+
+// nodeIDPattern is what a node ID may be: 1 to 63 letters, digits, '.',
+// '_' or '-', starting with a letter or digit, so that it is safe to print
+// and also a DNS label of its certificate's name.
+var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
+
+// ValidNodeID reports whether id may name a node.
+func ValidNodeID(id string) bool { return nodeIDPattern.MatchString(id) }
 
 // Command is one entry of the Raft log. Only the fields its Op documents
 // are meaningful.
@@ -152,10 +173,17 @@ func DecodeCommand(b []byte) (Command, error) {
 	return c, nil
 }
 
-// Validate checks the fields that c.Op needs.
+// Validate checks the fields that c.Op needs, and that nothing in c is
+// malformed or over its cap.
 func (c Command) Validate() error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s: %s", ErrBadCommand, c.Op, fmt.Sprintf(format, args...))
+	}
+	if c.Node != "" && !ValidNodeID(c.Node) {
+		return bad("node %q is not a valid node ID", c.Node)
+	}
+	if len(c.Reason) > MaxReasonLen {
+		return bad("reason is %d bytes long, more than %d", len(c.Reason), MaxReasonLen)
 	}
 	switch c.Op {
 	case OpAcquire, OpRenew:
@@ -182,6 +210,9 @@ func (c Command) Validate() error {
 		if c.Advance.LastEventID < 0 {
 			return bad("last_event_id %d is negative", c.Advance.LastEventID)
 		}
+		if len(c.Advance.Gaps) > MaxGaps {
+			return bad("%d open gaps, more than %d", len(c.Advance.Gaps), MaxGaps)
+		}
 		prev := int64(0)
 		for i, g := range c.Advance.Gaps {
 			if g.ID <= 0 || g.ID >= c.Advance.LastEventID {
@@ -197,8 +228,20 @@ func (c Command) Validate() error {
 			return bad("token is required")
 		}
 	case OpSetMember:
-		if c.Member == nil || c.Member.ID == "" || c.Member.RaftAddr == "" {
+		m := c.Member
+		if m == nil || m.ID == "" || m.RaftAddr == "" {
 			return bad("member id and raft_addr are required")
+		}
+		if !ValidNodeID(m.ID) {
+			return bad("member %q is not a valid node ID", m.ID)
+		}
+		if err := checkAddr(m.RaftAddr); err != nil {
+			return bad("raft_addr %q: %v", m.RaftAddr, err)
+		}
+		if m.HTTPAddr != "" {
+			if err := checkAddr(m.HTTPAddr); err != nil {
+				return bad("http_addr %q: %v", m.HTTPAddr, err)
+			}
 		}
 	case OpRemoveMember:
 		if c.Node == "" {
@@ -207,6 +250,26 @@ func (c Command) Validate() error {
 	case OpSetPaused:
 	default:
 		return fmt.Errorf("%w: unknown op %q", ErrBadCommand, c.Op)
+	}
+	return nil
+}
+
+// checkAddr checks that addr is HOST:PORT, printable and within its cap.
+func checkAddr(addr string) error {
+	if len(addr) > MaxAddrLen {
+		return fmt.Errorf("longer than %d bytes", MaxAddrLen)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		return fmt.Errorf("not HOST:PORT")
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return fmt.Errorf("port %q is not a number from 1 to 65535", port)
+	}
+	for _, r := range host {
+		if r <= ' ' || r > '~' {
+			return fmt.Errorf("the host has a character that is not printable ASCII")
+		}
 	}
 	return nil
 }

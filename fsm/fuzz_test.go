@@ -328,7 +328,14 @@ func FuzzApplySequence(f *testing.F) {
 		for step := 0; ch.more(); step++ {
 			prev := copyState(s)
 			c := genCommand(ch, s, &now)
+			checked := s.Check(c)
+			if !reflect.DeepEqual(s, prev) {
+				t.Fatalf("step %d: Check(%+v) changed the state", step, c)
+			}
 			res := s.Apply(c)
+			if refusal(checked) != refusal(res.Err) || (checked == nil) != (res.Err == nil) {
+				t.Fatalf("step %d: Check(%+v) = %v, but Apply answered %v", step, c, checked, res.Err)
+			}
 			checkStep(t, step, c, prev, s, res, grants)
 		}
 

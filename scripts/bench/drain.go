@@ -13,9 +13,9 @@ import (
 
 	"github.com/geocursor/geocursor/config"
 	"github.com/geocursor/geocursor/cursor"
-	"github.com/geocursor/geocursor/internal/localcoord"
 	"github.com/geocursor/geocursor/internal/devcluster"
 	"github.com/geocursor/geocursor/internal/loadgen"
+	"github.com/geocursor/geocursor/internal/localcoord"
 	"github.com/geocursor/geocursor/scripts/internal/harness"
 )
 
