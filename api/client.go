@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -28,6 +29,33 @@ type ClientOptions struct {
 	// Backoff is the wait between retries; the zero value means
 	// 50ms doubling to 1s.
 	Backoff Backoff
+	// TLS, when set, is used for every connection, and an address without
+	// a scheme means https.
+	TLS *tls.Config
+	// Token, when set, is sent with every request (Authorization: Bearer),
+	// unless the request's context carries another (WithToken).
+	Token string
+}
+
+// WithToken returns a context whose requests carry token instead of the
+// client's own: a node forwarding an operator's command to the leader
+// forwards the operator's token with it.
+func WithToken(ctx context.Context, token string) context.Context {
+	return context.WithValue(ctx, tokenKey{}, token)
+}
+
+type tokenKey struct{}
+
+// TokenHeader is the other header a token may come in (design section 10).
+const TokenHeader = "X-Geocursor-Token"
+
+// BearerToken returns the token of r: from Authorization: Bearer, else
+// from X-Geocursor-Token; "" when it has none.
+func BearerToken(h http.Header) string {
+	if v, ok := strings.CutPrefix(h.Get("Authorization"), "Bearer "); ok {
+		return strings.TrimSpace(v)
+	}
+	return strings.TrimSpace(h.Get(TokenHeader))
 }
 
 // DefaultTimeout bounds a request when ClientOptions.Timeout is 0.
@@ -46,6 +74,8 @@ type Client struct {
 	httpc   *http.Client
 	retries int
 	backoff Backoff
+	scheme  string
+	token   string
 }
 
 // NewClient returns a client with opts.
@@ -56,11 +86,23 @@ func NewClient(opts ClientOptions) *Client {
 	if opts.Backoff.Min <= 0 || opts.Backoff.Max <= 0 {
 		opts.Backoff = Backoff{Min: 50 * time.Millisecond, Max: time.Second}
 	}
-	return &Client{
+	c := &Client{
 		httpc:   &http.Client{Timeout: opts.Timeout},
 		retries: opts.Retries,
 		backoff: opts.Backoff,
+		scheme:  "http://",
+		token:   opts.Token,
 	}
+	if opts.TLS != nil {
+		c.scheme = "https://"
+		t := http.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = opts.TLS
+		// A TLS config with callbacks does not get HTTP/2 set up by
+		// default; the API needs none.
+		t.ForceAttemptHTTP2 = false
+		c.httpc.Transport = t
+	}
+	return c
 }
 
 // Status fetches the status document of the agent at addr.
@@ -185,7 +227,7 @@ func (c *Client) send(ctx context.Context, method, addr, path string, in, out an
 // roundTrip sends one request, again while it never reached the server,
 // and hands a complete answer to answer. Every error names the request.
 func (c *Client) roundTrip(ctx context.Context, method, addr, path string, body []byte, answer func(*http.Response, []byte) error) error {
-	u := baseURL(addr) + path
+	u := c.url(addr) + path
 	backoff := c.backoff
 	for attempt := 0; ; attempt++ {
 		err := c.once(ctx, method, u, body, answer)
@@ -216,6 +258,13 @@ func (c *Client) once(ctx context.Context, method, u string, body []byte, answer
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	token := c.token
+	if t, ok := ctx.Value(tokenKey{}).(string); ok {
+		token = t
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	lost := func(what string, err error) error {
 		if written.Load() {
 			return fmt.Errorf("%w: %s: %v", ErrUnknownOutcome, what, err)
@@ -234,11 +283,11 @@ func (c *Client) once(ctx context.Context, method, u string, body []byte, answer
 	return answer(resp, data)
 }
 
-// baseURL is addr as a URL prefix: addr itself when it names a scheme,
-// else http://addr.
-func baseURL(addr string) string {
+// url is addr as a URL prefix: addr itself when it names a scheme, else
+// addr with the client's scheme (https with TLS).
+func (c *Client) url(addr string) string {
 	if strings.HasPrefix(addr, "http://") || strings.HasPrefix(addr, "https://") {
 		return strings.TrimSuffix(addr, "/")
 	}
-	return "http://" + addr
+	return c.scheme + addr
 }

@@ -33,6 +33,13 @@ var (
 	ErrTooLarge   = fmt.Errorf("%w: request body too large", ErrBadRequest)
 	// ErrNotFound means no such endpoint or operation.
 	ErrNotFound = errors.New("not found")
+	// ErrPermissionDenied means the caller may not do this: its token lacks
+	// the right, or the endpoint is for peers and its certificate is not a
+	// peer's (or names another node than the one it acts for).
+	// ErrUnauthorized means it gave no token at all; it wraps
+	// ErrPermissionDenied, and both have the code permission_denied.
+	ErrPermissionDenied = errors.New("permission denied")
+	ErrUnauthorized     = fmt.Errorf("%w: no token given", ErrPermissionDenied)
 	// ErrNotSent means the request never reached the server (the
 	// connection could not be made): nothing was applied, and it is safe to
 	// send it again, here or elsewhere. It is the client's own; no server
@@ -66,6 +73,8 @@ var codes = []struct {
 	{ErrTooLarge, "bad_request", http.StatusRequestEntityTooLarge},
 	{ErrBadRequest, "bad_request", http.StatusBadRequest},
 	{ErrNotFound, "not_found", http.StatusNotFound},
+	{ErrUnauthorized, "permission_denied", http.StatusUnauthorized},
+	{ErrPermissionDenied, "permission_denied", http.StatusForbidden},
 }
 
 // codeInternal is the code of an error the table does not know.

@@ -27,10 +27,11 @@ var wireCodes = []struct {
 	{ErrJoinConflict, "conflict"},
 	{ErrBadRequest, "bad_request"},
 	{ErrNotFound, "not_found"},
+	{ErrPermissionDenied, "permission_denied"},
 }
 
 func TestErrorCodeRoundTripKeepsTheError(t *testing.T) {
-	if len(wireCodes) != len(codes)-1 { // ErrTooLarge shares bad_request
+	if len(wireCodes) != len(codes)-2 { // ErrTooLarge and ErrUnauthorized share codes
 		t.Fatalf("the test knows %d codes, errors.go maps %d", len(wireCodes), len(codes))
 	}
 	for _, s := range wireCodes {

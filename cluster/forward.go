@@ -42,6 +42,10 @@ func (n *Node) applyAt(ctx context.Context, leaderHTTP string, cmd fsm.Command) 
 	if leaderHTTP == "" {
 		return n.applyLocal(cmd)
 	}
+	if c := callerOf(ctx); c.token != "" {
+		// An operator's command: the leader checks the operator's token.
+		ctx = api.WithToken(ctx, c.token)
+	}
 	res, err := n.client.Apply(ctx, leaderHTTP, cmd)
 	if errors.Is(err, api.ErrShutdown) {
 		// The leader was shutting down while applying: it may have been
@@ -120,10 +124,25 @@ func (n *Node) applyRecorded(cmd fsm.Command) (fsm.Result, error) {
 	return res, err
 }
 
-// applyLocal stamps the leader's clock into the command and proposes it.
+// applyLocal stamps the leader's clock into the command and proposes it,
+// unless it can already see the command refused: a lease command for a
+// node that is not a member, or one the state machine would refuse (then
+// the refusal is answered with index 0, and nothing reaches the log).
 func (n *Node) applyLocal(cmd fsm.Command) (fsm.Result, error) {
 	cmd.Now = time.Now().UnixNano()
 	n.checkClock(cmd.Now)
+	if err := n.admit(cmd); err != nil {
+		return fsm.Result{}, err
+	}
+	if res := n.fsm.Check(cmd); res.Err != nil {
+		// The refusal is of the state as applied here. Answer it only while
+		// this node still leads: a deposed leader's state may be stale, and
+		// VerifyLeader proves a majority followed it after the read.
+		if err := n.raft.VerifyLeader().Error(); err != nil {
+			return fsm.Result{}, fmt.Errorf("refuse %s: %w", cmd.Op, mapRaftError(err))
+		}
+		return res, nil
+	}
 	b, err := cmd.Encode()
 	if err != nil {
 		return fsm.Result{}, err
@@ -159,4 +178,25 @@ func (n *Node) checkClock(stamp int64) {
 	}
 	n.logger.Warn("this leader's clock is behind the replicated state's clock: leases run on the state's clock until this one catches up; check NTP on every peer",
 		"behind_ms", behind.Milliseconds())
+}
+
+// admit refuses, before anything is proposed, a lease command for a node
+// that is not in the Raft configuration: a lease that no member holds
+// would stop processing until it expired.
+func (n *Node) admit(cmd fsm.Command) error {
+	switch cmd.Op {
+	case fsm.OpAcquire, fsm.OpRenew, fsm.OpRelease, fsm.OpAdvance:
+	default:
+		return nil
+	}
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return fmt.Errorf("read raft configuration: %w", mapRaftError(err))
+	}
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == cmd.Node {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: %s: node %s is not a member of the cluster", fsm.ErrBadCommand, cmd.Op, cmd.Node)
 }

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,19 +13,40 @@ import (
 	"github.com/geocursor/geocursor/fsm"
 )
 
+// route is one endpoint: who may call it, how big a body it takes, and
+// its handler.
+type route struct {
+	pattern string
+	access  access
+	maxBody int64
+	handler handlerFunc
+}
+
+// Body limits: a forwarded command may carry the whole gap set; nothing
+// else needs more than a few hundred bytes.
+const (
+	maxCommandBody = api.MaxRequestBody
+	maxSmallBody   = 64 << 10
+)
+
 // routes is the one table of the HTTP API. Every handler answers through
-// wrap, which encodes the reply and maps an error to its code and status
-// in one place.
+// wrap, which checks who is calling, bounds the body, encodes the reply
+// and maps an error to its code and status in one place.
 func (n *Node) routes() http.Handler {
+	table := []route{
+		{"GET " + api.PathHealth, accessOpen, 0, n.handleHealth},
+		{"GET " + api.PathReady, accessOpen, 0, n.handleReady},
+		{"GET " + api.PathStatus, accessRead, 0, n.handleStatus},
+		{"POST " + api.PathJoin, accessPeer, maxSmallBody, n.handleJoin},
+		{"POST " + api.PathApply, accessPeer, maxCommandBody, n.handleApply},
+		{"POST " + api.PathLease + "{op}", accessOperator, maxSmallBody, n.handleLease},
+		{"POST " + api.PathPause, accessOperator, maxSmallBody, n.handlePause(true)},
+		{"POST " + api.PathResume, accessOperator, maxSmallBody, n.handlePause(false)},
+	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET "+api.PathStatus, n.wrap(n.handleStatus))
-	mux.HandleFunc("GET "+api.PathHealth, n.wrap(n.handleHealth))
-	mux.HandleFunc("GET "+api.PathReady, n.wrap(n.handleReady))
-	mux.HandleFunc("POST "+api.PathJoin, n.wrap(n.handleJoin))
-	mux.HandleFunc("POST "+api.PathApply, n.wrap(n.handleApply))
-	mux.HandleFunc("POST "+api.PathLease+"{op}", n.wrap(n.handleLease))
-	mux.HandleFunc("POST "+api.PathPause, n.wrap(n.handlePause(true)))
-	mux.HandleFunc("POST "+api.PathResume, n.wrap(n.handlePause(false)))
+	for _, rt := range table {
+		mux.HandleFunc(rt.pattern, n.wrap(rt))
+	}
 	return mux
 }
 
@@ -36,13 +58,22 @@ type handlerFunc func(w http.ResponseWriter, r *http.Request) (any, error)
 // readiness answer that says not ready).
 type statusCoder interface{ HTTPStatus() int }
 
-// wrap turns h into an http.HandlerFunc: a reply is encoded as JSON with
-// status 200 (or its own), an error as {"error": {"code", "message"}} with
-// the status of api's table.
-func (n *Node) wrap(h handlerFunc) http.HandlerFunc {
+// wrap turns rt into an http.HandlerFunc: the caller is identified and
+// authorized first (and known to the handler through the request's
+// context); a reply is encoded as JSON with status 200 (or its own), an
+// error as {"error": {"code", "message"}} with the status of api's table.
+func (n *Node) wrap(rt route) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		v, err := h(w, r)
+		c := n.identify(r)
+		v, err := any(nil), n.authorize(c, rt.access)
+		if err == nil {
+			r.Body = http.MaxBytesReader(w, r.Body, max(rt.maxBody, 1))
+			v, err = rt.handler(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, c)))
+		}
 		if err != nil {
+			if errors.Is(err, api.ErrUnauthorized) {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="geocursor"`)
+			}
 			writeJSON(w, api.HTTPStatus(err), map[string]any{"error": api.ErrorOf(err)})
 			return
 		}
@@ -62,18 +93,18 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = enc.Encode(v)
 }
 
-// decodeBody reads one JSON object of at most api.MaxRequestBody bytes,
-// rejecting unknown fields, so that a malformed request gets a 400 that
-// says why.
+// decodeBody reads one JSON object, at most the route's body limit (413
+// beyond it), rejecting unknown fields, so that a malformed request gets a
+// 400 that says why.
 func decodeBody(w http.ResponseWriter, r *http.Request, dst any) error {
 	// Read the whole body before decoding, so that a body over the limit is
 	// refused as too large (413) whatever its first bytes are, not as
 	// malformed or as having data after the object.
-	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, api.MaxRequestBody))
+	data, err := io.ReadAll(r.Body)
 	if err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return fmt.Errorf("%w: request body is larger than %d bytes", api.ErrTooLarge, api.MaxRequestBody)
+			return fmt.Errorf("%w: request body is larger than %d bytes", api.ErrTooLarge, tooBig.Limit)
 		}
 		return fmt.Errorf("%w: read request body: %v", api.ErrBadRequest, err)
 	}
@@ -131,6 +162,9 @@ func (n *Node) handleApply(w http.ResponseWriter, r *http.Request) (any, error) 
 		return nil, err
 	}
 	if err := cmd.Validate(); err != nil {
+		return nil, err
+	}
+	if err := n.authorizeCommand(callerOf(r.Context()), cmd); err != nil {
 		return nil, err
 	}
 	if !n.IsLeader() || n.closing.Load() {

@@ -52,8 +52,7 @@ func startHTTPTestNode(tb testing.TB) *Node {
 				SnapshotInterval:  30 * time.Second,
 				TrailingLogs:      1024,
 			},
-			Logger:       hclog.NewNullLogger(),
-			RaftLogLevel: hclog.Off,
+			Logger: hclog.NewNullLogger(),
 		}
 		n, err = Open(cfg, false)
 		if err == nil {

@@ -14,30 +14,38 @@ import (
 	"github.com/geocursor/geocursor/fsm"
 )
 
-// validateJoin checks that r names a node and both its addresses.
+// validateJoin checks that r names a valid node ID and both its addresses,
+// as the members table will hold them.
 func validateJoin(r api.JoinRequest) error {
 	if r.NodeID == "" || r.RaftAddr == "" || r.HTTPAddr == "" {
 		return fmt.Errorf("%w: join needs node_id, raft_addr and http_addr", api.ErrBadRequest)
 	}
+	m := fsm.Member{ID: r.NodeID, RaftAddr: r.RaftAddr, HTTPAddr: r.HTTPAddr}
+	if err := (fsm.Command{Op: fsm.OpSetMember, Member: &m}).Validate(); err != nil {
+		return fmt.Errorf("%w: %v", api.ErrBadRequest, err)
+	}
 	return nil
 }
 
-// Join asks the members at addrs (HTTP addresses), in turn, to add this node
-// as a voter, retrying with backoff until ctx ends. A refusal that retrying
-// cannot fix (a node ID taken by another address) ends it at once.
+// Join asks the members at addrs (HTTP addresses), in turn, to add this
+// node, retrying with backoff until ctx ends. A member that does not lead
+// is asked who does, and the join goes there: the leader checks that the
+// joiner's certificate names the node it joins as, so a join is never
+// relayed. A refusal that retrying cannot fix (a node ID or address taken
+// by another member, or a certificate for another node) ends it at once.
 func (n *Node) Join(ctx context.Context, addrs []string) error {
 	req := joinRequestFor(n.self())
 	backoff := api.Backoff{Min: 100 * time.Millisecond, Max: 2 * time.Second}
 	lastErr := map[string]string{}
 	for attempt := 1; ; attempt++ {
 		for _, addr := range addrs {
-			resp, err := n.client.Join(ctx, addr, req)
+			resp, via, err := n.joinVia(ctx, addr, req)
 			if err == nil {
-				n.logger.Info("joined the group", "via", addr, "leader", resp.Leader, "already_member", resp.AlreadyMember)
+				n.logger.Info("joined the group", "via", via, "leader", resp.Leader, "already_member", resp.AlreadyMember)
 				return nil
 			}
-			if errors.Is(err, api.ErrJoinConflict) || errors.Is(err, api.ErrBadRequest) {
-				return fmt.Errorf("join via %s refused: %w", addr, err)
+			if errors.Is(err, api.ErrJoinConflict) || errors.Is(err, api.ErrBadRequest) || errors.Is(err, api.ErrPermissionDenied) {
+				return fmt.Errorf("join via %s refused: %w", via, err)
 			}
 			lastErr[addr] = err.Error()
 			n.logger.Debug("join attempt failed", "via", addr, "attempt", attempt, "error", err)
@@ -52,8 +60,23 @@ func (n *Node) Join(ctx context.Context, addrs []string) error {
 	}
 }
 
-// joinOnLeader adds (or updates) the member of req: here if this node
-// leads, else through the leader's join endpoint.
+// joinVia sends req to the member at addr, or, if it does not lead, to the
+// leader it names; via is where the answer came from.
+func (n *Node) joinVia(ctx context.Context, addr string, req api.JoinRequest) (resp api.JoinResponse, via string, err error) {
+	resp, err = n.client.Join(ctx, addr, req)
+	if !errors.Is(err, api.ErrNotLeader) {
+		return resp, addr, err
+	}
+	st, serr := n.client.Status(ctx, addr)
+	if serr != nil || st.Leader == nil || st.Leader.HTTPAddr == "" || st.Leader.HTTPAddr == addr {
+		return resp, addr, err
+	}
+	resp, err = n.client.Join(ctx, st.Leader.HTTPAddr, req)
+	return resp, st.Leader.HTTPAddr, err
+}
+
+// joinOnLeader adds (or updates) this node's own entry: here if this node
+// leads, else at the leader's join endpoint.
 func (n *Node) joinOnLeader(ctx context.Context, req api.JoinRequest) (api.JoinResponse, error) {
 	var resp api.JoinResponse
 	err := n.onLeader(ctx, func(ctx context.Context, leaderHTTP string) error {
@@ -61,7 +84,7 @@ func (n *Node) joinOnLeader(ctx context.Context, req api.JoinRequest) (api.JoinR
 		if leaderHTTP != "" {
 			resp, err = n.client.Join(ctx, leaderHTTP, req)
 		} else {
-			resp, err = n.addVoter(req)
+			resp, err = n.addMember(req)
 		}
 		return err
 	})
@@ -78,6 +101,9 @@ func joinRequestFor(m fsm.Member) api.JoinRequest {
 	return api.JoinRequest{NodeID: m.ID, RaftAddr: m.RaftAddr, HTTPAddr: m.HTTPAddr}
 }
 
+// handleJoin serves POST /v1/cluster/join on the leader; another member
+// answers not_leader and the joiner asks the leader itself. A peer joins
+// only as the node its certificate names.
 func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) (any, error) {
 	var req api.JoinRequest
 	if err := decodeBody(w, r, &req); err != nil {
@@ -86,14 +112,23 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) (any, error) {
 	if err := validateJoin(req); err != nil {
 		return nil, err
 	}
-	return n.joinOnLeader(r.Context(), req)
+	if c := callerOf(r.Context()); n.cfg.TLS != nil && c.peer != req.NodeID {
+		return nil, fmt.Errorf("%w: the certificate of %s cannot join as %s", api.ErrPermissionDenied, c.peer, req.NodeID)
+	}
+	if !n.IsLeader() || n.closing.Load() {
+		return nil, fmt.Errorf("%w: %s does not lead: join through the leader", api.ErrNotLeader, n.cfg.NodeID)
+	}
+	return n.addMember(req)
 }
 
-// addVoter runs on the leader. Joining twice is harmless; a node ID that
-// the group knows at another Raft address is refused, since two processes
-// would then share one identity; a new ID at the address of an old one
-// replaces it (the old node's data was wiped and it came back renamed).
-func (n *Node) addVoter(req api.JoinRequest) (api.JoinResponse, error) {
+// addMember runs on the leader. Joining twice is harmless, and a member
+// may publish a new HTTP address of its own; but a join never changes
+// another member's Raft address or removes another member: a node ID
+// known at another Raft address, or a Raft address that another member
+// uses, is refused. A new node joins as a non-voter, so that one that
+// cannot be reached cannot cost the group its quorum; promoteCaughtUp
+// makes it a voter once it has caught up.
+func (n *Node) addMember(req api.JoinRequest) (api.JoinResponse, error) {
 	resp := api.JoinResponse{Leader: n.cfg.NodeID}
 	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
@@ -104,28 +139,18 @@ func (n *Node) addVoter(req api.JoinRequest) (api.JoinResponse, error) {
 		case string(s.ID) == req.NodeID && string(s.Address) == req.RaftAddr:
 			resp.AlreadyMember = true
 		case string(s.ID) == req.NodeID:
-			return resp, fmt.Errorf("%w: node ID %s is already a member at raft address %s, not %s: give the new node another node_id, or remove the old one first",
-				api.ErrJoinConflict, req.NodeID, s.Address, req.RaftAddr)
-		case string(s.ID) == n.cfg.NodeID && string(s.Address) == req.RaftAddr:
-			// This leader is alive at that address, so the joiner cannot be
-			// its renamed successor: replacing it would remove the leader.
-			return resp, fmt.Errorf("%w: raft address %s is the leader's own (node %s): give %s its own raft_addr",
-				api.ErrJoinConflict, req.RaftAddr, s.ID, req.NodeID)
+			return resp, fmt.Errorf("%w: node ID %s is already a member at raft address %s, not %s: give the new node another node_id, or remove the old one first with `geocursor cluster remove -id %s`",
+				api.ErrJoinConflict, req.NodeID, s.Address, req.RaftAddr, req.NodeID)
 		case string(s.Address) == req.RaftAddr:
-			n.logger.Warn("removing a member whose raft address a new node now uses", "old_id", s.ID, "new_id", req.NodeID, "raft_addr", req.RaftAddr)
-			if err := n.raft.RemoveServer(s.ID, 0, applyTimeout).Error(); err != nil {
-				return resp, fmt.Errorf("remove stale member %s: %w", s.ID, mapRaftError(err))
-			}
-			if _, err := n.applyRecorded(fsm.Command{Op: fsm.OpRemoveMember, Node: string(s.ID)}); err != nil {
-				return resp, err
-			}
+			return resp, fmt.Errorf("%w: raft address %s is member %s's: give %s its own raft_addr, or remove %s first with `geocursor cluster remove -id %s`",
+				api.ErrJoinConflict, req.RaftAddr, s.ID, req.NodeID, s.ID, s.ID)
 		}
 	}
 	if !resp.AlreadyMember {
-		if err := n.raft.AddVoter(raft.ServerID(req.NodeID), raft.ServerAddress(req.RaftAddr), 0, applyTimeout).Error(); err != nil {
-			return resp, fmt.Errorf("add voter %s: %w", req.NodeID, mapRaftError(err))
+		if err := n.raft.AddNonvoter(raft.ServerID(req.NodeID), raft.ServerAddress(req.RaftAddr), 0, applyTimeout).Error(); err != nil {
+			return resp, fmt.Errorf("add %s: %w", req.NodeID, mapRaftError(err))
 		}
-		n.logger.Info("added voter", "peer", req.NodeID, "raft_addr", req.RaftAddr, "http_addr", req.HTTPAddr)
+		n.logger.Info("added a non-voter; it becomes a voter once it has caught up", "peer", req.NodeID, "raft_addr", req.RaftAddr, "http_addr", req.HTTPAddr)
 	}
 	m := fsm.Member{ID: req.NodeID, RaftAddr: req.RaftAddr, HTTPAddr: req.HTTPAddr}
 	if cur, ok := n.fsm.Member(req.NodeID); !ok || cur != m {
@@ -138,4 +163,43 @@ func (n *Node) addVoter(req api.JoinRequest) (api.JoinResponse, error) {
 		}
 	}
 	return resp, nil
+}
+
+// Promotion: a non-voter is promoted once it answers its status with an
+// applied index within promoteLag entries of the leader's.
+const (
+	promoteEvery = 250 * time.Millisecond
+	promoteLag   = 64
+)
+
+// promoteCaughtUp makes every non-voter that has caught up a voter. It runs
+// on the leader.
+func (n *Node) promoteCaughtUp(ctx context.Context) {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return
+	}
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter {
+			continue
+		}
+		m, ok := n.fsm.Member(string(s.ID))
+		if !ok || m.HTTPAddr == "" {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, probeTimeout)
+		st, err := n.client.Status(sctx, m.HTTPAddr)
+		cancel()
+		if err != nil || st.NodeID != string(s.ID) {
+			continue
+		}
+		if target := n.raft.AppliedIndex(); st.AppliedIndex+promoteLag < target {
+			continue
+		}
+		if err := n.raft.AddVoter(s.ID, s.Address, 0, applyTimeout).Error(); err != nil {
+			n.logger.Warn("promote a caught-up non-voter", "peer", s.ID, "error", mapRaftError(err))
+			continue
+		}
+		n.logger.Info("promoted a caught-up non-voter to voter", "peer", s.ID, "applied_index", st.AppliedIndex)
+	}
 }

@@ -29,6 +29,12 @@ func (n *Node) startLeaderDuties() {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
+		n.runPromoter()
+	}()
+
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
 		// A node may already lead when the observer is registered (a single
 		// node bootstraps fast), so check once at start too.
 		if n.IsLeader() {
@@ -151,4 +157,23 @@ func (n *Node) publishSelf() {
 			n.logger.Debug("publish own addresses", "error", err)
 		}
 	}()
+}
+
+// runPromoter promotes caught-up non-voters while this node leads, on a
+// goroutine of its own so that a slow member cannot hold up a revoke.
+func (n *Node) runPromoter() {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	t := time.NewTicker(promoteEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case <-t.C:
+			if n.IsLeader() {
+				n.promoteCaughtUp(ctx)
+			}
+		}
+	}
 }

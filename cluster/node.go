@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -16,10 +17,12 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"go.etcd.io/bbolt"
+	"golang.org/x/net/netutil"
 
 	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/config"
 	"github.com/geocursor/geocursor/fsm"
+	"github.com/geocursor/geocursor/tlsutil"
 )
 
 // Config is what a Node needs to run.
@@ -29,11 +32,35 @@ type Config struct {
 	HTTPAddr string
 	RaftAddr string
 	Raft     config.RaftConfig
-	// Logger receives the node's logs; Raft's go to Logger.Named("raft") at
-	// RaftLogLevel.
-	Logger       hclog.Logger
-	RaftLogLevel hclog.Level
+	// Logger receives the node's logs, RaftLogger Raft's own (nil:
+	// Logger.Named("raft")).
+	Logger     hclog.Logger
+	RaftLogger hclog.Logger
+	// TLS, when set, makes the Raft port and the HTTP API speak only TLS,
+	// verified both ways against the cluster's CA (design section 10).
+	TLS *tlsutil.Node
+	// ACL, when set, makes every endpoint but the health checks ask for a
+	// token.
+	ACL *ACL
+	// OperatorToken is what this node sends to its peers without TLS, when
+	// the ACL asks for one (peers have no certificate to prove themselves
+	// with then).
+	OperatorToken string
 }
+
+// HTTP server limits: a request gets its headers in 5s and its body in
+// 10s (a body sent a byte a second is cut off), an answer must be written
+// within 15s (a forwarded command waits for a leader for at most a few
+// election timeouts), and at most maxConnections connections are open at
+// once.
+const (
+	readHeaderTimeout = 5 * time.Second
+	readTimeout       = 10 * time.Second
+	writeTimeout      = 15 * time.Second
+	idleTimeout       = 60 * time.Second
+	maxHeaderBytes    = 16 << 10
+	maxConnections    = 256
+)
 
 // Node is one peer of the Raft group with its HTTP API.
 type Node struct {
@@ -71,8 +98,14 @@ func Open(cfg Config, join bool) (*Node, error) {
 		logger: cfg.Logger,
 		fsm:    fsm.New(),
 		stop:   make(chan struct{}),
-		client: api.NewClient(api.ClientOptions{}),
 	}
+	clientOpts := api.ClientOptions{}
+	if cfg.TLS != nil {
+		clientOpts.TLS = cfg.TLS.PeerClient()
+	} else if cfg.ACL != nil {
+		clientOpts.Token = cfg.OperatorToken
+	}
+	n.client = api.NewClient(clientOpts)
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data_dir %s: %w", cfg.DataDir, err)
 	}
@@ -81,6 +114,7 @@ func Open(cfg Config, join bool) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on http_addr %s: %w", cfg.HTTPAddr, err)
 	}
+	httpLn = netutil.LimitListener(httpLn, maxConnections)
 	ok := false
 	defer func() {
 		if !ok {
@@ -98,8 +132,10 @@ func Open(cfg Config, join bool) (*Node, error) {
 		return nil, fmt.Errorf("open raft store in %s: %w (is another agent using this data_dir?)", cfg.DataDir, err)
 	}
 	n.store = store
-	raftLogger := cfg.Logger.Named("raft")
-	raftLogger.SetLevel(cfg.RaftLogLevel)
+	raftLogger := cfg.RaftLogger
+	if raftLogger == nil {
+		raftLogger = cfg.Logger.Named("raft")
+	}
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, raftLogger)
 	if err != nil {
 		return nil, fmt.Errorf("open snapshot store in %s: %w", cfg.DataDir, err)
@@ -110,9 +146,19 @@ func Open(cfg Config, join bool) (*Node, error) {
 	}
 	// The transport timeout bounds how long a heartbeat to a hung peer can
 	// block; it is what lets the leader notice a frozen lease holder.
-	n.transport, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, advertise, 3, time.Second, raftLogger)
-	if err != nil {
-		return nil, fmt.Errorf("listen on raft_addr %s: %w", cfg.RaftAddr, err)
+	if cfg.TLS != nil {
+		stream, err := newTLSStreamLayer(cfg.RaftAddr, advertise, cfg.TLS.RaftServer(), cfg.TLS.PeerClient(), n.logger.Named("raft-tls"))
+		if err != nil {
+			return nil, fmt.Errorf("listen on raft_addr %s: %w", cfg.RaftAddr, err)
+		}
+		n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+			Stream: stream, MaxPool: 3, Timeout: time.Second, Logger: raftLogger,
+		})
+	} else {
+		n.transport, err = raft.NewTCPTransportWithLogger(cfg.RaftAddr, advertise, 3, time.Second, raftLogger)
+		if err != nil {
+			return nil, fmt.Errorf("listen on raft_addr %s: %w", cfg.RaftAddr, err)
+		}
 	}
 
 	rc := raft.DefaultConfig()
@@ -152,10 +198,16 @@ func Open(cfg Config, join bool) (*Node, error) {
 
 	n.httpServer = &http.Server{
 		Handler:           n.routes(),
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		IdleTimeout:       60 * time.Second,
-		ErrorLog:          n.logger.Named("http").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true}),
+		ReadHeaderTimeout: readHeaderTimeout,
+		ReadTimeout:       readTimeout,
+		WriteTimeout:      writeTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		ErrorLog:          n.logger.Named("http").StandardLogger(&hclog.StandardLoggerOptions{InferLevels: true, ForceLevel: hclog.Debug}),
+	}
+	if cfg.TLS != nil {
+		n.httpServer.TLSConfig = cfg.TLS.APIServer()
+		httpLn = tls.NewListener(httpLn, n.httpServer.TLSConfig)
 	}
 	n.wg.Add(1)
 	go func() {

@@ -60,6 +60,17 @@ func (f *FSM) Member(id string) (Member, bool) {
 	return m, ok
 }
 
+// Check answers cmd as Apply would on the current state (State.Check),
+// without applying it: the lease and cursor it would answer with, the time
+// it would be applied at, and the refusal, nil if it would be granted.
+func (f *FSM) Check(cmd Command) Result {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	res := f.state.result(f.state.Check(cmd))
+	res.Now = f.state.at(cmd.Now)
+	return res
+}
+
 // Clock returns the state's clock: the time the last command was applied at.
 func (f *FSM) Clock() int64 {
 	f.mu.RLock()

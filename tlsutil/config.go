@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -28,6 +29,7 @@ type material struct {
 // tls.Config it builds looks the current material up at each handshake, so
 // Reload takes effect for the next connection without a restart.
 type Node struct {
+	mu    sync.Mutex // serializes reloads
 	files Files
 	id    string
 	cur   atomic.Pointer[material]
@@ -46,14 +48,28 @@ func LoadNode(files Files, id string) (*Node, error) {
 // Reload reads the files again and, if they are sound, uses them from the
 // next handshake on; if not, the material in use stays.
 func (n *Node) Reload() error {
-	m, err := loadMaterial(n.files.CA, n.files.Cert, n.files.Key)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.use(n.files)
+}
+
+// Use switches to other files, as Reload does.
+func (n *Node) Use(files Files) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.use(files)
+}
+
+func (n *Node) use(files Files) error {
+	m, err := loadMaterial(files.CA, files.Cert, files.Key)
 	if err != nil {
 		return err
 	}
 	if id, ok := PeerID(m.cert.Leaf); !ok || id != n.id {
 		return fmt.Errorf("%s is a %s, not a peer certificate of %s: create one with `geocursor tls cert create -node %s`",
-			n.files.Cert, describe(m.cert.Leaf), n.id, n.id)
+			files.Cert, describe(m.cert.Leaf), n.id, n.id)
 	}
+	n.files = files
 	n.cur.Store(m)
 	return nil
 }

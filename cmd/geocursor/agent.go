@@ -47,24 +47,63 @@ func runAgent(args []string, stderr io.Writer) error {
 		return &usageError{msg: err.Error()}
 	}
 
-	logger := newLogger(cfg, stderr)
+	lg := newLogs(cfg, stderr)
+	logger := lg.agent
+	sec, err := loadSecurity(cfg)
+	if err != nil {
+		return &usageError{msg: err.Error()}
+	}
 	ctx, stop := signalContext(logger)
 	defer stop()
-	if err := agent(ctx, cfg, logger); err != nil {
+	reloads := reloadOnHangup(ctx, logger, func() error {
+		fresh, err := config.Load(*configPath, os.Environ(), over)
+		if err != nil {
+			return err
+		}
+		if err := sec.reload(fresh, logger); err != nil {
+			return err
+		}
+		lg.setLevel(fresh.LogLevel)
+		return nil
+	})
+	defer reloads()
+	if err := agent(ctx, cfg, sec, lg); err != nil {
 		logger.Error("agent stopped", "error", err)
 		return err
 	}
 	return nil
 }
 
-func newLogger(cfg *config.Config, out io.Writer) hclog.Logger {
+// logs are the agent's two loggers: its own, and Raft's, which is quieter
+// (warn, or the agent's level when that is debug or trace). Both write to
+// the same output in the same format, and both change level on SIGHUP.
+type logs struct {
+	agent, raft hclog.Logger
+}
+
+func newLogs(cfg *config.Config, out io.Writer) logs {
+	l := logs{agent: newLogger(cfg, out, "geocursor"), raft: newLogger(cfg, out, "geocursor.raft")}
+	l.setLevel(cfg.LogLevel)
+	return l
+}
+
+// setLevel sets the agent's level and Raft's.
+func (l logs) setLevel(level string) {
+	lvl := hclog.LevelFromString(level)
+	l.agent.SetLevel(lvl)
+	raftLevel := hclog.Warn
+	if lvl <= hclog.Debug {
+		raftLevel = lvl
+	}
+	l.raft.SetLevel(raftLevel)
+}
+
+func newLogger(cfg *config.Config, out io.Writer, name string) hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{
-		Name:       "geocursor",
+		Name:       name,
 		Level:      hclog.LevelFromString(cfg.LogLevel),
 		Output:     out,
 		JSONFormat: cfg.LogFormat == "json",
-		// Raft's logger is a sub-logger with its own, quieter level.
-		IndependentLevels: true,
 	}).With("pid", os.Getpid(), "node_id", cfg.NodeID)
 }
 
@@ -90,14 +129,16 @@ func signalContext(logger hclog.Logger) (context.Context, func()) {
 }
 
 // agent runs one peer until ctx is cancelled.
-func agent(ctx context.Context, cfg *config.Config, logger hclog.Logger) error {
-	raftLevel := hclog.Warn
-	if lvl := hclog.LevelFromString(cfg.LogLevel); lvl <= hclog.Debug {
-		raftLevel = lvl
+func agent(ctx context.Context, cfg *config.Config, sec *security, lg logs) error {
+	logger := lg.agent
+	if cfg.Insecure && !cfg.Secure() {
+		logger.Warn("insecure = true: this node listens without tls and acl, and anyone who reaches its ports can change the cluster",
+			"http_addr", cfg.HTTPAddr, "raft_addr", cfg.RaftAddr)
 	}
 	node, err := cluster.Open(cluster.Config{
 		NodeID: cfg.NodeID, DataDir: cfg.DataDir, HTTPAddr: cfg.HTTPAddr, RaftAddr: cfg.RaftAddr,
-		Raft: cfg.Raft, Logger: logger, RaftLogLevel: raftLevel,
+		Raft: cfg.Raft, Logger: logger, RaftLogger: lg.raft,
+		TLS: sec.tls, ACL: sec.acl, OperatorToken: sec.operatorToken,
 	}, len(cfg.Join) > 0)
 	if err != nil {
 		return err
@@ -118,7 +159,7 @@ func agent(ctx context.Context, cfg *config.Config, logger hclog.Logger) error {
 		logger.Warn("recording every command to a history file (fault testing only)", "path", path)
 	}
 	logger.Info("agent started", "http_addr", cfg.HTTPAddr, "raft_addr", cfg.RaftAddr, "data_dir", cfg.DataDir,
-		"witness", cfg.Source == nil, "version", version)
+		"witness", cfg.Source == nil, "tls", cfg.TLS != nil, "acl", cfg.ACL != nil, "version", version)
 
 	switch {
 	case node.HadState() && len(cfg.Join) > 0:

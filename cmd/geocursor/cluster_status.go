@@ -7,9 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
+	"strconv"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"github.com/geocursor/geocursor/api"
 )
@@ -20,7 +21,7 @@ const defaultAddr = "127.0.0.1:8470"
 
 func runClusterStatus(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("cluster status", stderr)
-	addr := fs.String("addr", defaultAgentAddr(), "HTTP address of any member (default $GEOCURSOR_ADDR, then "+defaultAddr+")")
+	cf := addClientFlags(fs)
 	format := fs.String("format", "table", "output format: table or json")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -28,9 +29,14 @@ func runClusterStatus(args []string, stdout, stderr io.Writer) error {
 	if *format != "table" && *format != "json" {
 		return usagef("cluster status: -format %q is not table or json", *format)
 	}
+	client, err := cf.client()
+	if err != nil {
+		return err
+	}
+	addr := cf.addr
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	body, err := newClient().StatusJSON(ctx, *addr)
+	body, err := client.StatusJSON(ctx, *addr)
 	if err != nil {
 		return unreachable(*addr, err)
 	}
@@ -45,26 +51,18 @@ func runClusterStatus(args []string, stdout, stderr io.Writer) error {
 	return printStatusTable(stdout, st, time.Now())
 }
 
-// newClient is the API client of the CLI commands.
-func newClient() *api.Client {
-	return api.NewClient(api.ClientOptions{})
-}
-
-// unreachable explains a request that failed: no agent at addr, or the
-// agent's own error.
+// unreachable explains a request that failed: no agent at addr, a
+// credential that is missing or wrong, or the agent's own error.
 func unreachable(addr string, err error) error {
-	if errors.Is(err, api.ErrNotSent) {
+	switch {
+	case errors.Is(err, api.ErrNotSent):
 		return fmt.Errorf("no agent answered at %s (%v): is it running? pass -addr or set GEOCURSOR_ADDR to a member's http_addr", addr, err)
+	case errors.Is(err, api.ErrUnauthorized):
+		return fmt.Errorf("agent at %s asks for a token: pass -token or set %s (%v)", addr, envToken, err)
+	case errors.Is(err, api.ErrPermissionDenied):
+		return fmt.Errorf("agent at %s refused: %v (an operator command needs the operator token)", addr, err)
 	}
 	return fmt.Errorf("agent at %s: %w", addr, err)
-}
-
-// defaultAgentAddr is $GEOCURSOR_ADDR, else the default http_addr.
-func defaultAgentAddr() string {
-	if a := os.Getenv("GEOCURSOR_ADDR"); a != "" {
-		return a
-	}
-	return defaultAddr
 }
 
 func printStatusTable(w io.Writer, st api.Status, now time.Time) error {
@@ -72,14 +70,14 @@ func printStatusTable(w io.Writer, st api.Status, now time.Time) error {
 	p := func(format string, args ...any) { fmt.Fprintf(tw, format, args...) }
 
 	if st.Leader != nil {
-		p("Leader\t%s (raft %s, http %s)\n", st.Leader.ID, st.Leader.RaftAddr, st.Leader.HTTPAddr)
+		p("Leader\t%s (raft %s, http %s)\n", safe(st.Leader.ID), safe(st.Leader.RaftAddr), safe(st.Leader.HTTPAddr))
 	} else {
 		p("Leader\tNONE: no leader known to %s (election under way, or a majority is down)\n", st.NodeID)
 	}
-	p("Raft\tterm %d, commit index %d, applied index %d (as seen by %s)\n", st.Term, st.CommitIndex, st.AppliedIndex, st.NodeID)
+	p("Raft\tterm %d, commit index %d, applied index %d (as seen by %s)\n", st.Term, st.CommitIndex, st.AppliedIndex, safe(st.NodeID))
 	switch {
 	case st.Lease.Holder != nil && st.Lease.ExpiresAt != nil:
-		p("Lease\theld by %s, token %d, expires in %s\n", *st.Lease.Holder, st.Lease.Token, st.Lease.ExpiresAt.Sub(now).Round(100*time.Millisecond))
+		p("Lease\theld by %s, token %d, expires in %s\n", safe(*st.Lease.Holder), st.Lease.Token, st.Lease.ExpiresAt.Sub(now).Round(100*time.Millisecond))
 	default:
 		p("Lease\tfree (last token %d)\n", st.Lease.Token)
 	}
@@ -102,7 +100,7 @@ func printStatusTable(w io.Writer, st api.Status, now time.Time) error {
 	p("Stats\t%d events in %d batches, %d dead letters, %d gaps dropped\n",
 		st.Stats.EventsProcessed, st.Stats.Batches, st.Stats.DeadLetters, st.Stats.GapsDropped)
 	if d := st.Databases; d != nil {
-		p("Databases\tsource %s; tracking %s (as seen by %s)\n", d.Source, d.Tracking, st.NodeID)
+		p("Databases\tsource %s; tracking %s (as seen by %s)\n", safe(d.Source), safe(d.Tracking), safe(st.NodeID))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -112,11 +110,11 @@ func printStatusTable(w io.Writer, st api.Status, now time.Time) error {
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tROLE\tVOTER\tREACHABLE\tRAFT ADDRESS\tHTTP ADDRESS")
 	for _, m := range st.Members {
-		id := m.ID
+		id := safe(m.ID)
 		if m.ID == st.NodeID {
 			id += " (this)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", id, m.Role, yesNo(m.Voter), yesNo(m.Reachable), m.RaftAddr, orDash(m.HTTPAddr))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", id, safe(m.Role), yesNo(m.Voter), yesNo(m.Reachable), safe(m.RaftAddr), orDash(safe(m.HTTPAddr)))
 	}
 	return tw.Flush()
 }
@@ -131,6 +129,19 @@ func yesNo(b bool) string {
 func orDash(s string) string {
 	if s == "" {
 		return "-"
+	}
+	return s
+}
+
+// safe is s as a terminal should see it: a string with anything but
+// printable characters (terminal escapes, newlines, tabs) is shown quoted
+// with those escaped. Agents validate what they store, but the document
+// comes over the network.
+func safe(s string) string {
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(s)
+		}
 	}
 	return s
 }

@@ -12,13 +12,18 @@ import (
 // acquire.
 func runCursorPause(verb string, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("cursor "+verb, stderr)
-	addr := fs.String("addr", defaultAgentAddr(), "HTTP address of any member (default $GEOCURSOR_ADDR, then "+defaultAddr+")")
+	cf := addClientFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	client, err := cf.client()
+	if err != nil {
+		return err
+	}
+	addr := cf.addr
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	res, err := newClient().SetPaused(ctx, *addr, verb == "pause")
+	res, err := client.SetPaused(ctx, *addr, verb == "pause")
 	if err != nil {
 		return unreachable(*addr, err)
 	}

@@ -30,6 +30,8 @@ Commands:
   cluster status   show the group: leader, members, lease, cursor and lag
   cursor pause     stop processing after the batch in flight (all peers)
   cursor resume    let the peers process again
+  tls ca create    create the cluster's certificate authority
+  tls cert create  create a peer (-node ID) or client (-client NAME) certificate
   version          print the version
 
 Run "geocursor <command> -h" for a command's flags.
@@ -86,6 +88,14 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 			return runCursorPause(args[1], args[2:], stdout, stderr)
 		}
 		return usagef("unknown command \"cursor %s\": the cursor commands are: pause, resume", args[1])
+	case "tls":
+		if len(args) < 3 || args[2] != "create" || (args[1] != "ca" && args[1] != "cert") {
+			return usagef("the tls commands are: geocursor tls ca create, geocursor tls cert create (-node ID | -client NAME)")
+		}
+		if args[1] == "ca" {
+			return runTLSCACreate(args[3:], stdout, stderr)
+		}
+		return runTLSCertCreate(args[3:], stdout, stderr)
 	case "version", "-version", "--version":
 		fmt.Fprintf(stdout, "geocursor %s\n", version)
 		return nil
@@ -93,5 +103,5 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stdout, usage)
 		return errHelp
 	}
-	return usagef("unknown command %q: the commands are agent, cluster status, cursor pause, cursor resume and version", args[0])
+	return usagef("unknown command %q: the commands are agent, cluster status, cursor pause, cursor resume, tls ca create, tls cert create and version", args[0])
 }

@@ -209,6 +209,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 // command the group applied.
 func (c *Cluster) agentHCL() string {
 	return fmt.Sprintf(`join_timeout = "30s"
+insecure     = true
 log_level    = %q
 
 lease {
