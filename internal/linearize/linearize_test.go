@@ -415,3 +415,33 @@ func TestReconcilePrefersACopyStampedWhileWaiting(t *testing.T) {
 		}
 	}
 }
+
+// TestRefusalAnsweredBeforeTheLog: the leader refuses an acquire it can see
+// the state machine would refuse without proposing it (index 0). The
+// history is still linearizable, the refusal is not reported as missing
+// from the log, and it raises no safety alarm.
+func TestRefusalAnsweredBeforeTheLog(t *testing.T) {
+	s := &sim{}
+	var log []LogEntry
+	e := s.do("n1", t0, t0+ms, t0+2*ms, acquire("n1"))
+	log = append(log, logEntry(e))
+	st := s.st.Clone()
+	refused := acquire("n2")
+	refused.Now = t0 + 10*ms
+	checked := st.Check(refused)
+	if checked == nil {
+		t.Fatal("n2's acquire while n1 holds the lease is not refused")
+	}
+	res := fsm.Result{Lease: st.Lease, Cursor: st.Cursor, Now: t0 + 10*ms, Err: checked}
+	s.h = append(s.h, api.NewHistoryEntry("n2", t0+9*ms, t0+11*ms, acquire("n2"), res, nil))
+	h, rec := Reconcile(s.h, log, true)
+	if len(rec.Unlogged) != 1 || len(rec.Unmatched) != 0 || rec.Matched != 1 {
+		t.Fatalf("reconciliation: %s", rec)
+	}
+	if ok, info := Check(h); !ok {
+		t.Fatalf("%s", info)
+	}
+	if v := CheckSafety(h); len(v) != 0 {
+		t.Fatalf("violations: %v", v)
+	}
+}

@@ -39,11 +39,14 @@ type Reconciliation struct {
 	// Unmatched are answered entries the log does not hold: an answer for
 	// a command that was never applied, or a log that is not complete.
 	Unmatched []api.HistoryEntry
+	// Unlogged are refusals the leader answered without proposing them
+	// (index 0, not in the log): it saw the state machine would refuse.
+	Unlogged []api.HistoryEntry
 }
 
 func (r Reconciliation) String() string {
-	return fmt.Sprintf("%d answered commands found in the raft log, %d unanswered found applied, %d unanswered never applied, %d applied but unrecorded, %d answered but not in the log",
-		r.Matched, len(r.Resolved), len(r.NotApplied), len(r.Orphans), len(r.Unmatched))
+	return fmt.Sprintf("%d answered commands found in the raft log, %d refused before the log, %d unanswered found applied, %d unanswered never applied, %d applied but unrecorded, %d answered but not in the log",
+		r.Matched, len(r.Unlogged), len(r.Resolved), len(r.NotApplied), len(r.Orphans), len(r.Unmatched))
 }
 
 // Reconcile lines entries up with log, the commands of a Raft log in log
@@ -91,12 +94,15 @@ func Reconcile(entries []api.HistoryEntry, log []LogEntry, complete bool) ([]api
 				}
 			}
 		}
-		if found {
+		switch {
+		case found:
 			used[i] = true
 			e.Index = log[i].Index
 			anchors[e.Index] = e.Now
 			rec.Matched++
-		} else {
+		case e.Index == 0 && e.Code != "":
+			rec.Unlogged = append(rec.Unlogged, e)
+		default:
 			rec.Unmatched = append(rec.Unmatched, e)
 		}
 		out = append(out, e)

@@ -33,8 +33,10 @@ func (v Violation) String() string { return v.Kind + ": " + v.Detail }
 // others from Reconcile), decides what the state machine saw when it made
 // a grant: the leader stamps a command just before proposing it, so two
 // commands proposed at once can be applied in the other order than their
-// stamps, and ordering by stamp raises false alarms. An answered entry
-// without an index cannot be placed and is reported as unordered.
+// stamps, and ordering by stamp raises false alarms. A granted entry
+// without an index cannot be placed and is reported as unordered; a
+// refusal without one was answered before it reached the log, and counts
+// only for what real time decides.
 func CheckSafety(entries []api.HistoryEntry) []Violation {
 	var out []Violation
 	answered := make([]api.HistoryEntry, 0, len(entries))
@@ -44,9 +46,13 @@ func CheckSafety(entries []api.HistoryEntry) []Violation {
 		switch {
 		case e.Index != 0:
 			applied = append(applied, e)
-		case isAnswer:
-			out = append(out, Violation{"unordered", fmt.Sprintf("%s's %s (token %d) was answered but has no raft index: reconcile the history with the raft log first",
+		case isAnswer && e.Code == "":
+			out = append(out, Violation{"unordered", fmt.Sprintf("%s's %s (token %d) was granted but has no raft index: reconcile the history with the raft log first",
 				e.Node, e.Cmd.Op, e.Cmd.Token)})
+		case isAnswer:
+			// A refusal the leader answered without proposing it: it shows
+			// a state at a moment in real time, but has no place in the
+			// apply order.
 		default:
 			unplaced = append(unplaced, e)
 		}
