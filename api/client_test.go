@@ -200,7 +200,8 @@ func TestAnswersWithoutErrorObject(t *testing.T) {
 }
 
 // TestReadyAcceptsNotReady checks that a node that is not ready answers
-// 503 with the reason, which Ready returns as an answer, not an error.
+// 503 with the reason, which Ready returns as an answer, not an error; an
+// error object in a 503 is still an error.
 func TestReadyAcceptsNotReady(t *testing.T) {
 	ctx := context.Background()
 	c := NewClient(ClientOptions{})
@@ -217,6 +218,11 @@ func TestReadyAcceptsNotReady(t *testing.T) {
 		}
 	}
 
+	addr := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		answer(t, w, http.StatusServiceUnavailable, errorAnswer("shutting_down", "node n1 is shutting down"))
+	})
+	_, err := c.Ready(ctx, addr)
+	matchesOnly(t, "Ready answered 503 shutting_down", err, ErrShutdown)
 }
 
 // refusedAddr returns an address on which nothing listens: connecting to
