@@ -1,8 +1,12 @@
-// Package devcluster runs real `geocursor agent` processes on loopback
-// ports for the demo, the benchmark and (through internal/testsupport) the
-// system tests. It owns everything about those processes: building the
-// binary, choosing ports, writing config files, starting, signalling,
-// restarting and waiting for them, and asking them for their status.
+// Package devcluster runs real `geocursor agent` processes for the demo,
+// the benchmark, and (through internal/testsupport and internal/chaos) the
+// system and fault tests. It owns everything about those processes:
+// building the binary, choosing ports, writing config files, starting
+// (directly or through a wrapper such as `ip netns exec`), signalling,
+// pausing, restarting and waiting for them, and asking them for their
+// status and sending them commands, through api.Client like every other
+// caller. Its Cluster and WaitFor are the harness's one group of agents
+// and one wait.
 //
 // It must not depend on package testing: functions return errors, and
 // testsupport turns them into test failures. It holds no product logic; it

@@ -157,8 +157,7 @@ func membersDetail(st api.Status, agents []*Agent) string {
 func quickStatus(ctx context.Context, a *Agent) (api.Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	st, _, err := a.Status(ctx)
-	return st, err
+	return a.Status(ctx)
 }
 
 // Leader polls the status of every live agent, for at most timeout, until

@@ -140,7 +140,7 @@ func startProcessing(t *testing.T, d *procDBs, p procConfig) *ts.Cluster {
 func statusOf(a *ts.Agent) (api.Status, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	st, _, err := a.Status(ctx)
+	st, err := a.Status(ctx)
 	return st, err
 }
 

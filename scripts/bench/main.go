@@ -260,7 +260,7 @@ func (b *bench) waitWhole(ctx context.Context) error {
 	return devcluster.WaitFor(ctx, 60*time.Second, "every agent to reach both databases", func() (bool, string, error) {
 		for _, a := range b.cluster.Agents {
 			sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			st, _, err := a.Status(sctx)
+			st, err := a.Status(sctx)
 			cancel()
 			if err != nil {
 				return false, err.Error(), nil
