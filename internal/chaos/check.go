@@ -17,6 +17,7 @@ import (
 
 	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
+	"github.com/geocursor/geocursor/internal/devcluster"
 	"github.com/geocursor/geocursor/internal/linearize"
 	"github.com/geocursor/geocursor/internal/loadgen"
 )
@@ -227,14 +228,14 @@ func (c *Cluster) cursor(ctx context.Context) int64 {
 }
 
 func (c *Cluster) waitCaughtUp(ctx context.Context, r *Report, want int) error {
-	return waitFor(ctx, catchUpTimeout, "the cursor to reach the source's head with every event processed", func() (bool, string) {
+	return devcluster.WaitEvery(ctx, catchUpTimeout, pollEvery, "the cursor to reach the source's head with every event processed", func() (bool, string, error) {
 		r.Cursor = c.cursor(ctx)
 		n, err := c.processedCount(ctx)
 		if err != nil {
-			return false, err.Error()
+			return false, err.Error(), nil
 		}
 		return r.Cursor == r.Head && n >= want,
-			fmt.Sprintf("cursor %d of head %d, %d of %d events processed", r.Cursor, r.Head, n, want)
+			fmt.Sprintf("cursor %d of head %d, %d of %d events processed", r.Cursor, r.Head, n, want), nil
 	})
 }
 
@@ -297,21 +298,21 @@ func firstIDs(ids []int64) string {
 // waitQuiet waits until every agent has applied the same log index, so
 // that the logs read after stopping agree.
 func (c *Cluster) waitQuiet(ctx context.Context, timeout time.Duration) error {
-	return waitFor(ctx, timeout, "every replica to apply the same index", func() (bool, string) {
+	return devcluster.WaitEvery(ctx, timeout, pollEvery, "every replica to apply the same index", func() (bool, string, error) {
 		var applied []uint64
 		for _, a := range c.Agents {
 			st, err := c.status(ctx, a)
 			if err != nil {
-				return false, err.Error()
+				return false, err.Error(), nil
 			}
 			applied = append(applied, st.AppliedIndex, st.CommitIndex)
 		}
 		for _, v := range applied {
 			if v != applied[0] {
-				return false, fmt.Sprintf("applied/commit indexes %v", applied)
+				return false, fmt.Sprintf("applied/commit indexes %v", applied), nil
 			}
 		}
-		return true, ""
+		return true, "", nil
 	})
 }
 

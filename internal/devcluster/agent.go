@@ -173,7 +173,7 @@ func (a *Agent) start(extra []string) error {
 	fmt.Fprintf(logf, "=== %s: %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(argv, " "))
 
 	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(EnvironWithoutGeocursor(), a.spec.Env...)
+	cmd.Env = append(environWithoutGeocursor(), a.spec.Env...)
 	if a.HistoryPath != "" {
 		cmd.Env = append(cmd.Env, "GEOCURSOR_HISTORY_FILE="+a.HistoryPath)
 	}
@@ -186,27 +186,20 @@ func (a *Agent) start(extra []string) error {
 	}
 	done := make(chan struct{})
 	a.cmd, a.done, a.waitErr, a.paused = cmd, done, nil, false
-	WatchExit(cmd, done, func(err error) {
+	go func() {
+		err := cmd.Wait()
 		a.mu.Lock()
 		a.waitErr = err
 		a.mu.Unlock()
-	})
+		close(done)
+	}()
 	return nil
 }
 
-// WatchExit waits for the started cmd in the background: when it has
-// exited, it calls onExit with the error of cmd.Wait, then closes done.
-func WatchExit(cmd *exec.Cmd, done chan struct{}, onExit func(error)) {
-	go func() {
-		onExit(cmd.Wait())
-		close(done)
-	}()
-}
-
-// EnvironWithoutGeocursor returns the environment of this process without
+// environWithoutGeocursor returns the environment of this process without
 // its GEOCURSOR_* variables, for starting an agent that must see only the
 // ones it is given.
-func EnvironWithoutGeocursor() []string {
+func environWithoutGeocursor() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "GEOCURSOR_") {
@@ -407,12 +400,12 @@ func (a *Agent) WaitExit(timeout time.Duration) (int, error) {
 
 // LogTail returns the last n lines of the agent's log.
 func (a *Agent) LogTail(n int) string {
-	return TailFile(a.LogPath, n)
+	return tailFile(a.LogPath, n)
 }
 
-// TailFile returns the last n lines of the file at path, or a note saying
+// tailFile returns the last n lines of the file at path, or a note saying
 // why it cannot be read.
-func TailFile(path string, n int) string {
+func tailFile(path string, n int) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Sprintf("(cannot read %s: %v)", path, err)
