@@ -153,6 +153,9 @@ func (c *Cluster) Finish(ctx context.Context) (*Report, error) {
 		r.note("replicas did not converge before stopping: %v", err)
 	}
 	for _, a := range c.Agents {
+		if !a.Running() {
+			continue // nothing to stop; WaitFormed above reported it
+		}
 		if err := a.Stop(15 * time.Second); err != nil {
 			r.note("%v", err)
 		}
