@@ -20,3 +20,16 @@ func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() (boo
 		tb.Fatalf("%v", err)
 	}
 }
+
+// Poll calls cond every interval until it returns true or timeout passes,
+// and returns cond's last answer. Unlike WaitFor it does not fail the
+// test, so the caller can explain what went wrong in detail.
+func Poll(timeout, interval time.Duration, cond func() (bool, string)) (bool, string) {
+	var detail string
+	err := devcluster.WaitEvery(context.Background(), timeout, interval, "", func() (bool, string, error) {
+		var ok bool
+		ok, detail = cond()
+		return ok, detail, nil
+	})
+	return err == nil, detail
+}
