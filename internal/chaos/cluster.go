@@ -155,7 +155,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		return nil, err
 	}
 	if opts.Binary == "" {
-		if opts.Binary, err = BuildBinary(ctx, filepath.Join(opts.Dir, "bin")); err != nil {
+		if opts.Binary, err = devcluster.Build(ctx, filepath.Join(opts.Dir, "bin")); err != nil {
 			return nil, err
 		}
 		c.opts.Binary = opts.Binary

@@ -22,21 +22,29 @@ import (
 	"path/filepath"
 )
 
-// Build builds ./cmd/geocursor of the module at moduleRoot into
-// outDir/geocursor and returns the binary's path.
-func Build(ctx context.Context, moduleRoot, outDir string) (string, error) {
+// Build builds ./cmd/geocursor of the module that holds the working
+// directory into outDir/geocursor, creating outDir, and returns the
+// binary's path.
+func Build(ctx context.Context, outDir string) (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return "", fmt.Errorf("create %s: %w", outDir, err)
+	}
 	out := filepath.Join(outDir, "geocursor")
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/geocursor")
-	cmd.Dir = moduleRoot
+	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/geocursor: %v\n%s", err, b)
 	}
 	return out, nil
 }
 
-// ModuleRoot walks up from the working directory to the directory that
+// moduleRoot walks up from the working directory to the directory that
 // holds go.mod.
-func ModuleRoot() (string, error) {
+func moduleRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", fmt.Errorf("find module root: %w", err)

@@ -32,11 +32,6 @@ var (
 func BuildBinary(tb testing.TB) string {
 	tb.Helper()
 	buildOnce.Do(func() {
-		root, err := devcluster.ModuleRoot()
-		if err != nil {
-			buildErr = err
-			return
-		}
 		dir, err := os.MkdirTemp("", "geocursor-bin-")
 		if err != nil {
 			buildErr = fmt.Errorf("create build dir: %w", err)
@@ -47,7 +42,7 @@ func BuildBinary(tb testing.TB) string {
 			buildErr = fmt.Errorf("chmod build dir: %w", err)
 			return
 		}
-		buildPath, buildErr = devcluster.Build(context.Background(), root, dir)
+		buildPath, buildErr = devcluster.Build(context.Background(), dir)
 	})
 	if buildErr != nil {
 		tb.Fatalf("build geocursor: %v", buildErr)

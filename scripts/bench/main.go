@@ -214,12 +214,8 @@ func (b *bench) setUp(ctx context.Context) error {
 	b.mu.Lock()
 	b.dir = dir
 	b.mu.Unlock()
-	root, err := devcluster.ModuleRoot()
-	if err != nil {
-		return err
-	}
 	b.logf("building geocursor into %s", dir)
-	b.binary, err = devcluster.Build(ctx, root, dir)
+	b.binary, err = devcluster.Build(ctx, dir)
 	return err
 }
 
