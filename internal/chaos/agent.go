@@ -37,7 +37,7 @@ func newAgent(id string, h *Host, dir, binary, hcl string, env, join []string) (
 		Wrapper:        []string{"ip", "netns", "exec", h.NS},
 		History:        true,
 		Supervised:     true,
-		RequestTimeout: statusTimeout,
+		RequestTimeout: requestTimeout,
 	})
 	if err != nil {
 		return nil, err
@@ -45,6 +45,7 @@ func newAgent(id string, h *Host, dir, binary, hcl string, env, join []string) (
 	return &Agent{Agent: a, Host: h}, nil
 }
 
-// statusTimeout bounds a status request to an agent: one that takes
-// longer is paused, cut off or overloaded, which the waits report.
-const statusTimeout = 2 * time.Second
+// requestTimeout bounds each request to an agent, a status request
+// included: one that takes longer is paused, cut off or overloaded, which
+// the waits report as they go on.
+const requestTimeout = 2 * time.Second

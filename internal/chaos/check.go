@@ -223,7 +223,7 @@ func (c *Cluster) processedCount(ctx context.Context) (int, error) {
 func (c *Cluster) cursor(ctx context.Context) int64 {
 	best := int64(-1)
 	for _, a := range c.Agents {
-		if st, err := c.status(ctx, a); err == nil && st.Cursor.LastEventID > best {
+		if st, err := a.Status(ctx); err == nil && st.Cursor.LastEventID > best {
 			best = st.Cursor.LastEventID
 		}
 	}
@@ -304,7 +304,7 @@ func (c *Cluster) waitQuiet(ctx context.Context, timeout time.Duration) error {
 	return devcluster.WaitEvery(ctx, timeout, pollEvery, "every replica to apply the same index", func() (bool, string, error) {
 		var applied []uint64
 		for _, a := range c.Agents {
-			st, err := c.status(ctx, a)
+			st, err := a.Status(ctx)
 			if err != nil {
 				return false, err.Error(), nil
 			}

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,7 +19,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/internal/devcluster"
 	"github.com/geocursor/geocursor/internal/loadgen"
 	"github.com/geocursor/geocursor/internal/pgserver"
@@ -140,7 +140,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		return nil, fmt.Errorf("create %s: %w", opts.Dir, err)
 	}
 	c := &Cluster{opts: opts, rng: rand.New(rand.NewPCG(opts.Seed, 0x6763)), Started: time.Now(),
-		procs: &devcluster.Cluster{StatusTimeout: statusTimeout, PollEvery: pollEvery}}
+		procs: &devcluster.Cluster{PollEvery: pollEvery}}
 	defer func() {
 		if err != nil {
 			if cerr := c.Close(); cerr != nil {
@@ -347,14 +347,10 @@ func (c *Cluster) Logf(format string, args ...any) { c.opts.Logf(format, args...
 // Dir is where the run keeps its files.
 func (c *Cluster) Dir() string { return c.opts.Dir }
 
-// Agent returns the agent with node ID id, or nil.
-func (c *Cluster) Agent(id string) *Agent {
-	for _, a := range c.Agents {
-		if a.ID == id {
-			return a
-		}
-	}
-	return nil
+// of returns the agent that is p: procs holds the same agents in the
+// same order.
+func (c *Cluster) of(p *devcluster.Agent) *Agent {
+	return c.Agents[slices.Index(c.procs.Agents, p)]
 }
 
 // note records something worth reporting that is not a violation.
@@ -369,13 +365,6 @@ func (c *Cluster) note(format string, args ...any) {
 // pollEvery is how often the waits of the package ask again.
 const pollEvery = 50 * time.Millisecond
 
-// status asks a for its status, bounded by statusTimeout.
-func (c *Cluster) status(ctx context.Context, a *Agent) (api.Status, error) {
-	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
-	defer cancel()
-	return a.Status(ctx)
-}
-
 // WaitFormed waits until every agent runs and sees all agents as
 // reachable voters and the same leader. It fails at once if an agent
 // exits.
@@ -389,7 +378,7 @@ func (c *Cluster) Leader(ctx context.Context, timeout time.Duration) (*Agent, er
 	if err != nil {
 		return nil, err
 	}
-	return c.Agent(p.ID), nil
+	return c.of(p), nil
 }
 
 // Holder returns the agent that holds the lease, as the first running,
@@ -409,7 +398,7 @@ func (c *Cluster) Holder(ctx context.Context, timeout time.Duration) (*Agent, ui
 		case p == nil:
 			return false, "the lease is free", nil
 		}
-		holder, token = c.Agent(p.ID), st.Lease.Token
+		holder, token = c.of(p), st.Lease.Token
 		return true, "", nil
 	})
 	return holder, token, err

@@ -65,7 +65,7 @@ func TestHolderCutOffFromTrackingDBHandsOver(t *testing.T) {
 	})
 	heal()
 	if err != nil {
-		st, _ := c.status(ctx, holder)
+		st, _ := holder.Status(ctx)
 		t.Errorf("no peer took over from %s while it could not reach the tracking database for %s: %v; lease now: holder %v token %d",
 			holder.ID, cut, err, deref(st.Lease.Holder), st.Lease.Token)
 	} else {
@@ -252,7 +252,7 @@ func TestForwardedCommandAppliedOnceWhenAnswerLost(t *testing.T) {
 	if err := c.WaitFormed(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	st, err := c.status(ctx, leader)
+	st, err := leader.Status(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -266,7 +266,7 @@ func TestForwardedCommandAppliedOnceWhenAnswerLost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, _ = c.status(ctx, leader)
+	st, _ = leader.Status(ctx)
 	t.Logf("one acquire through %s with the first answer lost: HTTP %d, token %d (before: %d, now: %d)",
 		follower.ID, code, ans.Lease.Token, before, st.Lease.Token)
 	if code == 200 && ans.Lease.Token != before+1 {

@@ -26,9 +26,6 @@ type Cluster struct {
 	// OnAgent, if set, is called with each agent after its config is
 	// written and before it starts, e.g. to arrange its cleanup.
 	OnAgent func(*Agent)
-	// StatusTimeout bounds each status request of WaitFormed, Leader and
-	// Holder; 0 means 3s.
-	StatusTimeout time.Duration
 	// PollEvery is how often WaitFormed and Leader ask again; 0 means
 	// WaitFor's interval.
 	PollEvery time.Duration
@@ -173,13 +170,10 @@ func membersDetail(st api.Status, agents []*Agent) string {
 	return ""
 }
 
-// status asks a for its status, bounded by StatusTimeout.
+// status asks a for its status, for at most 3s (less if the agent's
+// RequestTimeout is shorter).
 func (c *Cluster) status(ctx context.Context, a *Agent) (api.Status, error) {
-	timeout := c.StatusTimeout
-	if timeout <= 0 {
-		timeout = 3 * time.Second
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	return a.Status(ctx)
 }

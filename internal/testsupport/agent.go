@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -226,13 +227,11 @@ func StartCluster(tb testing.TB, n int, extraHCL string, env []string) *Cluster 
 // Agent returns the agent with node ID id.
 func (c *Cluster) Agent(tb testing.TB, id string) *Agent {
 	tb.Helper()
-	for _, a := range c.Agents {
-		if a.ID == id {
-			return a
-		}
+	p := c.procs.Agent(id)
+	if p == nil {
+		tb.Fatalf("no agent %s in the cluster", id)
 	}
-	tb.Fatalf("no agent %s in the cluster", id)
-	return nil
+	return c.of(p)
 }
 
 // Live returns the agents whose processes are running.
@@ -276,12 +275,8 @@ func (c *Cluster) wrap(procs []*devcluster.Agent) []*Agent {
 	return out
 }
 
-// of returns the test's agent that is p.
+// of returns the test's agent that is p: procs holds the same agents in
+// the same order.
 func (c *Cluster) of(p *devcluster.Agent) *Agent {
-	for _, a := range c.Agents {
-		if a.Agent == p {
-			return a
-		}
-	}
-	panic("testsupport: " + p.ID + " is not an agent of this cluster") // procs holds only c's agents
+	return c.Agents[slices.Index(c.procs.Agents, p)]
 }
