@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptrace"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -201,18 +202,18 @@ func (c *Client) send(ctx context.Context, method, addr, path string, in, out an
 		}
 	}
 	return c.roundTrip(ctx, method, addr, path, body, func(resp *http.Response, data []byte) error {
-		ok := resp.StatusCode == http.StatusOK
-		for _, s := range also {
-			ok = ok || resp.StatusCode == s
-		}
-		if !ok {
+		if resp.StatusCode != http.StatusOK {
+			// An error object is the answer's error whatever the status:
+			// a 503 of a node that is shutting down is no readiness answer.
 			var e struct {
 				Error *Error `json:"error"`
 			}
 			if json.Unmarshal(data, &e) == nil && e.Error != nil {
 				return e.Error.Err()
 			}
-			return statusError(resp.StatusCode, bytes.TrimSpace(data))
+			if !slices.Contains(also, resp.StatusCode) {
+				return statusError(resp.StatusCode, bytes.TrimSpace(data))
+			}
 		}
 		if err := json.Unmarshal(data, out); err != nil {
 			if method == http.MethodPost {

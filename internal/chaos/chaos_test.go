@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/geocursor/geocursor/internal/pgserver"
+	"github.com/geocursor/geocursor/internal/testsupport"
 )
 
 // Environment of the tests.
@@ -37,7 +38,6 @@ var shared struct {
 	once     sync.Once
 	err      error
 	src, trk *pgserver.Server
-	binDir   string
 	bin      string
 }
 
@@ -48,8 +48,8 @@ func TestMain(m *testing.M) {
 			UntrackServer(s)
 		}
 	}
-	if shared.binDir != "" {
-		_ = os.RemoveAll(shared.binDir)
+	if err := testsupport.RemoveBinary(); err != nil {
+		fmt.Fprintf(os.Stderr, "remove the agent binary: %v\n", err)
 	}
 	os.Exit(code)
 }
@@ -81,16 +81,7 @@ func setup(t *testing.T) {
 		if shared.trk, shared.err = pgserver.Start(ctx, pgserver.Options{}); shared.err != nil {
 			return
 		}
-		if shared.err = TrackServer(shared.trk); shared.err != nil {
-			return
-		}
-		if shared.binDir, shared.err = os.MkdirTemp("", "geocursor-chaos-bin-"); shared.err != nil {
-			return
-		}
-		if shared.err = os.Chmod(shared.binDir, 0o755); shared.err != nil {
-			return
-		}
-		shared.bin, shared.err = BuildBinary(ctx, shared.binDir)
+		shared.err = TrackServer(shared.trk)
 	})
 	if errors.Is(shared.err, pgserver.ErrNotInstalled) {
 		t.Skipf("chaos tests skipped: %v", shared.err)
@@ -98,6 +89,7 @@ func setup(t *testing.T) {
 	if shared.err != nil {
 		t.Fatalf("set up the chaos tests: %v", shared.err)
 	}
+	shared.bin = testsupport.BuildBinary(t)
 }
 
 func TestNemesisKillPeer(t *testing.T)        { runNemesis(t, KillPeer) }

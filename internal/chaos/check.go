@@ -17,6 +17,7 @@ import (
 
 	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
+	"github.com/geocursor/geocursor/internal/devcluster"
 	"github.com/geocursor/geocursor/internal/linearize"
 	"github.com/geocursor/geocursor/internal/loadgen"
 )
@@ -152,6 +153,9 @@ func (c *Cluster) Finish(ctx context.Context) (*Report, error) {
 		r.note("replicas did not converge before stopping: %v", err)
 	}
 	for _, a := range c.Agents {
+		if !a.Running() {
+			continue // nothing to stop; WaitFormed above reported it
+		}
 		if err := a.Stop(15 * time.Second); err != nil {
 			r.note("%v", err)
 		}
@@ -219,7 +223,7 @@ func (c *Cluster) processedCount(ctx context.Context) (int, error) {
 func (c *Cluster) cursor(ctx context.Context) int64 {
 	best := int64(-1)
 	for _, a := range c.Agents {
-		if st, err := c.status(ctx, a); err == nil && st.Cursor.LastEventID > best {
+		if st, err := a.Status(ctx); err == nil && st.Cursor.LastEventID > best {
 			best = st.Cursor.LastEventID
 		}
 	}
@@ -227,14 +231,14 @@ func (c *Cluster) cursor(ctx context.Context) int64 {
 }
 
 func (c *Cluster) waitCaughtUp(ctx context.Context, r *Report, want int) error {
-	return waitFor(ctx, catchUpTimeout, "the cursor to reach the source's head with every event processed", func() (bool, string) {
+	return devcluster.WaitEvery(ctx, catchUpTimeout, pollEvery, "the cursor to reach the source's head with every event processed", func() (bool, string, error) {
 		r.Cursor = c.cursor(ctx)
 		n, err := c.processedCount(ctx)
 		if err != nil {
-			return false, err.Error()
+			return false, err.Error(), nil
 		}
 		return r.Cursor == r.Head && n >= want,
-			fmt.Sprintf("cursor %d of head %d, %d of %d events processed", r.Cursor, r.Head, n, want)
+			fmt.Sprintf("cursor %d of head %d, %d of %d events processed", r.Cursor, r.Head, n, want), nil
 	})
 }
 
@@ -297,21 +301,21 @@ func firstIDs(ids []int64) string {
 // waitQuiet waits until every agent has applied the same log index, so
 // that the logs read after stopping agree.
 func (c *Cluster) waitQuiet(ctx context.Context, timeout time.Duration) error {
-	return waitFor(ctx, timeout, "every replica to apply the same index", func() (bool, string) {
+	return devcluster.WaitEvery(ctx, timeout, pollEvery, "every replica to apply the same index", func() (bool, string, error) {
 		var applied []uint64
 		for _, a := range c.Agents {
-			st, err := c.status(ctx, a)
+			st, err := a.Status(ctx)
 			if err != nil {
-				return false, err.Error()
+				return false, err.Error(), nil
 			}
 			applied = append(applied, st.AppliedIndex, st.CommitIndex)
 		}
 		for _, v := range applied {
 			if v != applied[0] {
-				return false, fmt.Sprintf("applied/commit indexes %v", applied)
+				return false, fmt.Sprintf("applied/commit indexes %v", applied), nil
 			}
 		}
-		return true, ""
+		return true, "", nil
 	})
 }
 

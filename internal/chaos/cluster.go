@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,7 +19,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/internal/devcluster"
 	"github.com/geocursor/geocursor/internal/loadgen"
 	"github.com/geocursor/geocursor/internal/pgserver"
@@ -103,6 +103,8 @@ type Cluster struct {
 	opts   Options
 	Net    *Net
 	Agents []*Agent
+	// procs is the group as devcluster sees it, for its waits and lookups.
+	procs *devcluster.Cluster
 
 	Source, Tracking *pgserver.Server
 	ownPG            []*pgserver.Server
@@ -137,7 +139,8 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create %s: %w", opts.Dir, err)
 	}
-	c := &Cluster{opts: opts, rng: rand.New(rand.NewPCG(opts.Seed, 0x6763)), Started: time.Now()}
+	c := &Cluster{opts: opts, rng: rand.New(rand.NewPCG(opts.Seed, 0x6763)), Started: time.Now(),
+		procs: &devcluster.Cluster{PollEvery: pollEvery}}
 	defer func() {
 		if err != nil {
 			if cerr := c.Close(); cerr != nil {
@@ -152,7 +155,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		return nil, err
 	}
 	if opts.Binary == "" {
-		if opts.Binary, err = BuildBinary(ctx, filepath.Join(opts.Dir, "bin")); err != nil {
+		if opts.Binary, err = devcluster.Build(ctx, filepath.Join(opts.Dir, "bin")); err != nil {
 			return nil, err
 		}
 		c.opts.Binary = opts.Binary
@@ -172,11 +175,17 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			"GEOCURSOR_SOURCE_DSN=" + viaProxy(c.SourceDSN, src.Addr()),
 			"GEOCURSOR_TRACKING_DSN=" + viaProxy(c.TrackingDSN, trk.Addr()),
 		}
-		a, err := newAgent(fmt.Sprintf("n%d", i+1), h, opts.Dir, opts.Binary, c.agentHCL(), env)
+		// The first agent bootstraps; the others join it.
+		var join []string
+		if i > 0 {
+			join = []string{c.Agents[0].HTTPAddr}
+		}
+		a, err := newAgent(fmt.Sprintf("n%d", i+1), h, opts.Dir, opts.Binary, c.agentHCL(), env, join)
 		if err != nil {
 			return nil, err
 		}
 		c.Agents = append(c.Agents, a)
+		c.procs.Agents = append(c.procs.Agents, a.Agent)
 	}
 
 	c.monitor = startMonitor(c.TrackingDSN, opts.Logf)
@@ -184,11 +193,11 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if err := first.Start(); err != nil {
 		return nil, err
 	}
-	if err := c.waitReady(ctx, first, 30*time.Second); err != nil {
+	if err := first.WaitReady(ctx, 30*time.Second); err != nil {
 		return nil, err
 	}
 	for _, a := range c.Agents[1:] {
-		if err := a.Start("-join", first.HTTPAddr); err != nil {
+		if err := a.Start(); err != nil {
 			return nil, err
 		}
 	}
@@ -339,14 +348,10 @@ func (c *Cluster) Logf(format string, args ...any) { c.opts.Logf(format, args...
 // Dir is where the run keeps its files.
 func (c *Cluster) Dir() string { return c.opts.Dir }
 
-// Agent returns the agent with node ID id, or nil.
-func (c *Cluster) Agent(id string) *Agent {
-	for _, a := range c.Agents {
-		if a.ID == id {
-			return a
-		}
-	}
-	return nil
+// of returns the agent that is p: procs holds the same agents in the
+// same order.
+func (c *Cluster) of(p *devcluster.Agent) *Agent {
+	return c.Agents[slices.Index(c.procs.Agents, p)]
 }
 
 // note records something worth reporting that is not a violation.
@@ -358,112 +363,44 @@ func (c *Cluster) note(format string, args ...any) {
 	c.opts.Logf("chaos: %s", msg)
 }
 
-// waitFor polls cond every 50ms until it holds or timeout passes.
-func waitFor(ctx context.Context, timeout time.Duration, what string, cond func() (bool, string)) error {
-	return devcluster.WaitEvery(ctx, timeout, 50*time.Millisecond, what, func() (bool, string, error) {
-		ok, detail := cond()
-		return ok, detail, nil
-	})
-}
-
-func (c *Cluster) status(ctx context.Context, a *Agent) (api.Status, error) {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	return a.Status(ctx)
-}
-
-func (c *Cluster) waitReady(ctx context.Context, a *Agent, timeout time.Duration) error {
-	return waitFor(ctx, timeout, a.ID+" leading or following", func() (bool, string) {
-		if !a.Running() {
-			return false, a.ID + " is not running (" + a.ExitState() + ")"
-		}
-		st, err := c.status(ctx, a)
-		if err != nil {
-			return false, err.Error()
-		}
-		return st.Leader != nil, "no leader known"
-	})
-}
+// pollEvery is how often the waits of the package ask again.
+const pollEvery = 50 * time.Millisecond
 
 // WaitFormed waits until every agent runs and sees all agents as
-// reachable voters and the same leader.
+// reachable voters and the same leader. It fails at once if an agent
+// exits.
 func (c *Cluster) WaitFormed(ctx context.Context, timeout time.Duration) error {
-	return waitFor(ctx, timeout, "every agent to see all members reachable and one leader", func() (bool, string) {
-		leader := ""
-		for _, a := range c.Agents {
-			if !a.Running() {
-				return false, a.ID + " is not running (" + a.ExitState() + ")"
-			}
-			st, err := c.status(ctx, a)
-			if err != nil {
-				return false, err.Error()
-			}
-			if len(st.Members) != len(c.Agents) {
-				return false, fmt.Sprintf("%s sees %d members", a.ID, len(st.Members))
-			}
-			for _, m := range st.Members {
-				if !m.Reachable || !m.Voter {
-					return false, fmt.Sprintf("%s sees %s unreachable or not a voter", a.ID, m.ID)
-				}
-			}
-			if st.Leader == nil {
-				return false, a.ID + " knows no leader"
-			}
-			if leader != "" && st.Leader.ID != leader {
-				return false, fmt.Sprintf("%s sees leader %s, others %s", a.ID, st.Leader.ID, leader)
-			}
-			leader = st.Leader.ID
-		}
-		return true, ""
-	})
+	return c.procs.WaitFormed(ctx, timeout)
 }
 
 // Leader returns the agent that the running, unpaused agents agree leads.
 func (c *Cluster) Leader(ctx context.Context, timeout time.Duration) (*Agent, error) {
-	var leader *Agent
-	err := waitFor(ctx, timeout, "agreement on a leader", func() (bool, string) {
-		id := ""
-		for _, a := range c.Agents {
-			if !a.Running() || a.Paused() {
-				continue
-			}
-			st, err := c.status(ctx, a)
-			if err != nil {
-				return false, err.Error()
-			}
-			if st.Leader == nil {
-				return false, a.ID + " knows no leader"
-			}
-			if id != "" && st.Leader.ID != id {
-				return false, fmt.Sprintf("%s sees %s, others %s", a.ID, st.Leader.ID, id)
-			}
-			id = st.Leader.ID
-		}
-		leader = c.Agent(id)
-		return leader != nil, "no agent answered"
-	})
-	return leader, err
+	p, err := c.procs.Leader(ctx, timeout)
+	if err != nil {
+		return nil, err
+	}
+	return c.of(p), nil
 }
 
-// Holder returns the agent that holds the lease, waiting up to timeout
-// for the lease to be held (a holder releases it between batches when
-// there is little work).
+// Holder returns the agent that holds the lease, as the first running,
+// unpaused agent that answers sees it, waiting up to timeout for the
+// lease to be held (a holder releases it between batches when there is
+// little work).
 func (c *Cluster) Holder(ctx context.Context, timeout time.Duration) (*Agent, uint64, error) {
-	var holder *Agent
-	var token uint64
-	err := waitFor(ctx, timeout, "a lease holder", func() (bool, string) {
-		for _, a := range c.Agents {
-			if !a.Running() || a.Paused() {
-				continue
-			}
-			st, err := c.status(ctx, a)
-			if err != nil || st.Lease.Holder == nil {
-				continue
-			}
-			holder, token = c.Agent(*st.Lease.Holder), st.Lease.Token
-			return holder != nil, ""
+	var (
+		holder *Agent
+		token  uint64
+	)
+	err := devcluster.WaitEvery(ctx, timeout, pollEvery, "a lease holder", func() (bool, string, error) {
+		p, st, err := c.procs.Holder(ctx)
+		switch {
+		case err != nil:
+			return false, err.Error(), nil
+		case p == nil:
+			return false, "the lease is free", nil
 		}
-		return false, "the lease is free"
+		holder, token = c.of(p), st.Lease.Token
+		return true, "", nil
 	})
 	return holder, token, err
 }
@@ -489,7 +426,7 @@ func (c *Cluster) healAll(ctx context.Context) error {
 		}
 		if !a.Running() {
 			c.note("%s was not running at heal (%s); restarting it", a.ID, a.ExitState())
-			if err := a.Start(); err != nil {
+			if err := a.Restart(); err != nil {
 				errs = append(errs, err)
 			}
 		}

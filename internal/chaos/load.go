@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/geocursor/geocursor/internal/devcluster"
 	"github.com/geocursor/geocursor/internal/loadgen"
 )
 
@@ -162,7 +163,7 @@ func (m *monitor) all() []commitObs {
 
 // waitCommit waits until a batch commits after t.
 func (m *monitor) waitCommit(ctx context.Context, t time.Time, timeout time.Duration) error {
-	return waitFor(ctx, timeout, "a batch committed in the tracking database", func() (bool, string) {
-		return len(m.since(t)) > 0, fmt.Sprintf("no commit since %s", t.Format("15:04:05.000"))
+	return devcluster.WaitEvery(ctx, timeout, pollEvery, "a batch committed in the tracking database", func() (bool, string, error) {
+		return len(m.since(t)) > 0, fmt.Sprintf("no commit since %s", t.Format("15:04:05.000")), nil
 	})
 }

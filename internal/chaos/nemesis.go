@@ -7,6 +7,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/geocursor/geocursor/internal/devcluster"
 )
 
 // Kind names a nemesis: one kind of fault.
@@ -202,7 +204,7 @@ func (c *Cluster) inject(ctx context.Context, f *Fault) error {
 		}
 		sleep(ctx, c.downFor())
 		f.Healed = time.Now()
-		return target.Start()
+		return target.Restart()
 
 	case PauseHolder, PauseLeader:
 		target, d := leader, c.pastElection()
@@ -281,20 +283,20 @@ func (c *Cluster) inject(ctx context.Context, f *Fault) error {
 		sleep(ctx, c.downFor())
 		f.Healed = time.Now()
 		logStart := logSize(target.LogPath)
-		if err := target.Start("-join", httpAddrs(c.others(target))); err != nil {
+		if err := target.RestartWith("-join", httpAddrs(c.others(target))); err != nil {
 			return err
 		}
 		// What the rejoin looked like, from the agent's own log.
-		err := waitFor(ctx, 30*time.Second, target.ID+" to rejoin", func() (bool, string) {
+		err := devcluster.WaitEvery(ctx, 30*time.Second, pollEvery, target.ID+" to rejoin", func() (bool, string, error) {
 			line := logLineAfter(target.LogPath, logStart, "joined the group")
 			if line != "" {
 				f.Note = "rejoin: " + line
-				return true, ""
+				return true, "", nil
 			}
 			if !target.Running() {
-				return false, "exited: " + target.ExitState()
+				return false, "exited: " + target.ExitState(), nil
 			}
-			return false, "no \"joined the group\" in its log yet"
+			return false, "no \"joined the group\" in its log yet", nil
 		})
 		if err != nil {
 			f.Note = fmt.Sprintf("rejoin failed: %v; log tail: %s", err, target.LogTail(5))

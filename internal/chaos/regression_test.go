@@ -3,16 +3,21 @@ package chaos
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/geocursor/geocursor/api"
+	"github.com/geocursor/geocursor/fsm"
+	"github.com/geocursor/geocursor/internal/devcluster"
 )
 
 // TestHolderCutOffFromTrackingDBHandsOver cuts the lease holder off from
@@ -55,12 +60,12 @@ func TestHolderCutOffFromTrackingDBHandsOver(t *testing.T) {
 	t.Logf("cut %s (token %d) off from the tracking database for %s", holder.ID, token, cut)
 	// While the holder is cut off it cannot commit: any commit seen after
 	// a moment's grace (a commit already on the wire) is another peer's.
-	err = waitFor(ctx, cut, "another peer to commit a batch", func() (bool, string) {
-		return len(c.CommitsSince(start.Add(500*time.Millisecond))) > 0, "no batch committed since the cut"
+	err = devcluster.WaitEvery(ctx, cut, pollEvery, "another peer to commit a batch", func() (bool, string, error) {
+		return len(c.CommitsSince(start.Add(500*time.Millisecond))) > 0, "no batch committed since the cut", nil
 	})
 	heal()
 	if err != nil {
-		st, _ := c.status(ctx, holder)
+		st, _ := holder.Status(ctx)
 		t.Errorf("no peer took over from %s while it could not reach the tracking database for %s: %v; lease now: holder %v token %d",
 			holder.ID, cut, err, deref(st.Lease.Holder), st.Lease.Token)
 	} else {
@@ -124,8 +129,7 @@ func TestFollowerCommandDoesNotWaitOutIsolatedLeader(t *testing.T) {
 	// A renew of a grant that does not exist: refused, so it changes
 	// nothing whoever answers it.
 	start := time.Now()
-	code, body, err := follower.post(ctx, 15*time.Second, "/v1/lease/renew",
-		map[string]any{"node": follower.ID, "token": uint64(1) << 40, "ttl": "1s"})
+	code, ans, err := postLease(ctx, follower, "renew", api.LeaseRequest{Node: follower.ID, Token: 1 << 40, TTL: "1s"})
 	took := time.Since(start)
 	if herr := c.Net.Heal(ctx); herr != nil {
 		t.Fatal(herr)
@@ -135,17 +139,17 @@ func TestFollowerCommandDoesNotWaitOutIsolatedLeader(t *testing.T) {
 	case err != nil:
 		t.Errorf("renew through follower %s with leader %s cut off: %v after %s", follower.ID, leader.ID, err, took.Round(time.Millisecond))
 	case took > want:
-		t.Errorf("renew through follower %s with leader %s cut off: answered after %s, want within %s: HTTP %d %s",
-			follower.ID, leader.ID, took.Round(time.Millisecond), want, code, strings.TrimSpace(string(body)))
-	case code == 200 && strings.Contains(string(body), "stale_token"):
+		t.Errorf("renew through follower %s with leader %s cut off: answered after %s, want within %s: HTTP %d %+v",
+			follower.ID, leader.ID, took.Round(time.Millisecond), want, code, ans)
+	case answered(code, ans, http.StatusOK, fsm.ErrStaleToken):
 		t.Logf("answered by the new leader after %s", took.Round(time.Millisecond))
-	case code == 503 && strings.Contains(string(body), "outcome_unknown"):
+	case answered(code, ans, http.StatusServiceUnavailable, api.ErrUnknownOutcome):
 		// The request reached the old leader's socket before the cut was
 		// noticed: it may have been applied, so it is not sent again.
 		t.Logf("answered outcome_unknown after %s (the request was written to the cut-off leader)", took.Round(time.Millisecond))
-	case code != 200 || !strings.Contains(string(body), "stale_token"):
-		t.Errorf("renew through follower %s with leader %s cut off: HTTP %d after %s, want the new leader's stale_token refusal or outcome_unknown: %s",
-			follower.ID, leader.ID, code, took.Round(time.Millisecond), strings.TrimSpace(string(body)))
+	default:
+		t.Errorf("renew through follower %s with leader %s cut off: HTTP %d after %s, want the new leader's stale_token refusal or outcome_unknown: %+v",
+			follower.ID, leader.ID, code, took.Round(time.Millisecond), ans)
 	}
 	rep, ferr := c.Finish(ctx)
 	if ferr != nil {
@@ -155,6 +159,35 @@ func TestFollowerCommandDoesNotWaitOutIsolatedLeader(t *testing.T) {
 	if !rep.OK() {
 		t.Errorf("problems: %v", rep.Problems)
 	}
+}
+
+// postLease sends a lease command to a, waiting up to 15s, and returns
+// the answer as it came, an error status included: these tests look at
+// what the agent answered, not only at what it means.
+func postLease(ctx context.Context, a *Agent, op string, req api.LeaseRequest) (int, api.ApplyResponse, error) {
+	const timeout = 15 * time.Second
+	var ans api.ApplyResponse
+	body, err := json.Marshal(req)
+	if err != nil {
+		return 0, ans, fmt.Errorf("encode %s: %w", op, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	code, b, err := api.NewClient(api.ClientOptions{Timeout: timeout}).Raw(ctx, http.MethodPost, a.HTTPAddr, api.PathLease+op, body)
+	if err != nil {
+		return code, ans, fmt.Errorf("%s through %s: %w", op, a.ID, err)
+	}
+	// A failed request's error object decodes into ans.Error as well.
+	if err := json.Unmarshal(b, &ans); err != nil {
+		return code, ans, fmt.Errorf("%s through %s: HTTP %d: decode %q: %w", op, a.ID, code, b, err)
+	}
+	return code, ans, nil
+}
+
+// answered reports whether the answer has the status and an error object
+// that matches want.
+func answered(code int, ans api.ApplyResponse, status int, want error) bool {
+	return code == status && ans.Error != nil && errors.Is(ans.Error.Err(), want)
 }
 
 // freshDir returns this test's kept output directory, emptied.
@@ -213,13 +246,13 @@ func TestForwardedCommandAppliedOnceWhenAnswerLost(t *testing.T) {
 		"-d", leader.Host.IP, "--dport", fmt.Sprint(agentHTTPPort), "-j", "DNAT", "--to-destination", eater.Addr()); err != nil {
 		t.Fatal(err)
 	}
-	if err := follower.Start(); err != nil {
+	if err := follower.Restart(); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.WaitFormed(ctx, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	st, err := c.status(ctx, leader)
+	st, err := leader.Status(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,19 +262,11 @@ func TestForwardedCommandAppliedOnceWhenAnswerLost(t *testing.T) {
 	}
 
 	eater.eatNext()
-	code, body, err := follower.post(ctx, 15*time.Second, "/v1/lease/acquire",
-		map[string]any{"node": follower.ID, "ttl": "1s"})
+	code, ans, err := postLease(ctx, follower, "acquire", api.LeaseRequest{Node: follower.ID, TTL: "1s"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	var ans struct {
-		Lease struct {
-			Holder string `json:"holder"`
-			Token  uint64 `json:"token"`
-		} `json:"lease"`
-	}
-	_ = json.Unmarshal(body, &ans)
-	st, _ = c.status(ctx, leader)
+	st, _ = leader.Status(ctx)
 	t.Logf("one acquire through %s with the first answer lost: HTTP %d, token %d (before: %d, now: %d)",
 		follower.ID, code, ans.Lease.Token, before, st.Lease.Token)
 	if code == 200 && ans.Lease.Token != before+1 {

@@ -2,16 +2,12 @@ package devcluster
 
 import (
 	"bufio"
-	"bytes"
-	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -39,26 +35,48 @@ type AgentSpec struct {
 	// Args are extra agent flags, passed on every start (put -join here to
 	// pass it on restarts too).
 	Args []string
+	// Wrapper, if set, is a command that runs the agent: the process
+	// started is Wrapper followed by the binary and its arguments, e.g.
+	// `ip netns exec NS` to run it in a network namespace. The wrapper
+	// must exec the agent, so that signals reach the agent itself.
+	Wrapper []string
+	// History has the agent append every command it issues to
+	// HistoryPath (GEOCURSOR_HISTORY_FILE), for a linearizability check.
+	History bool
 	// Supervised puts the agent in its own process group, so that a Ctrl-C
 	// at the terminal reaches only this process, which then stops the
 	// agents in its own order; and has the kernel kill the agent if this
 	// process dies without stopping it, so that no agent outlives it.
 	Supervised bool
+	// RequestTimeout bounds each request to the agent's HTTP API; 0 means
+	// 5s. A context's deadline applies as well.
+	RequestTimeout time.Duration
 }
+
+// killWait bounds the wait for a process to end after SIGKILL: longer
+// means the kernel could not reap it (a process stuck in the kernel).
+const killWait = 10 * time.Second
 
 // Agent is one agent process and everything needed to start it again.
 // Its methods are safe for concurrent use.
 type Agent struct {
-	ID, HTTPAddr, RaftAddr, DataDir, ConfigPath, LogPath string
+	ID, HTTPAddr, RaftAddr string
+	// Dir holds the config file, the log and the history; DataDir, inside
+	// it, is the agent's Raft state.
+	Dir, DataDir, ConfigPath, LogPath string
+	// HistoryPath is the agent's command history; "" without
+	// AgentSpec.History.
+	HistoryPath string
 
 	spec   AgentSpec
 	binary string
-	client *http.Client
+	client *api.Client
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd     // the current process; nil before the first start
 	done    chan struct{} // closed when the current process has exited
 	waitErr error         // set before done is closed
+	paused  bool          // the last of SIGSTOP and SIGCONT sent was SIGSTOP
 }
 
 // NewAgent prepares an agent of binary in a new directory under dir, named
@@ -77,18 +95,26 @@ func NewAgent(binary, dir string, spec AgentSpec) (*Agent, error) {
 		agentDir = filepath.Join(dir, fmt.Sprintf("%s-%d", spec.NodeID, i))
 	}
 	if err := os.MkdirAll(agentDir, 0o755); err != nil {
-		return nil, fmt.Errorf("create agent dir: %v", err)
+		return nil, fmt.Errorf("create agent dir: %w", err)
+	}
+	timeout := spec.RequestTimeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
 	}
 	a := &Agent{
 		ID:         spec.NodeID,
 		HTTPAddr:   spec.HTTPAddr,
 		RaftAddr:   spec.RaftAddr,
+		Dir:        agentDir,
 		DataDir:    filepath.Join(agentDir, "data"),
 		ConfigPath: filepath.Join(agentDir, "agent.hcl"),
 		LogPath:    filepath.Join(agentDir, "agent.log"),
 		spec:       spec,
 		binary:     binary,
-		client:     &http.Client{Timeout: 5 * time.Second},
+		client:     api.NewClient(api.ClientOptions{Timeout: timeout}),
+	}
+	if spec.History {
+		a.HistoryPath = filepath.Join(agentDir, "history.jsonl")
 	}
 	for _, addr := range []*string{&a.HTTPAddr, &a.RaftAddr} {
 		if *addr != "" {
@@ -103,7 +129,7 @@ func NewAgent(binary, dir string, spec AgentSpec) (*Agent, error) {
 	conf := fmt.Sprintf("node_id   = %q\ndata_dir  = %q\nhttp_addr = %q\nraft_addr = %q\n\n%s\n",
 		a.ID, a.DataDir, a.HTTPAddr, a.RaftAddr, spec.ExtraHCL)
 	if err := os.WriteFile(a.ConfigPath, []byte(conf), 0o644); err != nil {
-		return nil, fmt.Errorf("write agent config: %v", err)
+		return nil, fmt.Errorf("write agent config: %w", err)
 	}
 	return a, nil
 }
@@ -121,62 +147,59 @@ func (a *Agent) Start() error {
 // Restart starts the agent again with the same ports, data dir and config.
 // -join is passed only if the spec's Args say so.
 func (a *Agent) Restart() error {
-	return a.RestartWith()
+	return a.start(nil)
 }
 
 // RestartWith starts the agent again like Restart, with extra flags added
 // for this start only (e.g. -join, to check that it is ignored).
 func (a *Agent) RestartWith(extra ...string) error {
-	if a.Running() {
-		return fmt.Errorf("restart %s: it is still running", a.ID)
-	}
 	return a.start(extra)
 }
 
 func (a *Agent) start(extra []string) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.runningLocked() {
+		return fmt.Errorf("start %s: it is still running (pid %d)", a.ID, a.cmd.Process.Pid)
+	}
 	args := append([]string{"agent", "-config", a.ConfigPath}, a.spec.Args...)
 	args = append(args, extra...)
+	argv := append(append(slices.Clone(a.spec.Wrapper), a.binary), args...)
 	logf, err := os.OpenFile(a.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return fmt.Errorf("open agent log: %v", err)
+		return fmt.Errorf("open agent log: %w", err)
 	}
 	defer logf.Close() // the child has its own descriptor
-	fmt.Fprintf(logf, "=== %s: geocursor %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(args, " "))
+	fmt.Fprintf(logf, "=== %s: %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(argv, " "))
 
-	cmd := exec.Command(a.binary, args...)
-	cmd.Env = append(EnvironWithoutGeocursor(), a.spec.Env...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = append(environWithoutGeocursor(), a.spec.Env...)
+	if a.HistoryPath != "" {
+		cmd.Env = append(cmd.Env, "GEOCURSOR_HISTORY_FILE="+a.HistoryPath)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if a.spec.Supervised {
 		cmd.SysProcAttr = supervisedAttr()
 	}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start agent %s: %v", a.ID, err)
+		return fmt.Errorf("start agent %s: %w", a.ID, err)
 	}
 	done := make(chan struct{})
-	a.mu.Lock()
-	a.cmd, a.done, a.waitErr = cmd, done, nil
-	a.mu.Unlock()
-	WatchExit(cmd, done, func(err error) {
+	a.cmd, a.done, a.waitErr, a.paused = cmd, done, nil, false
+	go func() {
+		err := cmd.Wait()
 		a.mu.Lock()
 		a.waitErr = err
 		a.mu.Unlock()
-	})
+		close(done)
+	}()
 	return nil
 }
 
-// WatchExit waits for the started cmd in the background: when it has
-// exited, it calls onExit with the error of cmd.Wait, then closes done.
-func WatchExit(cmd *exec.Cmd, done chan struct{}, onExit func(error)) {
-	go func() {
-		onExit(cmd.Wait())
-		close(done)
-	}()
-}
-
-// EnvironWithoutGeocursor returns the environment of this process without
+// environWithoutGeocursor returns the environment of this process without
 // its GEOCURSOR_* variables, for starting an agent that must see only the
 // ones it is given.
-func EnvironWithoutGeocursor() []string {
+func environWithoutGeocursor() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "GEOCURSOR_") {
@@ -192,13 +215,6 @@ func (a *Agent) current() (*exec.Cmd, chan struct{}) {
 	return a.cmd, a.done
 }
 
-// Cmd returns the current process (a new one after each restart), nil
-// before the first start.
-func (a *Agent) Cmd() *exec.Cmd {
-	cmd, _ := a.current()
-	return cmd
-}
-
 // Pid returns the process ID of the current process, 0 before the first
 // start.
 func (a *Agent) Pid() int {
@@ -209,34 +225,57 @@ func (a *Agent) Pid() int {
 	return cmd.Process.Pid
 }
 
-// Running reports whether the current process has not exited.
+// Running reports whether the current process has not exited; a paused
+// one runs.
 func (a *Agent) Running() bool {
-	_, done := a.current()
-	if done == nil {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.runningLocked()
+}
+
+func (a *Agent) runningLocked() bool {
+	if a.done == nil {
 		return false
 	}
 	select {
-	case <-done:
+	case <-a.done:
 		return false
 	default:
 		return true
 	}
 }
 
+// Paused reports whether the current process runs and is stopped by a
+// SIGSTOP sent through Signal: it cannot answer until SIGCONT.
+func (a *Agent) Paused() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.paused && a.runningLocked()
+}
+
 // Kill sends SIGKILL and waits for the process to end. Killing an agent
 // that is not running does nothing.
-func (a *Agent) Kill() {
+func (a *Agent) Kill() error {
 	cmd, done := a.current()
 	if cmd == nil {
-		return
+		return nil
 	}
 	select {
 	case <-done:
-		return
+		return nil
 	default:
 	}
-	_ = cmd.Process.Signal(syscall.SIGKILL)
-	<-done
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("kill %s: %w", a.ID, err)
+	}
+	t := time.NewTimer(killWait)
+	defer t.Stop()
+	select {
+	case <-done:
+		return nil
+	case <-t.C:
+		return fmt.Errorf("kill %s: still running %s after SIGKILL", a.ID, killWait)
+	}
 }
 
 // ExitError is returned by Stop when the agent exited after SIGTERM, but
@@ -254,9 +293,11 @@ func (e *ExitError) Error() string {
 
 func (e *ExitError) Unwrap() error { return e.Err }
 
-// Stop sends SIGTERM and waits up to timeout for a clean exit. It returns
-// an *ExitError if the agent exited with another status than 0; if it is
-// still running after timeout, Stop kills it and says so.
+// Stop sends SIGTERM (after SIGCONT, in case it is paused: a stopped
+// process handles no signal but SIGKILL) and waits up to timeout for a
+// clean exit. It returns an *ExitError if the agent exited with another
+// status than 0; if it is still running after timeout, Stop kills it and
+// says so.
 func (a *Agent) Stop(timeout time.Duration) error {
 	cmd, done := a.current()
 	if cmd == nil {
@@ -267,8 +308,10 @@ func (a *Agent) Stop(timeout time.Duration) error {
 		return fmt.Errorf("stop %s: it is not running (%s)", a.ID, a.ExitState())
 	default:
 	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		return fmt.Errorf("stop %s: %v", a.ID, err)
+	for _, sig := range []os.Signal{syscall.SIGCONT, syscall.SIGTERM} {
+		if err := a.Signal(sig); err != nil && !errors.Is(err, os.ErrProcessDone) {
+			return fmt.Errorf("stop %s: %w", a.ID, err)
+		}
 	}
 	t := time.NewTimer(timeout)
 	defer t.Stop()
@@ -279,19 +322,38 @@ func (a *Agent) Stop(timeout time.Duration) error {
 		}
 		return nil
 	case <-t.C:
-		a.Kill()
-		return fmt.Errorf("agent %s did not exit within %s of SIGTERM\n%s", a.ID, timeout, a.LogTail(20))
+		return errors.Join(fmt.Errorf("agent %s did not exit within %s of SIGTERM\n%s", a.ID, timeout, a.LogTail(20)), a.Kill())
 	}
 }
 
-// Signal sends sig (SIGSTOP, SIGCONT, ...) to the current process.
+// Signal sends sig (SIGSTOP, SIGCONT, ...) to the current process. SIGSTOP
+// and SIGCONT are recorded for Paused.
 func (a *Agent) Signal(sig os.Signal) error {
-	cmd, _ := a.current()
-	if cmd == nil {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.cmd == nil {
 		return fmt.Errorf("signal %s to %s: it was never started", sig, a.ID)
 	}
-	if err := cmd.Process.Signal(sig); err != nil {
+	if err := a.cmd.Process.Signal(sig); err != nil {
 		return fmt.Errorf("signal %s to %s: %w", sig, a.ID, err)
+	}
+	switch sig {
+	case syscall.SIGSTOP:
+		a.paused = true
+	case syscall.SIGCONT:
+		a.paused = false
+	}
+	return nil
+}
+
+// Wipe deletes the agent's Raft state, so that its next start is that of
+// a new node. The agent must not be running.
+func (a *Agent) Wipe() error {
+	if a.Running() {
+		return fmt.Errorf("wipe %s: it is running", a.ID)
+	}
+	if err := os.RemoveAll(a.DataDir); err != nil {
+		return fmt.Errorf("wipe %s: %w", a.ID, err)
 	}
 	return nil
 }
@@ -331,97 +393,19 @@ func (a *Agent) WaitExit(timeout time.Duration) (int, error) {
 	select {
 	case <-done:
 	case <-t.C:
-		a.Kill()
-		return -1, fmt.Errorf("agent %s still running after %s\n%s", a.ID, timeout, a.LogTail(20))
+		return -1, errors.Join(fmt.Errorf("agent %s still running after %s\n%s", a.ID, timeout, a.LogTail(20)), a.Kill())
 	}
 	return cmd.ProcessState.ExitCode(), nil
 }
 
-// Status fetches GET /v1/status: the decoded document and its raw body.
-func (a *Agent) Status(ctx context.Context) (api.Status, []byte, error) {
-	var st api.Status
-	body, code, err := a.do(ctx, http.MethodGet, "/v1/status", nil)
-	if err != nil {
-		return st, body, err
-	}
-	if code != http.StatusOK {
-		return st, body, fmt.Errorf("GET /v1/status on %s: HTTP %d: %s", a.ID, code, bytes.TrimSpace(body))
-	}
-	if err := json.Unmarshal(body, &st); err != nil {
-		return st, body, fmt.Errorf("decode status of %s: %w", a.ID, err)
-	}
-	return st, body, nil
-}
-
-// WaitReady polls /v1/health/ready until it answers 200, for at most
-// timeout. It fails at once if the process exits.
-func (a *Agent) WaitReady(ctx context.Context, timeout time.Duration) error {
-	return a.waitHealth(ctx, timeout, "/v1/health/ready", a.ID+" ready", "be ready")
-}
-
-// WaitUp polls /v1/health until it answers 200: the process has opened its
-// stores and its Raft and HTTP ports. It fails at once if the process
-// exits.
-func (a *Agent) WaitUp(ctx context.Context, timeout time.Duration) error {
-	return a.waitHealth(ctx, timeout, "/v1/health", a.ID+" answering /v1/health", "start")
-}
-
-func (a *Agent) waitHealth(ctx context.Context, timeout time.Duration, path, what, goal string) error {
-	return WaitFor(ctx, timeout, what, func() (bool, string, error) {
-		if !a.Running() {
-			return false, "", fmt.Errorf("agent %s exited while waiting for it to %s (%s)\n%s", a.ID, goal, a.ExitState(), a.LogTail(20))
-		}
-		rctx, cancel := context.WithTimeout(ctx, time.Second)
-		defer cancel()
-		body, code, err := a.do(rctx, http.MethodGet, path, nil)
-		if err != nil {
-			return false, err.Error(), nil
-		}
-		return code == http.StatusOK, fmt.Sprintf("HTTP %d: %s", code, bytes.TrimSpace(body)), nil
-	})
-}
-
-// Post sends a JSON body to path and returns the answer's body and status.
-func (a *Agent) Post(ctx context.Context, path string, in any) ([]byte, int, error) {
-	return a.do(ctx, http.MethodPost, path, in)
-}
-
-func (a *Agent) do(ctx context.Context, method, path string, in any) ([]byte, int, error) {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return nil, 0, fmt.Errorf("encode request: %w", err)
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+a.HTTPAddr+path, body)
-	if err != nil {
-		return nil, 0, err
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := a.client.Do(req)
-	if err != nil {
-		return nil, 0, fmt.Errorf("%s %s on %s: %w", method, path, a.ID, err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
-	if err != nil {
-		return nil, resp.StatusCode, fmt.Errorf("read answer of %s %s on %s: %w", method, path, a.ID, err)
-	}
-	return b, resp.StatusCode, nil
-}
-
 // LogTail returns the last n lines of the agent's log.
 func (a *Agent) LogTail(n int) string {
-	return TailFile(a.LogPath, n)
+	return tailFile(a.LogPath, n)
 }
 
-// TailFile returns the last n lines of the file at path, or a note saying
+// tailFile returns the last n lines of the file at path, or a note saying
 // why it cannot be read.
-func TailFile(path string, n int) string {
+func tailFile(path string, n int) string {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Sprintf("(cannot read %s: %v)", path, err)

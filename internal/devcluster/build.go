@@ -1,8 +1,12 @@
-// Package devcluster runs real `geocursor agent` processes on loopback
-// ports for the demo, the benchmark and (through internal/testsupport) the
-// system tests. It owns everything about those processes: building the
-// binary, choosing ports, writing config files, starting, signalling,
-// restarting and waiting for them, and asking them for their status.
+// Package devcluster runs real `geocursor agent` processes for the demo,
+// the benchmark, and (through internal/testsupport and internal/chaos) the
+// system and fault tests. It owns everything about those processes:
+// building the binary, choosing ports, writing config files, starting
+// (directly or through a wrapper such as `ip netns exec`), signalling,
+// pausing, restarting and waiting for them, and asking them for their
+// status and sending them commands, through api.Client like every other
+// caller. Its Cluster and WaitFor are the harness's one group of agents
+// and one wait.
 //
 // It must not depend on package testing: functions return errors, and
 // testsupport turns them into test failures. It holds no product logic; it
@@ -18,21 +22,29 @@ import (
 	"path/filepath"
 )
 
-// Build builds ./cmd/geocursor of the module at moduleRoot into
-// outDir/geocursor and returns the binary's path.
-func Build(ctx context.Context, moduleRoot, outDir string) (string, error) {
+// Build builds ./cmd/geocursor of the module that holds the working
+// directory into outDir/geocursor, creating outDir, and returns the
+// binary's path.
+func Build(ctx context.Context, outDir string) (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return "", fmt.Errorf("create %s: %w", outDir, err)
+	}
 	out := filepath.Join(outDir, "geocursor")
 	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/geocursor")
-	cmd.Dir = moduleRoot
+	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/geocursor: %v\n%s", err, b)
 	}
 	return out, nil
 }
 
-// ModuleRoot walks up from the working directory to the directory that
+// moduleRoot walks up from the working directory to the directory that
 // holds go.mod.
-func ModuleRoot() (string, error) {
+func moduleRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", fmt.Errorf("find module root: %w", err)

@@ -11,7 +11,8 @@ import (
 )
 
 // Cluster is a group of agents named node1..nodeN in one directory. Set
-// Binary and Dir (and the optional fields), then call Start.
+// Binary and Dir (and the optional fields), then call Start. A Cluster of
+// agents started otherwise (set Agents) serves for the waits and lookups.
 type Cluster struct {
 	Binary string
 	Dir    string
@@ -25,6 +26,9 @@ type Cluster struct {
 	// OnAgent, if set, is called with each agent after its config is
 	// written and before it starts, e.g. to arrange its cleanup.
 	OnAgent func(*Agent)
+	// PollEvery is how often WaitFormed and Leader ask again; 0 means
+	// WaitFor's interval.
+	PollEvery time.Duration
 
 	// Agents are the agents in start order (node1 first).
 	Agents []*Agent
@@ -90,6 +94,18 @@ func (c *Cluster) Live() []*Agent {
 	return live
 }
 
+// answering returns the live agents that are not paused: those that can
+// answer a request. Asking a paused one only waits out the timeout.
+func (c *Cluster) answering() []*Agent {
+	var out []*Agent
+	for _, a := range c.Live() {
+		if !a.Paused() {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
 // Followers returns the live agents other than leader.
 func (c *Cluster) Followers(leader *Agent) []*Agent {
 	var out []*Agent
@@ -106,13 +122,13 @@ func (c *Cluster) Followers(leader *Agent) []*Agent {
 // if an agent exits.
 func (c *Cluster) WaitFormed(ctx context.Context, timeout time.Duration) error {
 	what := fmt.Sprintf("all %d agents agree on a leader and see every member reachable", len(c.Agents))
-	return WaitFor(ctx, timeout, what, func() (bool, string, error) {
+	return c.wait(ctx, timeout, what, func() (bool, string, error) {
 		leader := ""
 		for _, a := range c.Agents {
 			if !a.Running() {
 				return false, "", fmt.Errorf("agent %s exited unexpectedly (%s)\n%s", a.ID, a.ExitState(), a.LogTail(20))
 			}
-			st, err := quickStatus(ctx, a)
+			st, err := c.status(ctx, a)
 			if err != nil {
 				return false, err.Error(), nil
 			}
@@ -154,25 +170,36 @@ func membersDetail(st api.Status, agents []*Agent) string {
 	return ""
 }
 
-func quickStatus(ctx context.Context, a *Agent) (api.Status, error) {
+// status asks a for its status, for at most 3s (less if the agent's
+// RequestTimeout is shorter).
+func (c *Cluster) status(ctx context.Context, a *Agent) (api.Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
-	st, _, err := a.Status(ctx)
-	return st, err
+	return a.Status(ctx)
 }
 
-// Leader polls the status of every live agent, for at most timeout, until
-// all agree on one leader that is itself live, and returns it.
+// wait is WaitEvery at PollEvery.
+func (c *Cluster) wait(ctx context.Context, timeout time.Duration, what string, cond func() (bool, string, error)) error {
+	every := c.PollEvery
+	if every <= 0 {
+		every = pollEvery
+	}
+	return WaitEvery(ctx, timeout, every, what, cond)
+}
+
+// Leader polls the status of every live agent that is not paused, for at
+// most timeout, until all agree on one leader that is one of them, and
+// returns it.
 func (c *Cluster) Leader(ctx context.Context, timeout time.Duration) (*Agent, error) {
 	var leader *Agent
-	err := WaitFor(ctx, timeout, "live agents agree on a live leader", func() (bool, string, error) {
-		live := c.Live()
-		if len(live) == 0 {
-			return false, "", errors.New("no agent is running")
+	err := c.wait(ctx, timeout, "live agents agree on a live leader", func() (bool, string, error) {
+		agents := c.answering()
+		if len(agents) == 0 {
+			return false, "", errors.New("no agent is running and not paused")
 		}
 		id := ""
-		for _, a := range live {
-			st, err := quickStatus(ctx, a)
+		for _, a := range agents {
+			st, err := c.status(ctx, a)
 			if err != nil {
 				return false, err.Error(), nil
 			}
@@ -184,24 +211,24 @@ func (c *Cluster) Leader(ctx context.Context, timeout time.Duration) (*Agent, er
 			}
 			id = st.Leader.ID
 		}
-		for _, a := range live {
+		for _, a := range agents {
 			if a.ID == id {
 				leader = a
 				return true, "", nil
 			}
 		}
-		return false, fmt.Sprintf("the agreed leader %s is not running", id), nil
+		return false, fmt.Sprintf("the agreed leader %s is not running or paused", id), nil
 	})
 	return leader, err
 }
 
 // Holder returns the agent that holds the lease according to the status
-// of the first live agent that answers (lease.holder), with that status;
-// nil when the lease is free.
+// of the first live, unpaused agent that answers (lease.holder), with that
+// status; nil when the lease is free.
 func (c *Cluster) Holder(ctx context.Context) (*Agent, api.Status, error) {
 	var errs []error
-	for _, a := range c.Live() {
-		st, err := quickStatus(ctx, a)
+	for _, a := range c.answering() {
+		st, err := c.status(ctx, a)
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -216,7 +243,7 @@ func (c *Cluster) Holder(ctx context.Context) (*Agent, api.Status, error) {
 		return h, st, nil
 	}
 	if len(errs) == 0 {
-		return nil, api.Status{}, errors.New("lease holder: no agent is running")
+		return nil, api.Status{}, errors.New("lease holder: no agent is running and not paused")
 	}
 	return nil, api.Status{}, fmt.Errorf("lease holder: no agent answered: %w", errors.Join(errs...))
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/geocursor/geocursor/api"
+	"github.com/geocursor/geocursor/fsm"
 	ts "github.com/geocursor/geocursor/internal/testsupport"
 )
 
@@ -76,7 +77,7 @@ func TestLeaderKillElectsNewLeaderAndLeaseSurvives(t *testing.T) {
 	holder := followers[0]
 
 	granted := lease(t, followers[1], "acquire", holder.ID, 0)
-	if granted.Error != nil || granted.Lease.Holder != holder.ID || granted.Lease.Token == 0 {
+	if granted.Err != nil || granted.Lease.Holder != holder.ID || granted.Lease.Token == 0 {
 		t.Fatalf("acquire for %s through follower %s: %+v, want a grant", holder.ID, followers[1].ID, granted)
 	}
 	token := granted.Lease.Token
@@ -89,12 +90,12 @@ func TestLeaderKillElectsNewLeaderAndLeaseSurvives(t *testing.T) {
 	follower := c.Followers(newLeader)[0]
 
 	renewed := lease(t, follower, "renew", holder.ID, token)
-	if renewed.Error != nil || renewed.Lease.Holder != holder.ID || renewed.Lease.Token != token {
+	if renewed.Err != nil || renewed.Lease.Holder != holder.ID || renewed.Lease.Token != token {
 		t.Errorf("renew of token %d through follower %s after the failover: %+v, want granted with the same token", token, follower.ID, renewed)
 	}
 	refused := lease(t, follower, "acquire", oldLeader.ID, 0)
-	if refused.Error == nil || refused.Error.Code != "lease_held" {
-		t.Errorf("acquire for %s while %s holds the lease: %+v, want code lease_held", oldLeader.ID, holder.ID, refused)
+	if !errors.Is(refused.Err, fsm.ErrLeaseHeld) {
+		t.Errorf("acquire for %s while %s holds the lease: %+v, want %v", oldLeader.ID, holder.ID, refused, fsm.ErrLeaseHeld)
 	}
 	if refused.Lease.Holder != holder.ID || refused.Lease.Token != token {
 		t.Errorf("refused acquire changed the lease: %+v, want holder %s token %d", refused.Lease, holder.ID, token)
@@ -106,7 +107,7 @@ func TestLeaderKillElectsNewLeaderAndLeaseSurvives(t *testing.T) {
 	target := mustStatus(t, newLeader).CommitIndex
 	oldLeader.Restart(t)
 	ts.WaitFor(t, 20*time.Second, "restarted "+oldLeader.ID+" to rejoin and catch up", func() (bool, string) {
-		st, _, err := oldLeader.Status(context.Background())
+		st, err := oldLeader.Status(context.Background())
 		switch {
 		case err != nil:
 			return false, err.Error()
@@ -132,14 +133,13 @@ func TestJoinTwiceIsHarmless(t *testing.T) {
 	req := api.JoinRequest{NodeID: node3.ID, RaftAddr: node3.RaftAddr, HTTPAddr: node3.HTTPAddr}
 	for _, a := range c.Agents {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		body, code, err := a.Post(ctx, "/v1/cluster/join", req)
+		resp, err := a.Join(ctx, req)
 		cancel()
 		if err != nil {
-			t.Fatalf("join again via %s: %v", a.ID, err)
+			t.Fatalf("join again: %v", err)
 		}
-		var resp api.JoinResponse
-		if code != 200 || json.Unmarshal(body, &resp) != nil || !resp.AlreadyMember {
-			t.Errorf("join again via %s: HTTP %d %s, want 200 with already_member", a.ID, code, body)
+		if !resp.AlreadyMember {
+			t.Errorf("join again via %s: %+v, want already_member", a.ID, resp)
 		}
 	}
 
@@ -191,7 +191,7 @@ func TestRestartWholeCluster(t *testing.T) {
 	// revokes the lease.
 	holder := leader
 	granted := lease(t, followers[0], "acquire", holder.ID, 0)
-	if granted.Error != nil || granted.Lease.Holder != holder.ID {
+	if granted.Err != nil || granted.Lease.Holder != holder.ID {
 		t.Fatalf("acquire for %s: %+v", holder.ID, granted)
 	}
 	token := granted.Lease.Token
@@ -219,37 +219,37 @@ func TestRestartWholeCluster(t *testing.T) {
 
 	// Tokens are never reused: the next grant after a release is token+1.
 	other := followers[0]
-	if ans := lease(t, other, "release", holder.ID, token); ans.Error != nil || ans.Lease.Holder != "" {
+	if ans := lease(t, other, "release", holder.ID, token); ans.Err != nil || ans.Lease.Holder != "" {
 		t.Fatalf("release of token %d: %+v", token, ans)
 	}
 	next := lease(t, other, "acquire", other.ID, 0)
-	if next.Error != nil || next.Lease.Token != token+1 {
+	if next.Err != nil || next.Lease.Token != token+1 {
 		t.Errorf("acquire after release: %+v, want token %d", next, token+1)
 	}
 }
 
 // lease posts a lease command and fails the test unless the request went
-// through (a refusal by the state machine is in the answer).
-func lease(t *testing.T, via *ts.Agent, op, node string, token uint64) ts.LeaseAnswer {
+// through (a refusal by the state machine is in the answer's Err).
+func lease(t *testing.T, via *ts.Agent, op, node string, token uint64) fsm.Result {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	ttl := leaseTTL
-	if op == "release" {
-		ttl = 0
+	req := api.LeaseRequest{Node: node, Token: token}
+	if op != "release" {
+		req.TTL = leaseTTL.String()
 	}
-	ans, err := via.Lease(ctx, op, node, token, ttl)
+	res, err := via.Lease(ctx, op, req)
 	if err != nil {
-		t.Fatalf("%s for %s through %s: %v", op, node, via.ID, err)
+		t.Fatalf("%s for %s: %v", op, node, err)
 	}
-	return ans
+	return res
 }
 
 func mustStatus(t *testing.T, a *ts.Agent) api.Status {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	st, _, err := a.Status(ctx)
+	st, err := a.Status(ctx)
 	if err != nil {
 		t.Fatalf("status of %s: %v", a.ID, err)
 	}
@@ -261,7 +261,7 @@ func mustStatus(t *testing.T, a *ts.Agent) api.Status {
 func checkLease(t *testing.T, a *ts.Agent, holder string, token uint64) {
 	t.Helper()
 	ts.WaitFor(t, 10*time.Second, fmt.Sprintf("%s to show the lease held by %s with token %d", a.ID, holder, token), func() (bool, string) {
-		st, _, err := a.Status(context.Background())
+		st, err := a.Status(context.Background())
 		if err != nil {
 			return false, err.Error()
 		}

@@ -140,7 +140,7 @@ func startProcessing(t *testing.T, d *procDBs, p procConfig) *ts.Cluster {
 func statusOf(a *ts.Agent) (api.Status, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	st, _, err := a.Status(ctx)
+	st, err := a.Status(ctx)
 	return st, err
 }
 
@@ -155,20 +155,6 @@ func anyStatus(agents []*ts.Agent) (api.Status, error) {
 		errs = append(errs, err)
 	}
 	return api.Status{}, fmt.Errorf("no agent answered: %w", errors.Join(errs...))
-}
-
-// poll calls cond every interval until it returns true or timeout passes,
-// and returns cond's last answer. Unlike ts.WaitFor it does not fail the
-// test, so the caller can explain what went wrong in detail.
-func poll(timeout, interval time.Duration, cond func() (bool, string)) (bool, string) {
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, detail := cond()
-		if ok || time.Now().After(deadline) {
-			return ok, detail
-		}
-		time.Sleep(interval)
-	}
 }
 
 // background is a load generator running in its own goroutine.
@@ -579,7 +565,7 @@ func checkOutcome(t *testing.T, d *procDBs, c *ts.Cluster) {
 	head := sourceHead(t, d)
 	committed := queryInt(t, d.Source, `SELECT count(*) FROM geo_event_log`)
 	start := time.Now()
-	caughtUp, detail := poll(60*time.Second, 100*time.Millisecond, func() (bool, string) {
+	caughtUp, detail := ts.Poll(60*time.Second, 100*time.Millisecond, func() (bool, string) {
 		f, err := readFence(ctx, d)
 		if err != nil {
 			return false, "read the fence row: " + err.Error()

@@ -129,7 +129,7 @@ func holderInBacklog(t *testing.T, d *procDBs, c *ts.Cluster, round int64) (api.
 			st     api.Status
 			missed bool
 		)
-		found, last := poll(10*time.Second, 20*time.Millisecond, func() (bool, string) {
+		found, last := ts.Poll(10*time.Second, 20*time.Millisecond, func() (bool, string) {
 			var err error
 			st, err = anyStatus(c.Live())
 			switch {
@@ -247,7 +247,7 @@ func TestPausedHolderIsFencedOut(t *testing.T) {
 		took    api.Status
 		movedAt time.Duration
 	)
-	ok, detail := poll(30*time.Second, 50*time.Millisecond, func() (bool, string) {
+	ok, detail := ts.Poll(30*time.Second, 50*time.Millisecond, func() (bool, string) {
 		var err error
 		took, err = anyStatus(others)
 		if err != nil {
@@ -377,7 +377,7 @@ func TestLateGapEventProcessedSoonAfterCommit(t *testing.T) {
 	committedAt := time.Now()
 
 	var jobCreated time.Time
-	ok, _ := poll(10*time.Second, 10*time.Millisecond, func() (bool, string) {
+	ok, _ := ts.Poll(10*time.Second, 10*time.Millisecond, func() (bool, string) {
 		err := d.Tracking.QueryRow(ctx, `SELECT created_at FROM geo_jobs WHERE event_id = $1`, late).Scan(&jobCreated)
 		return err == nil, ""
 	})

@@ -2,24 +2,20 @@ package testsupport
 
 // Helpers that run real geocursor agents as child processes on loopback
 // ports, for system tests that check the cluster from the outside. The
-// processes are managed by internal/devcluster; these helpers turn its
-// errors into test failures and tie every process to the test's lifetime.
+// processes, the waits and the requests to the agents are
+// internal/devcluster's; these helpers turn its errors into test failures
+// and tie every process to the test's lifetime.
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
-	"os/exec"
+	"slices"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/geocursor/geocursor/api"
-	"github.com/geocursor/geocursor/fsm"
 	"github.com/geocursor/geocursor/internal/devcluster"
 )
 
@@ -37,11 +33,6 @@ var (
 func BuildBinary(tb testing.TB) string {
 	tb.Helper()
 	buildOnce.Do(func() {
-		root, err := ModuleRoot()
-		if err != nil {
-			buildErr = err
-			return
-		}
 		dir, err := os.MkdirTemp("", "geocursor-bin-")
 		if err != nil {
 			buildErr = fmt.Errorf("create build dir: %w", err)
@@ -52,7 +43,7 @@ func BuildBinary(tb testing.TB) string {
 			buildErr = fmt.Errorf("chmod build dir: %w", err)
 			return
 		}
-		buildPath, buildErr = devcluster.Build(context.Background(), root, dir)
+		buildPath, buildErr = devcluster.Build(context.Background(), dir)
 	})
 	if buildErr != nil {
 		tb.Fatalf("build geocursor: %v", buildErr)
@@ -67,12 +58,6 @@ func RemoveBinary() error {
 		return nil
 	}
 	return os.RemoveAll(buildDir)
-}
-
-// ModuleRoot walks up from the working directory to the directory that
-// holds go.mod.
-func ModuleRoot() (string, error) {
-	return devcluster.ModuleRoot()
 }
 
 // TempDir makes a directory under os.TempDir that is removed when the test
@@ -104,48 +89,29 @@ func FreeAddr(tb testing.TB) string {
 }
 
 // AgentSpec says how to start one agent.
-type AgentSpec struct {
-	NodeID string
-	// Join are HTTP addresses passed as -join on the first start only.
-	Join []string
-	// ExtraHCL is appended to the generated config file (which sets only
-	// node_id, data_dir, http_addr and raft_addr), e.g. join_timeout or
-	// lease, source, tracking and raft blocks.
-	ExtraHCL string
-	// Env is added to the environment, which has no GEOCURSOR_* variables
-	// of the test process.
-	Env []string
-	// Args are extra agent flags, passed on every start (put -join here to
-	// pass it on restarts too).
-	Args []string
-}
+type AgentSpec = devcluster.AgentSpec
 
-// Agent is one agent process and everything needed to start it again.
+// Agent is one agent process of a test. The methods that start, stop or
+// wait for it take the test and fail it when they fail; the others
+// (Status, Lease, Join, Signal, Log, ...) are devcluster.Agent's.
 type Agent struct {
-	ID, HTTPAddr, RaftAddr, DataDir, ConfigPath, LogPath string
-	// Cmd is the current process (a new one after Restart).
-	Cmd *exec.Cmd
-
-	proc *devcluster.Agent
+	*devcluster.Agent
 }
 
 // StartAgent writes a config file for spec in a new directory under dir
-// and starts the agent with free loopback ports, its stdout and stderr
-// appended to LogPath. The process is killed when the test ends, and on
-// failure the tail of its log is printed.
+// and starts the agent, with free loopback ports unless spec sets them,
+// its stdout and stderr appended to LogPath. The process is killed when
+// the test ends, and on failure the tail of its log is printed.
 func StartAgent(tb testing.TB, dir string, spec AgentSpec) *Agent {
 	tb.Helper()
-	if spec.NodeID == "" {
-		tb.Fatalf("StartAgent: AgentSpec.NodeID is required")
-	}
-	proc, err := devcluster.NewAgent(BuildBinary(tb), dir, devcluster.AgentSpec{
-		NodeID: spec.NodeID, Join: spec.Join, ExtraHCL: spec.ExtraHCL, Env: spec.Env, Args: spec.Args,
-	})
+	proc, err := devcluster.NewAgent(BuildBinary(tb), dir, spec)
 	if err != nil {
 		tb.Fatalf("%v", err)
 	}
 	a := adopt(tb, proc)
-	a.started(tb, proc.Start())
+	if err := a.Agent.Start(); err != nil {
+		tb.Fatalf("%v", err)
+	}
 	return a
 }
 
@@ -153,45 +119,30 @@ func StartAgent(tb testing.TB, dir string, spec AgentSpec) *Agent {
 // killed when the test ends, with the tail of its log on failure.
 func adopt(tb testing.TB, proc *devcluster.Agent) *Agent {
 	tb.Helper()
-	a := &Agent{
-		ID: proc.ID, HTTPAddr: proc.HTTPAddr, RaftAddr: proc.RaftAddr,
-		DataDir: proc.DataDir, ConfigPath: proc.ConfigPath, LogPath: proc.LogPath,
-		proc: proc,
-	}
 	tb.Cleanup(func() {
-		proc.Kill()
+		if err := proc.Kill(); err != nil {
+			tb.Errorf("%v", err)
+		}
 		if tb.Failed() {
-			tb.Logf("--- %s: last lines of %s ---\n%s", a.ID, a.LogPath, a.LogTail(40))
+			tb.Logf("--- %s: last lines of %s ---\n%s", proc.ID, proc.LogPath, proc.LogTail(40))
 		}
 	})
-	return a
-}
-
-// started records the process that a start began, or fails the test.
-func (a *Agent) started(tb testing.TB, err error) {
-	tb.Helper()
-	if err != nil {
-		tb.Fatalf("%v", err)
-	}
-	a.Cmd = a.proc.Cmd()
-}
-
-// Running reports whether the current process has not exited.
-func (a *Agent) Running() bool {
-	return a.proc.Running()
+	return &Agent{proc}
 }
 
 // Kill sends SIGKILL and waits for the process to end.
 func (a *Agent) Kill(tb testing.TB) {
 	tb.Helper()
-	a.proc.Kill()
+	if err := a.Agent.Kill(); err != nil {
+		tb.Fatalf("%v", err)
+	}
 }
 
 // Stop sends SIGTERM and waits up to 10s for a clean exit (status 0);
 // otherwise it kills the process and fails the test.
 func (a *Agent) Stop(tb testing.TB) {
 	tb.Helper()
-	err := a.proc.Stop(10 * time.Second)
+	err := a.Agent.Stop(10 * time.Second)
 	var exit *devcluster.ExitError
 	switch {
 	case errors.As(err, &exit):
@@ -205,19 +156,18 @@ func (a *Agent) Stop(tb testing.TB) {
 // -join is passed only if the spec's Args say so.
 func (a *Agent) Restart(tb testing.TB) {
 	tb.Helper()
-	a.started(tb, a.proc.Restart())
+	if err := a.Agent.Restart(); err != nil {
+		tb.Fatalf("%v", err)
+	}
 }
 
 // RestartWith starts the agent again like Restart, with extra flags added
 // for this start only (e.g. -join, to check that it is ignored).
 func (a *Agent) RestartWith(tb testing.TB, extra ...string) {
 	tb.Helper()
-	a.started(tb, a.proc.RestartWith(extra...))
-}
-
-// Signal sends sig (SIGSTOP, SIGCONT, ...) to the current process.
-func (a *Agent) Signal(sig os.Signal) error {
-	return a.proc.Signal(sig)
+	if err := a.Agent.RestartWith(extra...); err != nil {
+		tb.Fatalf("%v", err)
+	}
 }
 
 // WaitExit waits up to timeout for the process to exit by itself and
@@ -225,95 +175,36 @@ func (a *Agent) Signal(sig os.Signal) error {
 // running then.
 func (a *Agent) WaitExit(tb testing.TB, timeout time.Duration) int {
 	tb.Helper()
-	code, err := a.proc.WaitExit(timeout)
+	code, err := a.Agent.WaitExit(timeout)
 	if err != nil {
 		tb.Fatalf("%v", err)
 	}
 	return code
 }
 
-// Status fetches GET /v1/status: the decoded document and its raw body.
-func (a *Agent) Status(ctx context.Context) (api.Status, []byte, error) {
-	return a.proc.Status(ctx)
-}
-
-// WaitReady polls /v1/health/ready until it answers 200.
+// WaitReady polls the readiness endpoint until the agent is ready.
 func (a *Agent) WaitReady(tb testing.TB, timeout time.Duration) {
 	tb.Helper()
-	if err := a.proc.WaitReady(context.Background(), timeout); err != nil {
+	if err := a.Agent.WaitReady(context.Background(), timeout); err != nil {
 		tb.Fatalf("%v", err)
 	}
 }
 
-// WaitUp polls /v1/health until it answers 200: the process has opened its
-// stores and its Raft and HTTP ports.
+// WaitUp polls the health endpoint until it answers: the process has
+// opened its stores and its Raft and HTTP ports.
 func (a *Agent) WaitUp(tb testing.TB, timeout time.Duration) {
 	tb.Helper()
-	if err := a.proc.WaitUp(context.Background(), timeout); err != nil {
+	if err := a.Agent.WaitUp(context.Background(), timeout); err != nil {
 		tb.Fatalf("%v", err)
 	}
-}
-
-// LeaseAnswer is the answer of POST /v1/lease/{op}.
-type LeaseAnswer struct {
-	// HTTPStatus is the answer's status code.
-	HTTPStatus int        `json:"-"`
-	Lease      fsm.Lease  `json:"lease"`
-	Cursor     fsm.Cursor `json:"cursor"`
-	// Error is the state machine's refusal (HTTP 200) or the request's
-	// failure (other statuses); nil when the command was granted.
-	Error *LeaseError `json:"error"`
-}
-
-// LeaseError is the error object of a lease answer.
-type LeaseError struct {
-	Code    string `json:"code"`
-	Message string `json:"message"`
-}
-
-// Lease posts a lease command (acquire, renew or release) to this agent. A
-// refusal by the state machine is in the answer's Error with a nil error;
-// the error is non-nil when the request failed or the status is not 200.
-func (a *Agent) Lease(ctx context.Context, op, node string, token uint64, ttl time.Duration) (LeaseAnswer, error) {
-	req := map[string]any{"node": node, "token": token}
-	if ttl > 0 {
-		req["ttl"] = ttl.String()
-	}
-	var ans LeaseAnswer
-	body, code, err := a.proc.Post(ctx, "/v1/lease/"+op, req)
-	if err != nil {
-		return ans, err
-	}
-	ans.HTTPStatus = code
-	if err := json.Unmarshal(body, &ans); err != nil {
-		return ans, fmt.Errorf("decode lease answer of %s (HTTP %d): %w: %s", a.ID, code, err, bytes.TrimSpace(body))
-	}
-	ans.HTTPStatus = code
-	if code != http.StatusOK {
-		return ans, fmt.Errorf("POST /v1/lease/%s on %s: HTTP %d: %s", op, a.ID, code, bytes.TrimSpace(body))
-	}
-	return ans, nil
-}
-
-// Post sends a JSON body to path and returns the answer's body and status.
-func (a *Agent) Post(ctx context.Context, path string, in any) ([]byte, int, error) {
-	return a.proc.Post(ctx, path, in)
-}
-
-// LogTail returns the last n lines of the agent's log.
-func (a *Agent) LogTail(n int) string {
-	return a.proc.LogTail(n)
-}
-
-// Log returns the agent's whole log.
-func (a *Agent) Log() string {
-	return a.proc.Log()
 }
 
 // Cluster is a group of agents started by StartCluster.
 type Cluster struct {
 	Agents []*Agent
 	Dir    string
+
+	procs *devcluster.Cluster
 }
 
 // StartCluster starts n agents named node1..nodeN in a new temp dir: node1
@@ -322,60 +213,35 @@ type Cluster struct {
 func StartCluster(tb testing.TB, n int, extraHCL string, env []string) *Cluster {
 	tb.Helper()
 	c := &Cluster{Dir: TempDir(tb, "geocursor-cluster-")}
-	procs := &devcluster.Cluster{
+	c.procs = &devcluster.Cluster{
 		Binary:  BuildBinary(tb),
 		Dir:     c.Dir,
 		OnAgent: func(p *devcluster.Agent) { c.Agents = append(c.Agents, adopt(tb, p)) },
 	}
-	err := procs.Start(context.Background(), n, extraHCL, env)
-	for _, a := range c.Agents {
-		a.Cmd = a.proc.Cmd()
-	}
-	if err != nil {
+	if err := c.procs.Start(context.Background(), n, extraHCL, env); err != nil {
 		tb.Fatalf("%v", err)
 	}
 	return c
 }
 
-// procs is the devcluster view of the agents the test holds now.
-func (c *Cluster) procs() *devcluster.Cluster {
-	pc := &devcluster.Cluster{Dir: c.Dir}
-	for _, a := range c.Agents {
-		pc.Agents = append(pc.Agents, a.proc)
-	}
-	return pc
-}
-
-// wrapper returns the agent of c that runs proc.
-func (c *Cluster) wrapper(proc *devcluster.Agent) *Agent {
-	for _, a := range c.Agents {
-		if a.proc == proc {
-			return a
-		}
-	}
-	return nil
-}
-
-// Live returns the agents whose processes are running.
-func (c *Cluster) Live() []*Agent { return c.wrap(c.procs().Live()) }
-
 // Agent returns the agent with node ID id.
 func (c *Cluster) Agent(tb testing.TB, id string) *Agent {
 	tb.Helper()
-	for _, a := range c.Agents {
-		if a.ID == id {
-			return a
-		}
+	p := c.procs.Agent(id)
+	if p == nil {
+		tb.Fatalf("no agent %s in the cluster", id)
 	}
-	tb.Fatalf("no agent %s in the cluster", id)
-	return nil
+	return c.of(p)
 }
+
+// Live returns the agents whose processes are running.
+func (c *Cluster) Live() []*Agent { return c.wrap(c.procs.Live()) }
 
 // WaitFormed waits until every agent runs and its status shows all agents
 // as reachable members and one leader that all agree on.
 func (c *Cluster) WaitFormed(tb testing.TB, timeout time.Duration) {
 	tb.Helper()
-	if err := c.procs().WaitFormed(context.Background(), timeout); err != nil {
+	if err := c.procs.WaitFormed(context.Background(), timeout); err != nil {
 		tb.Fatalf("%v", err)
 	}
 }
@@ -384,40 +250,33 @@ func (c *Cluster) WaitFormed(tb testing.TB, timeout time.Duration) {
 // leader that is itself live, and returns it.
 func (c *Cluster) Leader(tb testing.TB) *Agent {
 	tb.Helper()
-	proc, err := c.procs().Leader(context.Background(), 20*time.Second)
+	proc, err := c.procs.Leader(context.Background(), 20*time.Second)
 	if err != nil {
 		tb.Fatalf("%v", err)
 	}
-	return c.wrapper(proc)
+	return c.of(proc)
 }
 
 // Followers returns the live agents other than leader.
 func (c *Cluster) Followers(leader *Agent) []*Agent {
 	var proc *devcluster.Agent
 	if leader != nil {
-		proc = leader.proc
+		proc = leader.Agent
 	}
-	return c.wrap(c.procs().Followers(proc))
+	return c.wrap(c.procs.Followers(proc))
 }
 
 // wrap maps devcluster agents back to the test's agents.
 func (c *Cluster) wrap(procs []*devcluster.Agent) []*Agent {
 	out := make([]*Agent, 0, len(procs))
 	for _, p := range procs {
-		out = append(out, c.wrapper(p))
+		out = append(out, c.of(p))
 	}
 	return out
 }
 
-// WaitFor polls cond every 20ms until it returns true, and fails the test
-// with what and cond's last detail if that takes longer than timeout.
-func WaitFor(tb testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
-	tb.Helper()
-	err := devcluster.WaitFor(context.Background(), timeout, what, func() (bool, string, error) {
-		ok, detail := cond()
-		return ok, detail, nil
-	})
-	if err != nil {
-		tb.Fatalf("%v", err)
-	}
+// of returns the test's agent that is p: procs holds the same agents in
+// the same order.
+func (c *Cluster) of(p *devcluster.Agent) *Agent {
+	return c.Agents[slices.Index(c.procs.Agents, p)]
 }

@@ -263,7 +263,7 @@ func (b *bench) waitStatusAt(ctx context.Context, head int64) error {
 	return devcluster.WaitFor(ctx, 30*time.Second, fmt.Sprintf("cluster status to show the cursor at %d", head), func() (bool, string, error) {
 		for _, a := range b.cluster.Live() {
 			sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			st, _, err := a.Status(sctx)
+			st, err := a.Status(sctx)
 			cancel()
 			if err == nil {
 				return st.Cursor.LastEventID >= head, fmt.Sprintf("cursor at %d", st.Cursor.LastEventID), nil

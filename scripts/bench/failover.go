@@ -217,7 +217,7 @@ func (b *bench) observe(ctx context.Context) (leader, holder *devcluster.Agent, 
 	}
 	err = devcluster.WaitFor(ctx, 10*time.Second, "a lease holder in the leader's status", func() (bool, string, error) {
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-		st, _, err := leader.Status(sctx)
+		st, err := leader.Status(sctx)
 		cancel()
 		if err != nil {
 			return false, err.Error(), nil
@@ -287,7 +287,9 @@ func (b *bench) killHolder(ctx context.Context, kind string, leader, holder *dev
 	b.sampleRSS(holder)
 
 	killedAt := time.Now()
-	holder.Kill()
+	if err := holder.Kill(); err != nil {
+		return run, err
+	}
 	var first time.Time
 	err = devcluster.WaitEvery(ctx, takeoverTimeout, takeoverPoll, "a job row written after the kill", func() (bool, string, error) {
 		var t *time.Time

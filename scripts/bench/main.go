@@ -214,12 +214,8 @@ func (b *bench) setUp(ctx context.Context) error {
 	b.mu.Lock()
 	b.dir = dir
 	b.mu.Unlock()
-	root, err := devcluster.ModuleRoot()
-	if err != nil {
-		return err
-	}
 	b.logf("building geocursor into %s", dir)
-	b.binary, err = devcluster.Build(ctx, root, dir)
+	b.binary, err = devcluster.Build(ctx, dir)
 	return err
 }
 
@@ -260,7 +256,7 @@ func (b *bench) waitWhole(ctx context.Context) error {
 	return devcluster.WaitFor(ctx, 60*time.Second, "every agent to reach both databases", func() (bool, string, error) {
 		for _, a := range b.cluster.Agents {
 			sctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			st, _, err := a.Status(sctx)
+			st, err := a.Status(sctx)
 			cancel()
 			if err != nil {
 				return false, err.Error(), nil

@@ -176,12 +176,8 @@ func (d *demo) setUp(ctx context.Context) error {
 		return fmt.Errorf("create the demo directory: %w", err)
 	}
 	d.record(func() { d.dir = dir })
-	root, err := devcluster.ModuleRoot()
-	if err != nil {
-		return err
-	}
 	d.say("building geocursor into %s ...", d.dir)
-	if d.binary, err = devcluster.Build(ctx, root, d.dir); err != nil {
+	if d.binary, err = devcluster.Build(ctx, d.dir); err != nil {
 		return err
 	}
 

@@ -89,12 +89,14 @@ func PGVersion(ctx context.Context, s *pgserver.Server) string {
 }
 
 // HardStop is a script's exit on a second signal, before os.Exit: it kills
-// the agents and PostgreSQL at once (passing an error of the latter to
-// logErr), then removes PostgreSQL's directory unless keepPG and dir
-// unless keepDir. pg may be nil and dir empty.
+// the agents and PostgreSQL at once (passing what fails to logErr), then
+// removes PostgreSQL's directory unless keepPG and dir unless keepDir. pg
+// may be nil and dir empty.
 func HardStop(agents []*devcluster.Agent, pg *pgserver.Server, keepPG bool, dir string, keepDir bool, logErr func(error)) {
 	for _, a := range agents {
-		a.Kill()
+		if err := a.Kill(); err != nil {
+			logErr(err)
+		}
 	}
 	if pg != nil {
 		if err := KillPostgres(pg); err != nil {
