@@ -209,7 +209,7 @@ func (c *Client) send(ctx context.Context, method, addr, path string, in, out an
 				Error *Error `json:"error"`
 			}
 			if json.Unmarshal(data, &e) == nil && e.Error != nil {
-				return e.Error.Err()
+				return e.Error.errWith(resp.StatusCode)
 			}
 			if !slices.Contains(also, resp.StatusCode) {
 				return statusError(resp.StatusCode, bytes.TrimSpace(data))

@@ -129,16 +129,32 @@ func HTTPStatus(err error) int {
 
 // Err rebuilds the error e carries, so that errors.Is matches the error
 // of its code; the message is kept as the text.
-func (e *Error) Err() error {
+func (e *Error) Err() error { return e.errWith(0) }
+
+// errWith is Err for an answer served with status: of the errors that
+// share e's code, the one served with that status (ErrUnauthorized for a
+// 401), else the most general.
+func (e *Error) errWith(status int) error {
+	match := -1
 	for i := len(codes) - 1; i >= 0; i-- {
-		if c := codes[i]; c.code == e.Code {
-			if e.Message == c.err.Error() {
-				return c.err
-			}
-			return &wireError{sentinel: c.err, msg: e.Message}
+		c := codes[i]
+		if c.code != e.Code {
+			continue
+		}
+		if match < 0 || c.status == status {
+			match = i
+		}
+		if c.status == status {
+			break
 		}
 	}
-	return errors.New(e.Message)
+	if match < 0 {
+		return errors.New(e.Message)
+	}
+	if c := codes[match]; e.Message != c.err.Error() {
+		return &wireError{sentinel: c.err, msg: e.Message}
+	}
+	return codes[match].err
 }
 
 // wireError is an error received over the wire: its own message, matching

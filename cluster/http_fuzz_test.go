@@ -30,6 +30,13 @@ const httpFuzzDeadline = 3 * time.Second
 // startHTTPTestNode opens a real one-node group on free loopback ports, waits
 // until it leads and has published its addresses, and closes it when tb
 // ends.
+// The fuzz node's tokens: its API asks for them, as every production
+// node's does.
+const (
+	fuzzOperatorToken = "fuzz-operator-token-0123456789"
+	fuzzReadToken     = "fuzz-read-token-0123456789abcd"
+)
+
 func startHTTPTestNode(tb testing.TB) *Node {
 	tb.Helper()
 	dir := tb.TempDir()
@@ -52,7 +59,9 @@ func startHTTPTestNode(tb testing.TB) *Node {
 				SnapshotInterval:  30 * time.Second,
 				TrailingLogs:      1024,
 			},
-			Logger: hclog.NewNullLogger(),
+			Logger:        hclog.NewNullLogger(),
+			ACL:           NewACL(fuzzOperatorToken, fuzzReadToken),
+			OperatorToken: fuzzOperatorToken,
 		}
 		n, err = Open(cfg, false)
 		if err == nil {
@@ -107,12 +116,15 @@ type httpResult struct {
 
 // serveHTTP sends one request through the node's handler (no network) with
 // a deadline, and fails tb if the handler does not finish within it.
-func serveHTTP(tb testing.TB, h http.Handler, method, target string, body []byte) httpResult {
+func serveHTTP(tb testing.TB, h http.Handler, method, target, token string, body []byte) httpResult {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), httpFuzzDeadline)
 	defer cancel()
 	req := httptest.NewRequestWithContext(ctx, method, target, bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	var pattern string
 	if mux, ok := h.(*http.ServeMux); ok {
 		_, pattern = mux.Handler(req)
@@ -131,15 +143,19 @@ func serveHTTP(tb testing.TB, h http.Handler, method, target string, body []byte
 type httpFuzzRoute struct {
 	method, path string
 	op           bool
+	// need is what the route asks of its caller; limit its body limit
+	// (0: it reads no body).
+	need  access
+	limit int
 }
 
 var httpFuzzRoutes = []httpFuzzRoute{
-	{method: http.MethodGet, path: "/v1/status"},
+	{method: http.MethodGet, path: "/v1/status", need: accessRead},
 	{method: http.MethodGet, path: "/v1/health"},
 	{method: http.MethodGet, path: "/v1/health/ready"},
-	{method: http.MethodPost, path: "/v1/cluster/join"},
-	{method: http.MethodPost, path: "/v1/internal/apply"},
-	{method: http.MethodPost, path: "/v1/lease/", op: true},
+	{method: http.MethodPost, path: "/v1/cluster/join", need: accessPeer, limit: maxSmallBody},
+	{method: http.MethodPost, path: "/v1/internal/apply", need: accessPeer, limit: maxCommandBody},
+	{method: http.MethodPost, path: "/v1/lease/", op: true, need: accessOperator, limit: maxSmallBody},
 	// Wrong methods and paths: the mux answers these itself.
 	{method: http.MethodPost, path: "/v1/status"},
 	{method: http.MethodGet, path: "/v1/cluster/join"},
@@ -147,9 +163,30 @@ var httpFuzzRoutes = []httpFuzzRoute{
 	{method: http.MethodGet, path: "/v1/lease/", op: true},
 	{method: http.MethodPost, path: "/v1/nope"},
 	// Appended, not inserted: the committed corpus names routes by index.
-	{method: http.MethodPost, path: "/v1/cursor/pause"},
-	{method: http.MethodPost, path: "/v1/cursor/resume"},
+	{method: http.MethodPost, path: "/v1/cursor/pause", need: accessOperator},
+	{method: http.MethodPost, path: "/v1/cursor/resume", need: accessOperator},
 	{method: http.MethodGet, path: "/v1/cursor/pause"},
+}
+
+// fuzzTokens are the credentials a fuzzed request may carry: none, the
+// read token, the operator token, and one that is neither.
+var fuzzTokens = []struct {
+	token string
+	right right
+}{
+	{"", rightNone}, {fuzzReadToken, rightRead}, {fuzzOperatorToken, rightOperator}, {"not-a-token-of-this-node", rightNone},
+}
+
+// allows reports whether a caller with right may call a route that asks
+// for need, on a node without TLS.
+func allows(need access, r right) bool {
+	switch need {
+	case accessRead:
+		return r >= rightRead
+	case accessOperator, accessPeer:
+		return r == rightOperator
+	}
+	return true
 }
 
 // decodesStrictly reports whether body is what decodeBody accepts into a
@@ -167,10 +204,12 @@ func decodesStrictly(body []byte, dst any) bool {
 	return err == io.EOF
 }
 
-// FuzzHTTPRequests sends fuzzed bodies to every route of a real leader's
-// API. Whatever the input: no panic, no 5xx but 503, a JSON body from every
-// route handler, 4xx for a body that does not decode, 413 for one over
-// 1 MiB, and an answer within httpFuzzDeadline.
+// FuzzHTTPRequests sends fuzzed bodies, with fuzzed credentials, to every
+// route of a real leader's API, which asks for tokens as production nodes
+// do. Whatever the input: no panic, no 5xx but 503, a JSON body from every
+// route handler, 401 or 403 for a caller without the right, 4xx for a body
+// that does not decode, 413 for one over its route's limit, and an answer
+// within httpFuzzDeadline.
 func FuzzHTTPRequests(f *testing.F) {
 	n := startHTTPTestNode(f)
 	h := n.routes()
@@ -182,6 +221,7 @@ func FuzzHTTPRequests(f *testing.F) {
 		body  string
 		pad   bool
 	}{
+		{4, "", `{"op":"set_paused","paused":true}`, false},
 		{0, "", "", false},
 		{1, "", "", false},
 		{2, "", "", false},
@@ -227,12 +267,19 @@ func FuzzHTTPRequests(f *testing.F) {
 		{12, "", ``, false},
 		{13, "", ``, false},
 	}
-	for _, s := range seeds {
-		f.Add(s.route, s.op, []byte(s.body), s.pad)
+	for i, s := range seeds {
+		// Most seeds with the operator token, so that the fuzzer starts
+		// past the authorization; every fourth with another credential.
+		auth := uint8(2)
+		if i%4 == 0 {
+			auth = uint8(i / 4 % len(fuzzTokens))
+		}
+		f.Add(s.route, s.op, []byte(s.body), s.pad, auth)
 	}
 
-	f.Fuzz(func(t *testing.T, route uint8, op string, body []byte, pad bool) {
+	f.Fuzz(func(t *testing.T, route uint8, op string, body []byte, pad bool, auth uint8) {
 		rt := httpFuzzRoutes[int(route)%len(httpFuzzRoutes)]
+		cred := fuzzTokens[int(auth)%len(fuzzTokens)]
 		target := rt.path
 		if rt.op {
 			target += url.PathEscape(op)
@@ -253,14 +300,14 @@ func FuzzHTTPRequests(f *testing.F) {
 			}
 		}
 
-		res := serveHTTP(t, h, rt.method, target, body)
-		checkHTTPResult(t, rt, target, body, res)
+		res := serveHTTP(t, h, rt.method, target, cred.token, body)
+		checkHTTPResult(t, rt, target, body, cred.token, cred.right, res)
 	})
 }
 
-func checkHTTPResult(t *testing.T, rt httpFuzzRoute, target string, body []byte, res httpResult) {
+func checkHTTPResult(t *testing.T, rt httpFuzzRoute, target string, body []byte, token string, r right, res httpResult) {
 	t.Helper()
-	desc := fmt.Sprintf("%s %s (body %d bytes %.80q)", rt.method, target, len(body), body)
+	desc := fmt.Sprintf("%s %s (body %d bytes %.80q, token %q)", rt.method, target, len(body), body, token)
 	if res.code >= 500 && res.code != http.StatusServiceUnavailable {
 		t.Fatalf("%s: status %d: %s", desc, res.code, res.body)
 	}
@@ -282,7 +329,22 @@ func checkHTTPResult(t *testing.T, rt httpFuzzRoute, target string, body []byte,
 			}
 		}
 	}
-	if !routed || rt.method != http.MethodPost {
+	if !routed {
+		return
+	}
+	// Who may not call the route is refused before anything else: 401
+	// without a token, 403 with one that lacks the right.
+	if !allows(rt.need, r) {
+		want := http.StatusForbidden
+		if token == "" {
+			want = http.StatusUnauthorized
+		}
+		if res.code != want || !strings.Contains(string(res.body), `"permission_denied"`) {
+			t.Errorf("%s: status %d for a caller without the right, want %d permission_denied: %s", desc, res.code, want, res.body)
+		}
+		return
+	}
+	if rt.method != http.MethodPost {
 		return
 	}
 
@@ -298,10 +360,10 @@ func checkHTTPResult(t *testing.T, rt httpFuzzRoute, target string, body []byte,
 	if dst == nil {
 		return
 	}
-	if len(body) > api.MaxRequestBody {
+	if len(body) > rt.limit {
 		// The lease route refuses an unknown op before reading the body.
 		if res.code != http.StatusRequestEntityTooLarge && res.code != http.StatusNotFound {
-			t.Errorf("%s: status %d for a body over %d bytes, want 413", desc, res.code, api.MaxRequestBody)
+			t.Errorf("%s: status %d for a body over %d bytes, want 413", desc, res.code, rt.limit)
 		}
 		return
 	}
@@ -366,7 +428,7 @@ func TestOversizedAndMalformedBodiesRejected(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			res := serveHTTP(t, h, http.MethodPost, tt.path, []byte(tt.body))
+			res := serveHTTP(t, h, http.MethodPost, tt.path, fuzzOperatorToken, []byte(tt.body))
 			if res.code != tt.wantCode {
 				t.Fatalf("status %d, want %d: %s", res.code, tt.wantCode, res.body)
 			}

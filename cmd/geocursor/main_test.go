@@ -182,3 +182,61 @@ func TestVersion(t *testing.T) {
 		t.Errorf("version: status %d, output %q", code, stdout)
 	}
 }
+
+func TestReachableAddressWithoutTLSRefusesToStart(t *testing.T) {
+	config := writeConfig(t, "node_id   = \"n1\"\nhttp_addr = \"192.0.2.10:8470\"\nraft_addr = \"192.0.2.10:8471\"\n")
+	code, _, stderr := runCmd(t, "agent", "-config", config)
+	if code != 2 {
+		t.Fatalf("exit status %d, want 2; stderr:\n%s", code, stderr)
+	}
+	msg := lastLine(stderr)
+	for _, want := range []string{"192.0.2.10:8470", "not a loopback address", "add tls and acl blocks", "insecure = true"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("last line of stderr %q does not say %q", msg, want)
+		}
+	}
+}
+
+func TestTLSCommandsWriteACAAndCertificates(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "tls")
+	if code, out, stderr := runCmd(t, "tls", "ca", "create", "-dir", dir); code != 0 || !strings.Contains(out, "ca.pem") {
+		t.Fatalf("tls ca create: status %d, out %q, err %q", code, out, stderr)
+	}
+	if code, out, stderr := runCmd(t, "tls", "cert", "create", "-dir", dir, "-node", "node1", "-ip", "10.0.0.1"); code != 0 || !strings.Contains(out, "cert_file") {
+		t.Fatalf("tls cert create -node: status %d, out %q, err %q", code, out, stderr)
+	}
+	if code, _, stderr := runCmd(t, "tls", "cert", "create", "-dir", dir, "-client", "ops"); code != 0 {
+		t.Fatalf("tls cert create -client: status %d, err %q", code, stderr)
+	}
+	for _, f := range []string{"ca.pem", "ca-key.pem", "node1.pem", "node1-key.pem", "client-ops.pem", "client-ops-key.pem"} {
+		fi, err := os.Stat(filepath.Join(dir, f))
+		if err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		if strings.HasSuffix(f, "-key.pem") && fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v, want 0600", f, fi.Mode().Perm())
+		}
+	}
+	for _, args := range [][]string{
+		{"tls", "cert", "create", "-dir", dir},
+		{"tls", "cert", "create", "-dir", dir, "-node", "a", "-client", "b"},
+		{"tls", "cert", "create", "-dir", dir, "-node", "n2", "-ip", "not-an-ip"},
+		{"tls", "ca", "destroy"},
+	} {
+		if code, _, stderr := runCmd(t, args...); code != 2 {
+			t.Errorf("%v: status %d, want 2 (stderr %q)", args, code, stderr)
+		}
+	}
+	if code, _, stderr := runCmd(t, "tls", "cert", "create", "-dir", dir, "-node", "node1"); code != 1 || !strings.Contains(stderr, "exists already") {
+		t.Errorf("creating node1's certificate twice: status %d, stderr %q", code, stderr)
+	}
+}
+
+func TestStatusTableQuotesWhatATerminalShouldNotSee(t *testing.T) {
+	if got := safe("node1"); got != "node1" {
+		t.Errorf("safe(node1) = %q", got)
+	}
+	if got := safe("\x1b[31mred"); got != `"\x1b[31mred"` {
+		t.Errorf("safe of an escape sequence = %q", got)
+	}
+}

@@ -24,7 +24,7 @@ const (
 
 // newAgent prepares agent id on host h in dir/id; join, if set, is passed
 // as -join on its first start.
-func newAgent(id string, h *Host, dir, binary, hcl string, env, join []string) (*Agent, error) {
+func newAgent(id string, h *Host, dir, binary, hcl string, env, join []string, sec *devcluster.Security) (*Agent, error) {
 	a, err := devcluster.NewAgent(binary, dir, devcluster.AgentSpec{
 		NodeID:   id,
 		HTTPAddr: fmt.Sprintf("%s:%d", h.IP, agentHTTPPort),
@@ -38,6 +38,7 @@ func newAgent(id string, h *Host, dir, binary, hcl string, env, join []string) (
 		History:        true,
 		Supervised:     true,
 		RequestTimeout: requestTimeout,
+		Security:       sec,
 	})
 	if err != nil {
 		return nil, err

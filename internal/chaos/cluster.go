@@ -49,6 +49,9 @@ type Options struct {
 	// NoLoad leaves the source empty: the lease stays free and the cursor
 	// loops idle, for tests that drive the lease themselves.
 	NoLoad bool
+	// Plaintext runs the agents without TLS and tokens (insecure = true);
+	// by default they run with both, as in production.
+	Plaintext bool
 	// Seed makes the choice of targets repeatable (the rest is timing).
 	Seed uint64
 	// LogLevel is the agents' log_level (default info).
@@ -105,6 +108,8 @@ type Cluster struct {
 	Agents []*Agent
 	// procs is the group as devcluster sees it, for its waits and lookups.
 	procs *devcluster.Cluster
+	// Security is the agents' CA and tokens; nil with Options.Plaintext.
+	Security *devcluster.Security
 
 	Source, Tracking *pgserver.Server
 	ownPG            []*pgserver.Server
@@ -160,6 +165,11 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		}
 		c.opts.Binary = opts.Binary
 	}
+	if !opts.Plaintext {
+		if c.Security, err = devcluster.NewSecurity(filepath.Join(opts.Dir, "tls")); err != nil {
+			return nil, err
+		}
+	}
 	for i, h := range c.Net.Hosts {
 		src, err := NewProxy(net.JoinHostPort(c.Net.HostIP, "0"), net.JoinHostPort("127.0.0.1", strconv.Itoa(c.Source.Port)))
 		if err != nil {
@@ -180,7 +190,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		if i > 0 {
 			join = []string{c.Agents[0].HTTPAddr}
 		}
-		a, err := newAgent(fmt.Sprintf("n%d", i+1), h, opts.Dir, opts.Binary, c.agentHCL(), env, join)
+		a, err := newAgent(fmt.Sprintf("n%d", i+1), h, opts.Dir, opts.Binary, c.agentHCL(), env, join, c.Security)
 		if err != nil {
 			return nil, err
 		}
@@ -218,7 +228,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 // command the group applied.
 func (c *Cluster) agentHCL() string {
 	return fmt.Sprintf(`join_timeout = "30s"
-insecure     = true
+insecure     = %t
 log_level    = %q
 
 lease {
@@ -242,7 +252,7 @@ raft {
   snapshot_threshold = 1000000000
   trailing_logs      = 1000000000
 }
-`, c.opts.LogLevel, c.opts.LeaseTTL.String(), c.opts.BatchSize)
+`, c.opts.Plaintext, c.opts.LogLevel, c.opts.LeaseTTL.String(), c.opts.BatchSize)
 }
 
 // viaProxy rewrites dsn to connect through the proxy at addr, with a

@@ -51,6 +51,10 @@ type AgentSpec struct {
 	// RequestTimeout bounds each request to the agent's HTTP API; 0 means
 	// 5s. A context's deadline applies as well.
 	RequestTimeout time.Duration
+	// Security, if set, gives the agent a peer certificate and the tokens
+	// (its config's tls and acl blocks), and the harness's requests TLS
+	// and the operator token.
+	Security *Security
 }
 
 // killWait bounds the wait for a process to end after SIGKILL: longer
@@ -101,6 +105,17 @@ func NewAgent(binary, dir string, spec AgentSpec) (*Agent, error) {
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
+	opts := api.ClientOptions{Timeout: timeout}
+	securityHCL := ""
+	if sec := spec.Security; sec != nil {
+		var err error
+		if opts, err = sec.ClientOptions(opts, sec.OperatorToken); err != nil {
+			return nil, err
+		}
+		if securityHCL, err = sec.NodeHCL(spec.NodeID); err != nil {
+			return nil, err
+		}
+	}
 	a := &Agent{
 		ID:         spec.NodeID,
 		HTTPAddr:   spec.HTTPAddr,
@@ -111,7 +126,7 @@ func NewAgent(binary, dir string, spec AgentSpec) (*Agent, error) {
 		LogPath:    filepath.Join(agentDir, "agent.log"),
 		spec:       spec,
 		binary:     binary,
-		client:     api.NewClient(api.ClientOptions{Timeout: timeout}),
+		client:     api.NewClient(opts),
 	}
 	if spec.History {
 		a.HistoryPath = filepath.Join(agentDir, "history.jsonl")
@@ -126,8 +141,8 @@ func NewAgent(binary, dir string, spec AgentSpec) (*Agent, error) {
 		}
 		*addr = free
 	}
-	conf := fmt.Sprintf("node_id   = %q\ndata_dir  = %q\nhttp_addr = %q\nraft_addr = %q\n\n%s\n",
-		a.ID, a.DataDir, a.HTTPAddr, a.RaftAddr, spec.ExtraHCL)
+	conf := fmt.Sprintf("node_id   = %q\ndata_dir  = %q\nhttp_addr = %q\nraft_addr = %q\n%s\n%s\n",
+		a.ID, a.DataDir, a.HTTPAddr, a.RaftAddr, securityHCL, spec.ExtraHCL)
 	if err := os.WriteFile(a.ConfigPath, []byte(conf), 0o644); err != nil {
 		return nil, fmt.Errorf("write agent config: %w", err)
 	}

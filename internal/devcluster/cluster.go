@@ -29,6 +29,8 @@ type Cluster struct {
 	// PollEvery is how often WaitFormed and Leader ask again; 0 means
 	// WaitFor's interval.
 	PollEvery time.Duration
+	// Security, if set, is every agent's AgentSpec.Security.
+	Security *Security
 
 	// Agents are the agents in start order (node1 first).
 	Agents []*Agent
@@ -43,7 +45,7 @@ func (c *Cluster) Start(ctx context.Context, n int, extraHCL string, env []strin
 		return fmt.Errorf("start cluster: n must be at least 1, got %d", n)
 	}
 	for i := 1; i <= n; i++ {
-		spec := AgentSpec{NodeID: fmt.Sprintf("node%d", i), ExtraHCL: extraHCL, Env: env, Args: c.Args, Supervised: c.Supervised}
+		spec := AgentSpec{NodeID: fmt.Sprintf("node%d", i), ExtraHCL: extraHCL, Env: env, Args: c.Args, Supervised: c.Supervised, Security: c.Security}
 		if i > 1 {
 			spec.Join = []string{c.Agents[0].HTTPAddr}
 		}

@@ -129,17 +129,21 @@ func TestJoinTwiceIsHarmless(t *testing.T) {
 	node3 := c.Agents[2]
 	before := mustStatus(t, c.Agents[0])
 
-	// The same join again, to the leader and to followers (who forward it).
+	// The same join again: the leader says it is a member already; a
+	// follower relays no join (the joiner asks the leader itself).
 	req := api.JoinRequest{NodeID: node3.ID, RaftAddr: node3.RaftAddr, HTTPAddr: node3.HTTPAddr}
+	leader := c.Leader(t)
 	for _, a := range c.Agents {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		resp, err := a.Join(ctx, req)
 		cancel()
-		if err != nil {
-			t.Fatalf("join again: %v", err)
-		}
-		if !resp.AlreadyMember {
+		switch {
+		case a == leader && err != nil:
+			t.Fatalf("join again via the leader: %v", err)
+		case a == leader && !resp.AlreadyMember:
 			t.Errorf("join again via %s: %+v, want already_member", a.ID, resp)
+		case a != leader && !errors.Is(err, api.ErrNotLeader):
+			t.Errorf("join again via follower %s: %+v, %v; want not_leader", a.ID, resp, err)
 		}
 	}
 
@@ -174,7 +178,8 @@ func TestJoinWithTakenNodeIDRefused(t *testing.T) {
 		if !strings.Contains(log, want) {
 			t.Errorf("second %s joining via %s: output does not say %q:\n%s", node2.ID, via.ID, want, dup.LogTail(10))
 		}
-		if !strings.Contains(log, "geocursor: join via "+via.HTTPAddr+" refused") {
+		// Joins go to the leader, whichever member -join names.
+		if !strings.Contains(log, "geocursor: join via "+leader.HTTPAddr+" refused") {
 			t.Errorf("second %s joining via %s: no one-line error on stderr:\n%s", node2.ID, via.ID, dup.LogTail(10))
 		}
 	}

@@ -88,6 +88,8 @@ type procConfig struct {
 	FastTimers bool
 	BatchSize  int    // 0: the default
 	GapTimeout string // "": the default
+	// Secure runs the agents with TLS and tokens.
+	Secure bool
 }
 
 // HCL is the part of the agent configuration after the addresses.
@@ -121,7 +123,11 @@ raft {
 // waits until every one of them has connected to both.
 func startProcessing(t *testing.T, d *procDBs, p procConfig) *ts.Cluster {
 	t.Helper()
-	c := ts.StartCluster(t, 3, p.HCL(), d.Env())
+	start := ts.StartCluster
+	if p.Secure {
+		start = ts.StartSecureCluster
+	}
+	c := start(t, 3, p.HCL(), d.Env())
 	ts.WaitFor(t, 30*time.Second, "every agent to reach both databases", func() (bool, string) {
 		for _, a := range c.Agents {
 			st, err := statusOf(a)

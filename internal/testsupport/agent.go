@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -203,6 +204,8 @@ func (a *Agent) WaitUp(tb testing.TB, timeout time.Duration) {
 type Cluster struct {
 	Agents []*Agent
 	Dir    string
+	// Security is the cluster's CA and tokens; nil for a plaintext one.
+	Security *devcluster.Security
 
 	procs *devcluster.Cluster
 }
@@ -212,11 +215,32 @@ type Cluster struct {
 // node's status shows all n members, each reachable, and the same leader.
 func StartCluster(tb testing.TB, n int, extraHCL string, env []string) *Cluster {
 	tb.Helper()
+	return startCluster(tb, n, extraHCL, env, false)
+}
+
+// StartSecureCluster is StartCluster with TLS and tokens, as in
+// production: a CA of the cluster's own in Dir/tls, a peer certificate per
+// agent, and the harness's requests as the operator's.
+func StartSecureCluster(tb testing.TB, n int, extraHCL string, env []string) *Cluster {
+	tb.Helper()
+	return startCluster(tb, n, extraHCL, env, true)
+}
+
+func startCluster(tb testing.TB, n int, extraHCL string, env []string, secure bool) *Cluster {
+	tb.Helper()
 	c := &Cluster{Dir: TempDir(tb, "geocursor-cluster-")}
+	if secure {
+		sec, err := devcluster.NewSecurity(filepath.Join(c.Dir, "tls"))
+		if err != nil {
+			tb.Fatalf("%v", err)
+		}
+		c.Security = sec
+	}
 	c.procs = &devcluster.Cluster{
-		Binary:  BuildBinary(tb),
-		Dir:     c.Dir,
-		OnAgent: func(p *devcluster.Agent) { c.Agents = append(c.Agents, adopt(tb, p)) },
+		Binary:   BuildBinary(tb),
+		Dir:      c.Dir,
+		Security: c.Security,
+		OnAgent:  func(p *devcluster.Agent) { c.Agents = append(c.Agents, adopt(tb, p)) },
 	}
 	if err := c.procs.Start(context.Background(), n, extraHCL, env); err != nil {
 		tb.Fatalf("%v", err)
