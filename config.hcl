@@ -36,3 +36,24 @@ lease {
 # tracking {
 #   dsn = env.GEOCURSOR_TRACKING_DSN
 # }
+
+# Security (README, "Security"). On loopback addresses, as above, both blocks
+# are optional; a node with a non-loopback http_addr or raft_addr refuses to
+# start without them (or insecure = true, which it warns about at every start).
+# Create the files with:
+#   geocursor tls ca create -dir tls
+#   geocursor tls cert create -dir tls -node node1 -ip <node1's IP>
+# and the tokens with `openssl rand -hex 32`. SIGHUP reloads both blocks.
+#
+# tls {
+#   ca_file   = "tls/ca.pem"
+#   cert_file = "tls/node1.pem"
+#   key_file  = "tls/node1-key.pem"
+# }
+#
+# acl {
+#   operator_token = env.GEOCURSOR_OPERATOR_TOKEN   # pause/resume and the other operator commands
+#   read_token     = env.GEOCURSOR_READ_TOKEN       # status (the operator token reads too)
+# }
+#
+# insecure = false

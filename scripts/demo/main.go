@@ -52,6 +52,8 @@ type options struct {
 	duration time.Duration
 	rate     float64
 	keep     bool
+	// plaintext runs the agents without TLS and tokens.
+	plaintext bool
 }
 
 func main() {
@@ -73,8 +75,9 @@ func parseFlags(args []string) (options, error) {
 	fs.DurationVar(&o.duration, "duration", 0, "how long to run; 0 runs until Ctrl-C")
 	fs.Float64Var(&o.rate, "rate", 200, "events per second the load generator writes (rolled-back ones included)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the demo directory (configs, logs, Raft data) and the stopped PostgreSQL data directory")
+	fs.BoolVar(&o.plaintext, "plaintext", false, "run the agents without TLS and tokens (by default they have both, as in production)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: scripts/demo.sh [-duration D] [-rate N] [-keep]\n\n")
+		fmt.Fprintf(fs.Output(), "Usage: scripts/demo.sh [-duration D] [-rate N] [-keep] [-plaintext]\n\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -103,6 +106,8 @@ type demo struct {
 	source   *pgxpool.Pool
 	tracking *pgxpool.Pool
 	binary   string
+	// security is the agents' CA and tokens; nil with -plaintext.
+	security *devcluster.Security
 
 	written atomic.Int64 // events committed by the load generator
 
@@ -181,8 +186,14 @@ func (d *demo) setUp(ctx context.Context) error {
 		return err
 	}
 
+	if !d.opts.plaintext {
+		if d.security, err = devcluster.NewSecurity(filepath.Join(d.dir, "tls")); err != nil {
+			return err
+		}
+		d.say("TLS: a CA of the demo's own and a peer certificate per node in %s; tokens for reading and operating", d.security.Dir)
+	}
 	d.cluster = &devcluster.Cluster{
-		Binary: d.binary, Dir: d.dir, Supervised: true, Addrs: demoAddrs,
+		Binary: d.binary, Dir: d.dir, Supervised: true, Addrs: demoAddrs, Security: d.security,
 		OnAgent: func(a *devcluster.Agent) { d.record(func() { d.agents = append(d.agents, a) }) },
 	}
 	d.say("starting node1 (bootstraps the group), node2 and node3 (-join node1) ...")
@@ -283,6 +294,11 @@ func (d *demo) printHowTo(ctx context.Context) {
 	})
 	first := d.cluster.Agents[0]
 	d.say("\nwatch it by hand in another terminal:")
+	if sec := d.security; sec != nil {
+		args := sec.CLIArgs(sec.ReadToken)
+		d.say("    export GEOCURSOR_CACERT=%s GEOCURSOR_TOKEN=%s", args[1], sec.ReadToken)
+		d.say("    (the operator token, for cursor pause and resume: %s)", sec.OperatorToken)
+	}
 	d.say("    %s cluster status -addr %s", d.binary, first.HTTPAddr)
 	if first.HTTPAddr == "127.0.0.1:8470" {
 		d.say("    (-addr may be left out: %s is the default)", first.HTTPAddr)
@@ -321,7 +337,11 @@ func (d *demo) printStatus(ctx context.Context) {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(cctx, d.binary, "cluster", "status", "-addr", live[0].HTTPAddr)
+	args := []string{"cluster", "status", "-addr", live[0].HTTPAddr}
+	if sec := d.security; sec != nil {
+		args = append(args, sec.CLIArgs(sec.ReadToken)...)
+	}
+	cmd := exec.CommandContext(cctx, d.binary, args...)
 	cmd.Stdout, cmd.Stderr = d.out, d.out
 	_ = cmd.Run() // its one-line error, if any, is printed too
 	d.say("")
