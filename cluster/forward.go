@@ -134,13 +134,7 @@ func (n *Node) applyLocal(cmd fsm.Command) (fsm.Result, error) {
 	if err := n.admit(cmd); err != nil {
 		return fsm.Result{}, err
 	}
-	if res := n.fsm.Check(cmd); res.Err != nil {
-		// The refusal is of the state as applied here. Answer it only while
-		// this node still leads: a deposed leader's state may be stale, and
-		// VerifyLeader proves a majority followed it after the read.
-		if err := n.raft.VerifyLeader().Error(); err != nil {
-			return fsm.Result{}, fmt.Errorf("refuse %s: %w", cmd.Op, mapRaftError(err))
-		}
+	if res, refused := n.refuseEarly(cmd); refused {
 		return res, nil
 	}
 	b, err := cmd.Encode()
@@ -199,4 +193,26 @@ func (n *Node) admit(cmd fsm.Command) error {
 		}
 	}
 	return fmt.Errorf("%w: %s: node %s is not a member of the cluster", fsm.ErrBadCommand, cmd.Op, cmd.Node)
+}
+
+// refuseEarly answers cmd from the local state, without proposing it, when
+// the state machine would refuse it. The answer must be one a linearizable
+// read would give: the local state must hold every command answered before
+// cmd was called, which a new leader's does only once it has applied the
+// entries of earlier terms (caughtUpTerm), and this node must still lead
+// after the read (VerifyLeader: a majority followed it since), or a deposed
+// leader would answer from a stale state. When either is in doubt, the
+// command is proposed as usual.
+func (n *Node) refuseEarly(cmd fsm.Command) (fsm.Result, bool) {
+	if n.caughtUpTerm.Load() != n.raft.CurrentTerm() {
+		return fsm.Result{}, false
+	}
+	res := n.fsm.Check(cmd)
+	if res.Err == nil {
+		return fsm.Result{}, false
+	}
+	if n.raft.VerifyLeader().Error() != nil || n.caughtUpTerm.Load() != n.raft.CurrentTerm() {
+		return fsm.Result{}, false
+	}
+	return res, true
 }

@@ -65,10 +65,14 @@ func (n *Node) startLeaderDuties() {
 func (n *Node) onElected() {
 	n.logger.Info("became leader")
 	// Act only on a state that includes every entry of earlier terms.
+	term := n.raft.CurrentTerm()
 	if err := n.raft.Barrier(applyTimeout).Error(); err != nil {
 		n.logger.Warn("barrier after election failed", "error", err)
 		return
 	}
+	// From now on this term's local state holds every answered command:
+	// the leader may refuse from it without proposing (applyLocal).
+	n.caughtUpTerm.Store(term)
 	self := n.self()
 	st := n.fsm.State()
 	if st.Members[self.ID] != self {

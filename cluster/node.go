@@ -81,6 +81,11 @@ type Node struct {
 	// lastClockWarning is the stamp of the last warning that this leader's
 	// clock is behind the state's (see checkClock).
 	lastClockWarning atomic.Int64
+	// caughtUpTerm is the term in which this node, as leader, has applied
+	// every entry of earlier terms (its barrier after the election): only
+	// then does its local state show every command answered before, and
+	// may it refuse a command from that state without proposing it.
+	caughtUpTerm atomic.Uint64
 
 	observer *raft.Observer
 	stop     chan struct{}

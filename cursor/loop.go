@@ -188,6 +188,7 @@ func (l *Loop) waitAndAcquire(ctx context.Context, yield bool) (*fsm.Result, err
 		switch {
 		case errors.Is(res.Err, fsm.ErrLeaseHeld):
 			l.logger.Info(msgLeaseHeld, "holder", res.Lease.Holder, "token", res.Lease.Token)
+			l.awaitGrant(ctx, res.Lease)
 			continue
 		case errors.Is(res.Err, fsm.ErrPaused):
 			continue
@@ -199,6 +200,23 @@ func (l *Loop) waitAndAcquire(ctx context.Context, yield bool) (*fsm.Result, err
 		return &res, nil
 	}
 	return nil, ctx.Err()
+}
+
+// awaitGrant waits, after an acquire was refused for held, until the local
+// replica shows that grant or one after it, or until held would expire:
+// a replica that lags behind the leader would otherwise show the lease
+// free and have this peer ask again and again, each refusal answered at
+// once.
+func (l *Loop) awaitGrant(ctx context.Context, held fsm.Lease) {
+	deadline := time.Now().Add(min(time.Until(fsm.Time(held.ExpiresAt)), l.cfg.LeaseTTL))
+	for ctx.Err() == nil {
+		st, changed := l.coord.Watch()
+		left := time.Until(deadline)
+		if st.Lease.Token >= held.Token || left <= 0 {
+			return
+		}
+		waitChange(ctx, changed, left)
+	}
 }
 
 // hasWork reports whether the source has events past the replicated

@@ -224,27 +224,41 @@ func (c *Cluster) Leader(ctx context.Context, timeout time.Duration) (*Agent, er
 	return leader, err
 }
 
-// Holder returns the agent that holds the lease according to the status
-// of the first live, unpaused agent that answers (lease.holder), with that
-// status; nil when the lease is free.
+// Holder returns the agent that holds the lease, with the status that
+// shows it; nil when no live, unpaused agent shows the lease held. Every
+// agent is asked: a lagging replica may not show a grant yet, and between
+// batches the lease is free for most of the time, so the holder with the
+// newest token any of them shows wins.
 func (c *Cluster) Holder(ctx context.Context) (*Agent, api.Status, error) {
-	var errs []error
+	var (
+		errs       []error
+		best       api.Status
+		holder     *Agent
+		answered   bool
+		lastStatus api.Status
+	)
 	for _, a := range c.answering() {
 		st, err := c.status(ctx, a)
 		if err != nil {
 			errs = append(errs, err)
 			continue
 		}
-		if st.Lease.Holder == nil {
-			return nil, st, nil
+		answered, lastStatus = true, st
+		if st.Lease.Holder == nil || (holder != nil && st.Lease.Token <= best.Lease.Token) {
+			continue
 		}
 		h := c.Agent(*st.Lease.Holder)
 		if h == nil {
 			return nil, st, fmt.Errorf("%s names lease holder %q, which is not one of this cluster's agents", a.ID, *st.Lease.Holder)
 		}
-		return h, st, nil
+		holder, best = h, st
 	}
-	if len(errs) == 0 {
+	switch {
+	case holder != nil:
+		return holder, best, nil
+	case answered:
+		return nil, lastStatus, nil
+	case len(errs) == 0:
 		return nil, api.Status{}, errors.New("lease holder: no agent is running and not paused")
 	}
 	return nil, api.Status{}, fmt.Errorf("lease holder: no agent answered: %w", errors.Join(errs...))
