@@ -23,6 +23,9 @@ type JoinRequest struct {
 	NodeID   string `json:"node_id"`
 	RaftAddr string `json:"raft_addr"`
 	HTTPAddr string `json:"http_addr"`
+	// NoState says the joiner has no Raft state: if the group knows it as a
+	// voter, it lost its data and must be a non-voter until it catches up.
+	NoState bool `json:"no_state,omitempty"`
 }
 
 // JoinResponse is the leader's answer to a join.
@@ -30,6 +33,9 @@ type JoinResponse struct {
 	Leader string `json:"leader"`
 	// AlreadyMember is true when the node was in the group already.
 	AlreadyMember bool `json:"already_member"`
+	// Demoted is true when the node was a voter and rejoined with no Raft
+	// state: it is a non-voter until it has caught up.
+	Demoted bool `json:"demoted,omitempty"`
 }
 
 // LeaseRequest is the body of POST /v1/lease/{acquire,renew,release}.

@@ -63,7 +63,7 @@ func startHTTPTestNode(tb testing.TB) *Node {
 			ACL:           NewACL(fuzzOperatorToken, fuzzReadToken),
 			OperatorToken: fuzzOperatorToken,
 		}
-		n, err = Open(cfg, false)
+		n, err = Open(context.Background(), cfg)
 		if err == nil {
 			break
 		}

@@ -35,13 +35,14 @@ func validateJoin(r api.JoinRequest) error {
 // by another member, or a certificate for another node) ends it at once.
 func (n *Node) Join(ctx context.Context, addrs []string) error {
 	req := joinRequestFor(n.self())
+	req.NoState = !n.hadState
 	backoff := api.Backoff{Min: 100 * time.Millisecond, Max: 2 * time.Second}
 	lastErr := map[string]string{}
 	for attempt := 1; ; attempt++ {
 		for _, addr := range addrs {
 			resp, via, err := n.joinVia(ctx, addr, req)
 			if err == nil {
-				n.logger.Info("joined the group", "via", via, "leader", resp.Leader, "already_member", resp.AlreadyMember)
+				n.logger.Info("joined the group", "via", via, "leader", resp.Leader, "already_member", resp.AlreadyMember, "demoted", resp.Demoted)
 				return nil
 			}
 			if errors.Is(err, api.ErrJoinConflict) || errors.Is(err, api.ErrBadRequest) || errors.Is(err, api.ErrPermissionDenied) {
@@ -138,6 +139,17 @@ func (n *Node) addMember(req api.JoinRequest) (api.JoinResponse, error) {
 		switch {
 		case string(s.ID) == req.NodeID && string(s.Address) == req.RaftAddr:
 			resp.AlreadyMember = true
+			if req.NoState && s.Suffrage == raft.Voter {
+				// It lost its state: see Open. A voter that has lost its
+				// data counts for nothing towards quorum anyway, so
+				// demoting it costs the group no availability.
+				if err := n.raft.DemoteVoter(s.ID, 0, applyTimeout).Error(); err != nil {
+					return resp, fmt.Errorf("demote %s, which rejoins without its raft state: %w", req.NodeID, mapRaftError(err))
+				}
+				resp.Demoted = true
+				n.logger.Warn("a voter rejoined without its raft state (a wiped data directory?): made it a non-voter until it has caught up",
+					"peer", req.NodeID, "raft_addr", req.RaftAddr)
+			}
 		case string(s.ID) == req.NodeID:
 			return resp, fmt.Errorf("%w: node ID %s is already a member at raft address %s, not %s: give the new node another node_id, or remove the old one first with `geocursor cluster remove -id %s`",
 				api.ErrJoinConflict, req.NodeID, s.Address, req.RaftAddr, req.NodeID)

@@ -46,6 +46,10 @@ type Config struct {
 	// the ACL asks for one (peers have no certificate to prove themselves
 	// with then).
 	OperatorToken string
+	// Join lists the HTTP addresses of members to join through when the
+	// node finds no Raft state; JoinTimeout bounds the attempt.
+	Join        []string
+	JoinTimeout time.Duration
 }
 
 // HTTP server limits: a request gets its headers in 5s and its body in
@@ -97,7 +101,17 @@ type Node struct {
 // Open creates the stores, transport, Raft and the HTTP API. A node that
 // finds no Raft state and is given no members to join bootstraps a
 // one-node group; one with state rejoins its group by itself.
-func Open(cfg Config, join bool) (*Node, error) {
+//
+// A node with no state and members to join joins before its Raft starts,
+// telling the leader it has no state. A node whose data directory was
+// wiped and that comes back under its old ID has forgotten its term, its
+// vote and its log: were it to start as the voter the group still takes
+// it for, it would vote for any candidate, one missing committed entries
+// included, and could vote twice in one term. So the leader first makes
+// it a non-voter (promoteCaughtUp promotes it again once it has caught
+// up), and only then does the node start Raft and answer votes. Joining
+// needs a leader; without one, Open fails after cfg.JoinTimeout.
+func Open(ctx context.Context, cfg Config) (*Node, error) {
 	n := &Node{
 		cfg:    cfg,
 		logger: cfg.Logger,
@@ -183,14 +197,24 @@ func Open(cfg Config, join bool) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inspect raft state in %s: %w", cfg.DataDir, err)
 	}
+	if !n.hadState && len(cfg.Join) > 0 {
+		jctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
+		err := n.Join(jctx, cfg.Join)
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+	}
 	n.raft, err = raft.NewRaft(rc, n.fsm, store, store, snaps, n.transport)
 	if err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
 	switch {
+	case n.hadState && len(cfg.Join) > 0:
+		n.logger.Info("found existing raft state: ignoring -join and rejoining the known group by itself", "data_dir", cfg.DataDir)
 	case n.hadState:
 		n.logger.Info("found existing raft state; rejoining the group by itself", "data_dir", cfg.DataDir)
-	case !join:
+	case len(cfg.Join) == 0:
 		n.logger.Info("no raft state and nothing to join: bootstrapping a new single-node group")
 		f := n.raft.BootstrapCluster(raft.Configuration{Servers: []raft.Server{
 			{Suffrage: raft.Voter, ID: rc.LocalID, Address: n.transport.LocalAddr()},

@@ -135,12 +135,16 @@ func agent(ctx context.Context, cfg *config.Config, sec *security, lg logs) erro
 		logger.Warn("insecure = true: this node listens without tls and acl, and anyone who reaches its ports can change the cluster",
 			"http_addr", cfg.HTTPAddr, "raft_addr", cfg.RaftAddr)
 	}
-	node, err := cluster.Open(cluster.Config{
+	node, err := cluster.Open(ctx, cluster.Config{
 		NodeID: cfg.NodeID, DataDir: cfg.DataDir, HTTPAddr: cfg.HTTPAddr, RaftAddr: cfg.RaftAddr,
 		Raft: cfg.Raft, Logger: logger, RaftLogger: lg.raft,
 		TLS: sec.tls, ACL: sec.acl, OperatorToken: sec.operatorToken,
-	}, len(cfg.Join) > 0)
+		Join: cfg.Join, JoinTimeout: cfg.JoinTimeout,
+	})
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
 	defer func() {
@@ -160,21 +164,6 @@ func agent(ctx context.Context, cfg *config.Config, sec *security, lg logs) erro
 	}
 	logger.Info("agent started", "http_addr", cfg.HTTPAddr, "raft_addr", cfg.RaftAddr, "data_dir", cfg.DataDir,
 		"witness", cfg.Source == nil, "tls", cfg.TLS != nil, "acl", cfg.ACL != nil, "version", version)
-
-	switch {
-	case node.HadState() && len(cfg.Join) > 0:
-		logger.Info("existing raft state found: ignoring -join and rejoining the known group")
-	case !node.HadState() && len(cfg.Join) > 0:
-		jctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
-		err := node.Join(jctx, cfg.Join)
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-	}
 
 	if cfg.Source != nil {
 		if err := runCursor(ctx, cfg, node, logger); err != nil && !errors.Is(err, context.Canceled) {

@@ -271,6 +271,12 @@ func (c *Cluster) inject(ctx context.Context, f *Fault) error {
 		return err
 
 	case WipePeer:
+		// A wiped peer is a lost disk. Raft survives one at a time: wipe
+		// only once every member is a caught-up voter again, or two
+		// wipes in a row would be two lost disks of three.
+		if err := c.WaitFormed(ctx, recoverTimeout); err != nil {
+			return fmt.Errorf("not every member is a caught-up voter before the wipe: %w", err)
+		}
 		target := c.Agents[c.rng.IntN(len(c.Agents))]
 		f.Target = target.ID
 		c.begin(f)
@@ -301,6 +307,11 @@ func (c *Cluster) inject(ctx context.Context, f *Fault) error {
 		if err != nil {
 			f.Note = fmt.Sprintf("rejoin failed: %v; log tail: %s", err, target.LogTail(5))
 			return err
+		}
+		// It was a voter with a log; back without one, it must not vote
+		// until it has caught up (cluster.Open).
+		if !strings.Contains(f.Note, `"demoted":true`) {
+			return fmt.Errorf("%s rejoined without its raft state but was not made a non-voter: %s", target.ID, f.Note)
 		}
 		return nil
 	}
