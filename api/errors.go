@@ -64,6 +64,7 @@ var codes = []struct {
 	{fsm.ErrLeaseExpired, "lease_expired", http.StatusConflict},
 	{fsm.ErrCursorBackwards, "cursor_backwards", http.StatusConflict},
 	{fsm.ErrPaused, "paused", http.StatusConflict},
+	{fsm.ErrGapBase, "gap_base", http.StatusConflict},
 	{fsm.ErrBadCommand, "bad_command", http.StatusBadRequest},
 	{ErrNoLeader, "no_leader", http.StatusServiceUnavailable},
 	{ErrNotLeader, "not_leader", http.StatusServiceUnavailable},

@@ -19,6 +19,7 @@ var wireCodes = []struct {
 	{fsm.ErrLeaseExpired, "lease_expired"},
 	{fsm.ErrCursorBackwards, "cursor_backwards"},
 	{fsm.ErrPaused, "paused"},
+	{fsm.ErrGapBase, "gap_base"},
 	{fsm.ErrBadCommand, "bad_command"},
 	{ErrNoLeader, "no_leader"},
 	{ErrNotLeader, "not_leader"},

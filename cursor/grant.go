@@ -50,6 +50,10 @@ type grant struct {
 	// in Raft even if no event follows.
 	pos     Position
 	adopted bool
+	// replicatedGaps is the open-gap set of the replicated state, when
+	// replicatedKnown: what an advance's gap delta is made from.
+	replicatedGaps  []fsm.Gap
+	replicatedKnown bool
 	// prefetch is the next batch's read, started while the last one
 	// stages and commits.
 	prefetch <-chan fetchResult
@@ -345,5 +349,10 @@ func (g *grant) startPosition() error {
 	}
 	// Recorded in Raft with the next advance if the local replica differs.
 	g.pos, g.adopted = fence.Position, !fence.Position.Same(positionOf(st))
+	// The fence row is never behind the replicated cursor, and positions
+	// only move forward, so a fence equal to the local replica is also
+	// the leader's state. Were it not, the first delta would be refused
+	// (fsm.ErrGapBase) and nothing recorded wrongly.
+	g.replicatedGaps, g.replicatedKnown = g.pos.Gaps, !g.adopted
 	return nil
 }

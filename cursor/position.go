@@ -161,3 +161,23 @@ func NextPosition(start Position, events []Event, now time.Time, gapTimeout time
 	next.Gaps = open
 	return next, dropped
 }
+
+// gapDelta is the change from the open gaps from to those of to, both
+// sorted by ID: the IDs that left, and the gaps that joined.
+func gapDelta(from, to []fsm.Gap) (closed []int64, opened []fsm.Gap) {
+	i, j := 0, 0
+	for i < len(from) || j < len(to) {
+		switch {
+		case j == len(to) || (i < len(from) && from[i].ID < to[j].ID):
+			closed = append(closed, from[i].ID)
+			i++
+		case i == len(from) || to[j].ID < from[i].ID:
+			opened = append(opened, to[j])
+			j++
+		default:
+			i++
+			j++
+		}
+	}
+	return closed, opened
+}

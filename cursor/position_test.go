@@ -180,3 +180,35 @@ func abbrev(ids []int64) any {
 	}
 	return ids
 }
+
+// TestGapDeltaRebuildsTheSet checks gapDelta against the FSM: the delta
+// from one gap set to another, applied to the first, gives the second.
+func TestGapDeltaRebuildsTheSet(t *testing.T) {
+	set := func(ids ...int64) []fsm.Gap {
+		var gs []fsm.Gap
+		for _, id := range ids {
+			gs = append(gs, fsm.Gap{ID: id, FirstSeen: id * 10})
+		}
+		return gs
+	}
+	cases := []struct{ from, to []fsm.Gap }{
+		{nil, nil},
+		{nil, set(101, 105)},
+		{set(3, 5, 9), nil},
+		{set(3, 5, 9), set(5, 101)},
+		{set(3, 5, 9), set(3, 5, 9, 150)},
+		{set(1, 2, 3, 4), set(2, 4, 120, 130)},
+	}
+	for _, c := range cases {
+		closed, opened := gapDelta(c.from, c.to)
+		st := fsm.State{Lease: fsm.Lease{Holder: "a", Token: 1, ExpiresAt: 1e18}, Cursor: fsm.Cursor{LastEventID: 100}, Gaps: c.from}
+		res := st.Apply(fsm.Command{Op: fsm.OpAdvance, Node: "a", Token: 1, Now: 1, Advance: &fsm.Advance{
+			LastEventID: 200, GapsDelta: true, GapsBase: fsm.GapSum(c.from), GapsClosed: closed, GapsOpened: opened}})
+		if res.Err != nil {
+			t.Fatalf("delta %v -> %v (closed %v, opened %v) refused: %v", c.from, c.to, closed, opened, res.Err)
+		}
+		if !reflect.DeepEqual(st.Gaps, c.to) {
+			t.Errorf("delta %v -> %v (closed %v, opened %v) gives %v", c.from, c.to, closed, opened, st.Gaps)
+		}
+	}
+}

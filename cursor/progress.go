@@ -37,14 +37,15 @@ func (g *grant) record(p *pendingBatch, res CommitResult) error {
 	if err := g.awaitProgress(); err != nil {
 		return err
 	}
+	adv := &fsm.Advance{
+		LastEventID: p.next.LastEventID, LastEventDate: fsm.Nanos(p.next.LastEventDate),
+		Keep: p.keep, Seq: g.seq, Events: g.folded.Events, DeadLetters: g.folded.DeadLetters,
+		GapsDropped: g.folded.GapsDropped, Batches: g.folded.Batches,
+	}
+	g.setGaps(adv, p.next.Gaps)
 	a := &progressCall{
-		cmd: fsm.Command{Op: fsm.OpAdvance, Node: g.l.coord.ID(), Token: g.token, TTL: g.l.cfg.LeaseTTL,
-			Advance: &fsm.Advance{
-				LastEventID: p.next.LastEventID, LastEventDate: fsm.Nanos(p.next.LastEventDate), Gaps: p.next.Gaps,
-				Keep: p.keep, Seq: g.seq, Events: g.folded.Events, DeadLetters: g.folded.DeadLetters,
-				GapsDropped: g.folded.GapsDropped, Batches: g.folded.Batches,
-			}},
-		lastID: p.next.LastEventID, openGaps: len(p.next.Gaps), sent: time.Now(),
+		cmd:    fsm.Command{Op: fsm.OpAdvance, Node: g.l.coord.ID(), Token: g.token, TTL: g.l.cfg.LeaseTTL, Advance: adv},
+		lastID: p.next.LastEventID, gaps: p.next.Gaps, sent: time.Now(),
 	}
 	g.seq++
 	g.folded, g.lastSent = fsm.Advance{}, a.sent
@@ -60,12 +61,28 @@ func (g *grant) settle(a *progressCall) error {
 	if a.err == nil {
 		g.l.clock.observe(a.res.Now)
 	}
+	// Until an advance is known to be applied, the replicated gap set is
+	// unknown and the next advance carries the whole set.
+	g.replicatedGaps, g.replicatedKnown = a.gaps, false
 	if err := a.check(); err != nil {
 		return err
 	}
+	g.replicatedKnown = true
 	g.renewer.renewed()
 	a.log(g.l.logger)
 	return nil
+}
+
+// setGaps puts the open gaps after the advance into it: as a delta from
+// the replicated set when the grant knows that set, which keeps the Raft
+// entry small however many gaps are open, else as the whole set.
+func (g *grant) setGaps(adv *fsm.Advance, gaps []fsm.Gap) {
+	if !g.replicatedKnown {
+		adv.Gaps = gaps
+		return
+	}
+	adv.GapsDelta, adv.GapsBase = true, fsm.GapSum(g.replicatedGaps)
+	adv.GapsClosed, adv.GapsOpened = gapDelta(g.replicatedGaps, gaps)
 }
 
 // awaitProgress waits for the advance in flight, if any.
@@ -94,14 +111,15 @@ func (g *grant) pollProgress() (bool, error) {
 // records the batches committed since the last one, with what its log line
 // needs once it is applied.
 type progressCall struct {
-	cmd      fsm.Command
-	lastID   int64
-	openGaps int
-	sent     time.Time
-	applied  time.Time
-	res      fsm.Result
-	err      error
-	done     chan *progressCall
+	cmd    fsm.Command
+	lastID int64
+	// gaps is the open-gap set once the advance is applied.
+	gaps    []fsm.Gap
+	sent    time.Time
+	applied time.Time
+	res     fsm.Result
+	err     error
+	done    chan *progressCall
 }
 
 // start applies the advance in the background; done delivers the call once
@@ -124,9 +142,12 @@ func (a *progressCall) check() error {
 		// the lease next adopts its position from the fence row.
 		return fmt.Errorf("apply release-and-advance (token %d): %w", token, a.err)
 	}
-	if errors.Is(a.res.Err, fsm.ErrPaused) {
-		// Paused after the batch was read with the lease kept: the lease
-		// is still this peer's, and the grant releases it on the way out.
+	if errors.Is(a.res.Err, fsm.ErrPaused) || errors.Is(a.res.Err, fsm.ErrGapBase) {
+		// Paused after the batch was read with the lease kept, or a gap
+		// delta made for a set the state does not hold: the lease is still
+		// this peer's, the grant releases it on the way out, and the next
+		// holder adopts the position from the fence row and records it
+		// with the whole gap set.
 		return fmt.Errorf("apply release-and-advance (token %d): %w", token, a.res.Err)
 	}
 	if a.res.Err != nil {
@@ -138,5 +159,5 @@ func (a *progressCall) check() error {
 // log records the advance's time through Raft.
 func (a *progressCall) log(logger hclog.Logger) {
 	logger.Debug(msgProgressRecorded, "token", a.cmd.Token, "last_id", a.lastID, "events", a.cmd.Advance.Events,
-		"open_gaps", a.openGaps, "keep", a.cmd.Advance.Keep, "raft_ms", ms(a.applied.Sub(a.sent)))
+		"open_gaps", len(a.gaps), "delta", a.cmd.Advance.GapsDelta, "keep", a.cmd.Advance.Keep, "raft_ms", ms(a.applied.Sub(a.sent)))
 }

@@ -1,6 +1,9 @@
 package fsm
 
-import "time"
+import (
+	"slices"
+	"time"
+)
 
 // Apply applies one validated command to s and returns the outcome. It is
 // deterministic: it reads nothing but s and c, so replicas that apply the
@@ -152,14 +155,37 @@ func (s *State) advanceRefusal(c Command) error {
 	// A gap is an ID the cursor passed without processing. An ID at or
 	// below the old cursor that is not an open gap was processed (or given
 	// up on) already: reopening it would apply it twice.
-	open := make(map[int64]bool, len(s.Gaps))
-	for _, g := range s.Gaps {
-		open[g.ID] = true
-	}
-	for _, g := range a.Gaps {
-		if g.ID <= s.Cursor.LastEventID && !open[g.ID] {
-			return refuse(ErrBadCommand, "gap %d is at or below the cursor (%d) but was not open", g.ID, s.Cursor.LastEventID)
+	if !a.GapsDelta {
+		open := make(map[int64]bool, len(s.Gaps))
+		for _, g := range s.Gaps {
+			open[g.ID] = true
 		}
+		for _, g := range a.Gaps {
+			if g.ID <= s.Cursor.LastEventID && !open[g.ID] {
+				return refuse(ErrBadCommand, "gap %d is at or below the cursor (%d) but was not open", g.ID, s.Cursor.LastEventID)
+			}
+		}
+		return nil
+	}
+	if sum := GapSum(s.Gaps); a.GapsBase != sum {
+		return refuse(ErrGapBase, "the delta was made for open gaps with sum %x, the state's %d open gaps have sum %x", a.GapsBase, len(s.Gaps), sum)
+	}
+	for _, g := range a.GapsOpened {
+		if g.ID <= s.Cursor.LastEventID {
+			return refuse(ErrBadCommand, "opened gap %d is at or below the cursor (%d)", g.ID, s.Cursor.LastEventID)
+		}
+	}
+	closed := 0
+	for _, g := range s.Gaps {
+		if _, found := slices.BinarySearch(a.GapsClosed, g.ID); found {
+			closed++
+		}
+	}
+	if closed != len(a.GapsClosed) {
+		return refuse(ErrBadCommand, "%d of the %d closed gaps are not open", len(a.GapsClosed)-closed, len(a.GapsClosed))
+	}
+	if n := len(s.Gaps) - closed + len(a.GapsOpened); n > MaxGaps {
+		return refuse(ErrBadCommand, "the delta leaves %d open gaps, more than %d", n, MaxGaps)
 	}
 	return nil
 }
@@ -171,7 +197,11 @@ func (s *State) advanceEffect(c Command) {
 	if a.LastEventDate != 0 {
 		s.Cursor.LastEventDate = a.LastEventDate
 	}
-	s.Gaps = append([]Gap(nil), a.Gaps...)
+	if a.GapsDelta {
+		s.Gaps = applyGapDelta(s.Gaps, a.GapsClosed, a.GapsOpened)
+	} else {
+		s.Gaps = append([]Gap(nil), a.Gaps...)
+	}
 	s.Stats.EventsProcessed += a.Events
 	s.Stats.DeadLetters += a.DeadLetters
 	s.Stats.GapsDropped += a.GapsDropped
@@ -187,4 +217,17 @@ func (s *State) advanceEffect(c Command) {
 		s.Lease.Holder, s.Lease.ExpiresAt = "", 0
 		s.RevokedFrom = ""
 	}
+}
+
+// applyGapDelta returns open without closed, with opened merged in; all
+// three are sorted by ID, and every opened ID is above every open one (it
+// is above the cursor), so the result is too.
+func applyGapDelta(open []Gap, closed []int64, opened []Gap) []Gap {
+	var next []Gap // nil when empty, as a full set of none decodes
+	for _, g := range open {
+		if _, found := slices.BinarySearch(closed, g.ID); !found {
+			next = append(next, g)
+		}
+	}
+	return append(next, opened...)
 }

@@ -396,6 +396,12 @@ func TestRelease(t *testing.T) {
 	})
 }
 
+// delta rewrites a as a gap delta from base: closed leave, opened join.
+func delta(a *Advance, base []Gap, closed []int64, opened ...Gap) *Advance {
+	a.Gaps, a.GapsDelta, a.GapsBase, a.GapsClosed, a.GapsOpened = nil, true, GapSum(base), closed, opened
+	return a
+}
+
 func TestAdvance(t *testing.T) {
 	batch := func(last int64, gaps ...Gap) *Advance {
 		return &Advance{LastEventID: last, LastEventDate: t0 - sec, Gaps: gaps, Events: 40, DeadLetters: 2, GapsDropped: 1}
@@ -448,6 +454,40 @@ func TestAdvance(t *testing.T) {
 			given:  heldBy("a", t0+sec),
 			cmd:    Command{Op: OpAdvance, Node: "a", Token: 7, Now: t0, Advance: batch(150)},
 			change: recorded(),
+		},
+		{
+			name:  "a gap delta closes and opens gaps, keeping the others as they were",
+			given: heldBy("a", t0+sec),
+			cmd: Command{Op: OpAdvance, Node: "a", Token: 7, Now: t0, Advance: delta(batch(150), rich().Gaps,
+				[]int64{90}, Gap{ID: 120, FirstSeen: t0 - 2*sec}, Gap{ID: 149, FirstSeen: t0 - sec})},
+			change: recorded(newGaps...),
+		},
+		{
+			name:   "a gap delta that closes every gap",
+			given:  heldBy("a", t0+sec),
+			cmd:    Command{Op: OpAdvance, Node: "a", Token: 7, Now: t0, Advance: delta(batch(150), rich().Gaps, []int64{90, 95})},
+			change: recorded(),
+		},
+		{
+			name:  "a gap delta made for another gap set is refused",
+			given: heldBy("a", t0+sec),
+			cmd: Command{Op: OpAdvance, Node: "a", Token: 7, Now: t0,
+				Advance: delta(batch(150), []Gap{{ID: 90}}, []int64{90})},
+			wantErr: ErrGapBase,
+		},
+		{
+			name:  "a gap delta that closes a gap that is not open is refused",
+			given: heldBy("a", t0+sec),
+			cmd: Command{Op: OpAdvance, Node: "a", Token: 7, Now: t0,
+				Advance: delta(batch(150), rich().Gaps, []int64{91})},
+			wantErr: ErrBadCommand,
+		},
+		{
+			name:  "a gap delta that opens a gap at or below the cursor is refused: it would apply an ID twice",
+			given: heldBy("a", t0+sec),
+			cmd: Command{Op: OpAdvance, Node: "a", Token: 7, Now: t0,
+				Advance: delta(batch(150), rich().Gaps, nil, Gap{ID: 100})},
+			wantErr: ErrBadCommand,
 		},
 		{
 			name:  "an empty batch keeps the position and date and counts no batch",
@@ -747,6 +787,10 @@ func invalidCommands() map[string]Command {
 		"advance keep without ttl":         {Op: OpAdvance, Node: "a", Token: 7, Advance: adv(Advance{LastEventID: 150, Keep: true})},
 		"advance to a negative id":         {Op: OpAdvance, Node: "a", Token: 7, Advance: adv(Advance{LastEventID: -1})},
 		"advance with gap 0":               {Op: OpAdvance, Node: "a", Token: 7, Advance: adv(Advance{LastEventID: 150, Gaps: []Gap{{ID: 0}}})},
+		"gap delta with a gap set":         {Op: OpAdvance, Node: "a", Token: 7, Advance: adv(Advance{LastEventID: 150, GapsDelta: true, Gaps: []Gap{{ID: 3}}})},
+		"opened gaps without gaps_delta":   {Op: OpAdvance, Node: "a", Token: 7, Advance: adv(Advance{LastEventID: 150, GapsOpened: []Gap{{ID: 3}}})},
+		"closed gaps not sorted":           {Op: OpAdvance, Node: "a", Token: 7, Advance: adv(Advance{LastEventID: 150, GapsDelta: true, GapsClosed: []int64{5, 4}})},
+		"opened gap above the new cursor":  {Op: OpAdvance, Node: "a", Token: 7, Advance: adv(Advance{LastEventID: 150, GapsDelta: true, GapsOpened: []Gap{{ID: 150}}})},
 		"advance with a negative gap":      {Op: OpAdvance, Node: "a", Token: 7, Advance: adv(Advance{LastEventID: 150, Gaps: []Gap{{ID: -5}}})},
 		"advance with a gap at the cursor": {Op: OpAdvance, Node: "a", Token: 7, Advance: adv(Advance{LastEventID: 150, Gaps: []Gap{{ID: 150}}})},
 		"advance with a gap past the cursor": {Op: OpAdvance, Node: "a", Token: 7,

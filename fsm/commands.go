@@ -110,8 +110,20 @@ type Command struct {
 type Advance struct {
 	LastEventID   int64 `json:"last_event_id"`
 	LastEventDate int64 `json:"last_event_date"`
-	// Gaps is the complete open-gap set after the batch, sorted by ID.
+	// Gaps is the complete open-gap set after the batch, sorted by ID,
+	// unless GapsDelta is set.
 	Gaps []Gap `json:"gaps"`
+	// GapsDelta says the advance carries the change to the open gaps
+	// instead of the whole set, so that a Raft entry stays small however
+	// many gaps are open: GapsClosed (filled or dropped) leave the set,
+	// GapsOpened (new, each above the cursor before) join it, both sorted
+	// by ID. GapsBase is GapSum of the set it was computed from; the
+	// advance is refused with ErrGapBase if the state's set differs, so a
+	// delta can never be applied to a set it was not made for.
+	GapsDelta  bool    `json:"gaps_delta,omitempty"`
+	GapsOpened []Gap   `json:"gaps_opened,omitempty"`
+	GapsClosed []int64 `json:"gaps_closed,omitempty"`
+	GapsBase   uint64  `json:"gaps_base,omitempty"`
 	// Keep renews the lease instead of releasing it.
 	Keep bool `json:"keep,omitempty"`
 	// Seq numbers the advances under one token from 1. When set, an advance
@@ -210,18 +222,26 @@ func (c Command) Validate() error {
 		if c.Advance.LastEventID < 0 {
 			return bad("last_event_id %d is negative", c.Advance.LastEventID)
 		}
-		if len(c.Advance.Gaps) > MaxGaps {
-			return bad("%d open gaps, more than %d", len(c.Advance.Gaps), MaxGaps)
+		a := c.Advance
+		if a.GapsDelta && len(a.Gaps) > 0 {
+			return bad("a gap delta carries no gap set, got %d gaps", len(a.Gaps))
 		}
-		prev := int64(0)
-		for i, g := range c.Advance.Gaps {
-			if g.ID <= 0 || g.ID >= c.Advance.LastEventID {
-				return bad("gap %d is outside 1..%d", g.ID, c.Advance.LastEventID-1)
+		if !a.GapsDelta && (len(a.GapsOpened) > 0 || len(a.GapsClosed) > 0 || a.GapsBase != 0) {
+			return bad("gaps_opened, gaps_closed and gaps_base need gaps_delta")
+		}
+		if err := checkGapIDs("gaps", a.Gaps, a.LastEventID); err != nil {
+			return bad("%v", err)
+		}
+		if err := checkGapIDs("gaps_opened", a.GapsOpened, a.LastEventID); err != nil {
+			return bad("%v", err)
+		}
+		if len(a.GapsClosed) > MaxGaps {
+			return bad("%d closed gaps, more than %d", len(a.GapsClosed), MaxGaps)
+		}
+		for i, id := range a.GapsClosed {
+			if id <= 0 || (i > 0 && id <= a.GapsClosed[i-1]) {
+				return bad("gaps_closed are not positive, sorted and unique at %d", id)
 			}
-			if i > 0 && g.ID <= prev {
-				return bad("gaps are not sorted and unique at %d", g.ID)
-			}
-			prev = g.ID
 		}
 	case OpRevoke:
 		if c.Token == 0 {
@@ -250,6 +270,23 @@ func (c Command) Validate() error {
 	case OpSetPaused:
 	default:
 		return fmt.Errorf("%w: unknown op %q", ErrBadCommand, c.Op)
+	}
+	return nil
+}
+
+// checkGapIDs checks that gaps are at most MaxGaps, sorted and unique, and
+// each in 1..last-1.
+func checkGapIDs(field string, gaps []Gap, last int64) error {
+	if len(gaps) > MaxGaps {
+		return fmt.Errorf("%d %s, more than %d", len(gaps), field, MaxGaps)
+	}
+	for i, g := range gaps {
+		if g.ID <= 0 || g.ID >= last {
+			return fmt.Errorf("%s: gap %d is outside 1..%d", field, g.ID, last-1)
+		}
+		if i > 0 && g.ID <= gaps[i-1].ID {
+			return fmt.Errorf("%s are not sorted and unique at %d", field, g.ID)
+		}
 	}
 	return nil
 }

@@ -20,12 +20,15 @@ var (
 	ErrCursorBackwards = errors.New("cursor would move backwards")
 	// ErrPaused: the cursor is paused; no lease is granted.
 	ErrPaused = errors.New("cursor paused")
+	// ErrGapBase: an advance carrying a gap delta was computed from an
+	// open-gap set other than the state's.
+	ErrGapBase = errors.New("open gaps differ from the gap delta's base")
 	// ErrBadCommand: the command could not be decoded or is invalid.
 	ErrBadCommand = errors.New("bad command")
 )
 
 // Refusals lists every sentinel a command can be refused with.
-var Refusals = []error{ErrLeaseHeld, ErrStaleToken, ErrLeaseExpired, ErrCursorBackwards, ErrPaused, ErrBadCommand}
+var Refusals = []error{ErrLeaseHeld, ErrStaleToken, ErrLeaseExpired, ErrCursorBackwards, ErrPaused, ErrGapBase, ErrBadCommand}
 
 func refuse(sentinel error, format string, args ...any) error {
 	return fmt.Errorf("%w: %s", sentinel, fmt.Sprintf(format, args...))

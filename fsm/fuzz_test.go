@@ -141,7 +141,7 @@ func genAdvance(ch chooser, s State, now int64) *Advance {
 	if ch.intn(16) == 0 && len(gaps) > 1 {
 		gaps[0], gaps[1] = gaps[1], gaps[0]
 	}
-	return &Advance{
+	a := &Advance{
 		LastEventID:   last,
 		LastEventDate: now - int64(ch.intn(3))*sec,
 		Gaps:          gaps,
@@ -150,6 +150,42 @@ func genAdvance(ch chooser, s State, now int64) *Advance {
 		DeadLetters:   uint64(ch.intn(2)),
 		GapsDropped:   uint64(ch.intn(2)),
 		Batches:       uint64(ch.intn(3)),
+	}
+	if ch.intn(2) == 0 {
+		toDelta(ch, a, s.Gaps)
+	}
+	return a
+}
+
+// toDelta rewrites a's gap set as a delta from open, now and then with a
+// wrong base, a closed gap that is not open, or a gap both kept and opened.
+func toDelta(ch chooser, a *Advance, open []Gap) {
+	want := map[int64]bool{}
+	for _, g := range a.Gaps {
+		want[g.ID] = true
+	}
+	had := map[int64]bool{}
+	for _, g := range open {
+		had[g.ID] = true
+		if !want[g.ID] {
+			a.GapsClosed = append(a.GapsClosed, g.ID)
+		}
+	}
+	for _, g := range a.Gaps {
+		if !had[g.ID] {
+			a.GapsOpened = append(a.GapsOpened, g)
+		}
+	}
+	a.Gaps, a.GapsDelta, a.GapsBase = nil, true, GapSum(open)
+	switch ch.intn(16) {
+	case 0:
+		a.GapsBase++
+	case 1:
+		a.GapsClosed = append(a.GapsClosed, a.LastEventID+1)
+	case 2:
+		if len(open) > 0 {
+			a.GapsOpened = append([]Gap{open[0]}, a.GapsOpened...)
+		}
 	}
 }
 

@@ -1,6 +1,10 @@
 package fsm
 
-import "time"
+import (
+	"encoding/binary"
+	"hash/fnv"
+	"time"
+)
 
 // Lease is the exclusive right to process the next batch of events.
 //
@@ -32,6 +36,19 @@ type Gap struct {
 	ID int64 `json:"id"`
 	// FirstSeen is when a holder first noticed the gap, in Unix nanoseconds.
 	FirstSeen int64 `json:"first_seen"`
+}
+
+// GapSum is a checksum of the IDs of gaps (first-seen times are left
+// out: they are the holders' notes, not the position). A gap delta names
+// the sum of the set it was made from.
+func GapSum(gaps []Gap) uint64 {
+	h := fnv.New64a()
+	var b [8]byte
+	for _, g := range gaps {
+		binary.LittleEndian.PutUint64(b[:], uint64(g.ID))
+		h.Write(b[:])
+	}
+	return h.Sum64()
 }
 
 // Cursor is the position in the source event log.

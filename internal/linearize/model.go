@@ -262,7 +262,12 @@ func describeCmd(c fsm.Command) string {
 		fmt.Fprintf(&b, " token %d", c.Token)
 	}
 	if c.Advance != nil {
-		fmt.Fprintf(&b, " to %d (%d events, %d gaps", c.Advance.LastEventID, c.Advance.Events, len(c.Advance.Gaps))
+		a := c.Advance
+		if a.GapsDelta {
+			fmt.Fprintf(&b, " to %d (%d events, gaps -%d +%d", a.LastEventID, a.Events, len(a.GapsClosed), len(a.GapsOpened))
+		} else {
+			fmt.Fprintf(&b, " to %d (%d events, %d gaps", a.LastEventID, a.Events, len(a.Gaps))
+		}
 		if c.Advance.Keep {
 			b.WriteString(", keep")
 		}
