@@ -33,6 +33,33 @@ type Config struct {
 	TLS      *TLSConfig
 	ACL      *ACLConfig
 	Insecure bool
+
+	// Delivery, when set, hands each job to GitLab's Sidekiq and each
+	// cache invalidation to the Rails cache (design section 11); without
+	// it geo_jobs is the queue.
+	Delivery *DeliveryConfig
+}
+
+// DeliveryConfig is where jobs go.
+type DeliveryConfig struct {
+	// Sidekiq and Cache are each optional; a delivery block needs one.
+	Sidekiq *SidekiqConfig
+	Cache   *CacheConfig
+	// RateLimit caps the jobs handed to Sidekiq per second; 0 means no cap.
+	RateLimit float64
+}
+
+// SidekiqConfig is GitLab's Sidekiq Redis.
+type SidekiqConfig struct {
+	RedisURL  string
+	Queue     string
+	Namespace string
+}
+
+// CacheConfig is the Rails cache Redis.
+type CacheConfig struct {
+	RedisURL  string
+	Namespace string
 }
 
 // TLSConfig is the node's TLS material (design section 10).
@@ -84,7 +111,18 @@ type SourceConfig struct {
 	BatchSize    int
 	PollInterval time.Duration
 	GapTimeout   time.Duration
+	// Start is where a site with an empty tracking database begins:
+	// StartHead (after the newest event) or StartOldest (the oldest the
+	// primary still keeps). A tracking database that GitLab's own cursor
+	// used continues after its event_log_states row either way.
+	Start string
 }
+
+// The values of source.start.
+const (
+	StartHead   = "head"
+	StartOldest = "oldest"
+)
 
 // TrackingConfig is this site's tracking database.
 type TrackingConfig struct {
@@ -111,6 +149,8 @@ const (
 	DefaultSnapshotThreshold = 4096
 	DefaultSnapshotInterval  = 30 * time.Second
 	DefaultTrailingLogs      = 4096
+	DefaultSidekiqQueue      = "default"
+	DefaultCacheNamespace    = "cache:gitlab"
 )
 
 func defaults() Config {

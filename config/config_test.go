@@ -129,6 +129,7 @@ tracking {
 				Source: &config.SourceConfig{
 					DSN: "postgres://src", BatchSize: config.DefaultBatchSize,
 					PollInterval: config.DefaultPollInterval, GapTimeout: config.DefaultGapTimeout,
+					Start: config.StartHead,
 				},
 				Tracking: &config.TrackingConfig{DSN: "postgres://trk"},
 			},
@@ -166,6 +167,18 @@ source {
   batch_size    = 500
   poll_interval = "1s"
   gap_timeout   = "30m"
+  start         = "oldest"
+}
+delivery {
+  rate_limit = 500
+  sidekiq {
+    redis_url = "redis://sidekiq:6379/0"
+    queue     = "geo"
+    namespace = "resque:gitlab"
+  }
+  cache {
+    redis_url = "rediss://cache:6380/1"
+  }
 }
 tracking {
   dsn = "postgres://trk"
@@ -181,7 +194,12 @@ tracking {
 					HeartbeatTimeout: time.Second, ElectionTimeout: 2 * time.Second,
 					SnapshotThreshold: 100, SnapshotInterval: time.Minute, TrailingLogs: 50,
 				},
-				Source:   &config.SourceConfig{DSN: "postgres://src", BatchSize: 500, PollInterval: time.Second, GapTimeout: 30 * time.Minute},
+				Source: &config.SourceConfig{DSN: "postgres://src", BatchSize: 500, PollInterval: time.Second, GapTimeout: 30 * time.Minute, Start: config.StartOldest},
+				Delivery: &config.DeliveryConfig{
+					Sidekiq:   &config.SidekiqConfig{RedisURL: "redis://sidekiq:6379/0", Queue: "geo", Namespace: "resque:gitlab"},
+					Cache:     &config.CacheConfig{RedisURL: "rediss://cache:6380/1", Namespace: "cache:gitlab"},
+					RateLimit: 500,
+				},
 				Tracking: &config.TrackingConfig{DSN: "postgres://trk"},
 				ACL:      &config.ACLConfig{OperatorToken: "0123456789abcdef-operator", ReadToken: "0123456789abcdef-reader"},
 				Insecure: true,
@@ -583,6 +601,31 @@ func TestFileErrorsPointAtTheBadValue(t *testing.T) {
 			msg:  "insecure must be bool",
 		},
 		{
+			name: "an unknown source.start",
+			src:  "node_id = \"n1\"\nsource {\n  dsn = \"x\"\n  start = @@\"newest\"\n}\ntracking {\n  dsn = \"y\"\n}\n",
+			msg:  `source.start "newest" is not "head" or "oldest"`,
+		},
+		{
+			name: "an empty delivery block",
+			src:  "node_id = \"n1\"\nsource {\n  dsn = \"x\"\n}\ntracking {\n  dsn = \"y\"\n}\n@@delivery {\n}\n",
+			msg:  "the delivery block is empty",
+		},
+		{
+			name: "a delivery block on a witness",
+			src:  "node_id = \"n1\"\n@@delivery {\n  cache {\n    redis_url = \"redis://x:1\"\n  }\n}\n",
+			msg:  "a delivery block needs a source block",
+		},
+		{
+			name: "a sidekiq redis_url that is not a Redis URL",
+			src:  "node_id = \"n1\"\nsource {\n  dsn = \"x\"\n}\ntracking {\n  dsn = \"y\"\n}\ndelivery {\n  sidekiq {\n    redis_url = @@\"http://x\"\n  }\n}\n",
+			msg:  "delivery.sidekiq.redis_url is not a redis://, rediss:// or unix:// URL",
+		},
+		{
+			name: "an unknown key in delivery.cache",
+			src:  "node_id = \"n1\"\nsource {\n  dsn = \"x\"\n}\ntracking {\n  dsn = \"y\"\n}\ndelivery {\n  cache {\n    @@ttl = 1\n  }\n}\n",
+			msg:  "Unsupported argument",
+		},
+		{
 			name: "batch_size out of range",
 			src:  "node_id = \"n1\"\nsource {\n  dsn = \"x\"\n  batch_size = @@0\n}\ntracking {\n  dsn = \"y\"\n}\n",
 			msg:  "source.batch_size must be between 1 and 100000, got 0",
@@ -752,5 +795,17 @@ acl {
 	insecure := "node_id = \"n1\"\nhttp_addr = \"10.1.2.3:8470\"\ninsecure = true\n"
 	if cfg := mustLoad(t, insecure, nil, config.Overrides{}); cfg.Secure() || !cfg.Insecure {
 		t.Errorf("insecure config: Secure %t, Insecure %t", cfg.Secure(), cfg.Insecure)
+	}
+}
+
+func TestRedisURLsFromTheEnvironmentOverrideTheirBlocksOnly(t *testing.T) {
+	env := []string{config.EnvSidekiqRedisURL + "=redis://:secret@sk:6379/2", config.EnvCacheRedisURL + "=redis://:secret@cache:6379/3"}
+	src := "node_id = \"n1\"\nsource {\n  dsn = \"x\"\n}\ntracking {\n  dsn = \"y\"\n}\ndelivery {\n  sidekiq {\n    redis_url = \"redis://file:1\"\n  }\n}\n"
+	cfg := mustLoad(t, src, env, config.Overrides{})
+	if cfg.Delivery.Sidekiq.RedisURL != "redis://:secret@sk:6379/2" {
+		t.Errorf("sidekiq redis_url = %q, want the environment's", cfg.Delivery.Sidekiq.RedisURL)
+	}
+	if cfg.Delivery.Cache != nil {
+		t.Errorf("the cache URL in the environment made a cache block: %+v", cfg.Delivery.Cache)
 	}
 }

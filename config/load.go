@@ -106,17 +106,23 @@ var topSchema = &hcl.BodySchema{
 		{Name: "node_id"}, {Name: "data_dir"}, {Name: "http_addr"}, {Name: "raft_addr"},
 		{Name: "join"}, {Name: "join_timeout"}, {Name: "log_level"}, {Name: "log_format"}, {Name: "insecure"},
 	},
-	Blocks: []hcl.BlockHeaderSchema{{Type: "lease"}, {Type: "source"}, {Type: "tracking"}, {Type: "raft"}, {Type: "tls"}, {Type: "acl"}},
+	Blocks: []hcl.BlockHeaderSchema{{Type: "lease"}, {Type: "source"}, {Type: "tracking"}, {Type: "raft"}, {Type: "tls"}, {Type: "acl"}, {Type: "delivery"}},
 }
 
 var blockSchemas = map[string]*hcl.BodySchema{
 	"lease": {Attributes: []hcl.AttributeSchema{{Name: "ttl"}, {Name: "retry_min"}, {Name: "retry_max"}}},
 	"source": {Attributes: []hcl.AttributeSchema{
-		{Name: "dsn"}, {Name: "batch_size"}, {Name: "poll_interval"}, {Name: "gap_timeout"},
+		{Name: "dsn"}, {Name: "batch_size"}, {Name: "poll_interval"}, {Name: "gap_timeout"}, {Name: "start"},
 	}},
-	"tracking": {Attributes: []hcl.AttributeSchema{{Name: "dsn"}}},
-	"tls":      {Attributes: []hcl.AttributeSchema{{Name: "ca_file"}, {Name: "cert_file"}, {Name: "key_file"}}},
-	"acl":      {Attributes: []hcl.AttributeSchema{{Name: "operator_token"}, {Name: "read_token"}}},
+	"delivery": {
+		Attributes: []hcl.AttributeSchema{{Name: "rate_limit"}},
+		Blocks:     []hcl.BlockHeaderSchema{{Type: "sidekiq"}, {Type: "cache"}},
+	},
+	"delivery.sidekiq": {Attributes: []hcl.AttributeSchema{{Name: "redis_url"}, {Name: "queue"}, {Name: "namespace"}}},
+	"delivery.cache":   {Attributes: []hcl.AttributeSchema{{Name: "redis_url"}, {Name: "namespace"}}},
+	"tracking":         {Attributes: []hcl.AttributeSchema{{Name: "dsn"}}},
+	"tls":              {Attributes: []hcl.AttributeSchema{{Name: "ca_file"}, {Name: "cert_file"}, {Name: "key_file"}}},
+	"acl":              {Attributes: []hcl.AttributeSchema{{Name: "operator_token"}, {Name: "read_token"}}},
 	"raft": {Attributes: []hcl.AttributeSchema{
 		{Name: "heartbeat_timeout"}, {Name: "election_timeout"}, {Name: "snapshot_threshold"},
 		{Name: "snapshot_interval"}, {Name: "trailing_logs"},
@@ -347,6 +353,8 @@ func parse(src []byte, path string, env map[string]string) (*Config, origins, er
 			src.BatchSize = int(n)
 			d.duration("source.poll_interval", ba["poll_interval"], &src.PollInterval)
 			d.duration("source.gap_timeout", ba["gap_timeout"], &src.GapTimeout)
+			src.Start = StartHead
+			d.str("source.start", ba["start"], &src.Start)
 			cfg.Source = src
 		case "tracking":
 			tr := &TrackingConfig{}
@@ -363,12 +371,60 @@ func parse(src []byte, path string, env map[string]string) (*Config, origins, er
 			d.str("acl.operator_token", ba["operator_token"], &a.OperatorToken)
 			d.str("acl.read_token", ba["read_token"], &a.ReadToken)
 			cfg.ACL = a
+		case "delivery":
+			del, err := d.delivery(bc)
+			if err != nil {
+				return nil, nil, err
+			}
+			cfg.Delivery = del
 		}
 	}
 	if d.err != nil {
 		return nil, nil, d.err
 	}
 	return &cfg, d.origins, nil
+}
+
+// delivery decodes the delivery block's content: rate_limit and the
+// sidekiq and cache blocks, at most one of each.
+func (d *decoder) delivery(content *hcl.BodyContent) (*DeliveryConfig, error) {
+	del := &DeliveryConfig{}
+	if a := content.Attributes["rate_limit"]; a != nil {
+		if v, ok := d.value("delivery.rate_limit", a, cty.Number); ok {
+			del.RateLimit, _ = v.AsBigFloat().Float64()
+		}
+	}
+	seen := map[string]hcl.Range{}
+	for _, blk := range content.Blocks {
+		key := "delivery." + blk.Type
+		if prev, dup := seen[blk.Type]; dup {
+			return nil, &Error{Where: where(blk.DefRange), Msg: fmt.Sprintf("duplicate %s block (the first is at %s): merge them into one", key, where(prev))}
+		}
+		seen[blk.Type] = blk.DefRange
+		if len(blk.Labels) > 0 {
+			return nil, &Error{Where: where(blk.DefRange), Msg: key + " block takes no labels"}
+		}
+		bc, diags := blk.Body.Content(blockSchemas[key])
+		if diags.HasErrors() {
+			return nil, diagError(diags)
+		}
+		d.origins[key] = where(blk.DefRange)
+		ba := bc.Attributes
+		switch blk.Type {
+		case "sidekiq":
+			sk := &SidekiqConfig{Queue: DefaultSidekiqQueue}
+			d.str(key+".redis_url", ba["redis_url"], &sk.RedisURL)
+			d.str(key+".queue", ba["queue"], &sk.Queue)
+			d.str(key+".namespace", ba["namespace"], &sk.Namespace)
+			del.Sidekiq = sk
+		case "cache":
+			c := &CacheConfig{Namespace: DefaultCacheNamespace}
+			d.str(key+".redis_url", ba["redis_url"], &c.RedisURL)
+			d.str(key+".namespace", ba["namespace"], &c.Namespace)
+			del.Cache = c
+		}
+	}
+	return del, d.err
 }
 
 // Environment variables that override the file.
@@ -384,6 +440,10 @@ const (
 	// The tokens override an acl block that exists, like the DSNs.
 	EnvOperatorToken = "GEOCURSOR_OPERATOR_TOKEN"
 	EnvReadToken     = "GEOCURSOR_READ_TOKEN"
+	// The Redis URLs (secrets, with their passwords) override the blocks
+	// that exist.
+	EnvSidekiqRedisURL = "GEOCURSOR_SIDEKIQ_REDIS_URL"
+	EnvCacheRedisURL   = "GEOCURSOR_CACHE_REDIS_URL"
 )
 
 func applyEnv(cfg *Config, o origins, env map[string]string) {
@@ -413,6 +473,14 @@ func applyEnv(cfg *Config, o origins, env map[string]string) {
 	if cfg.ACL != nil {
 		set(EnvOperatorToken, "acl.operator_token", &cfg.ACL.OperatorToken)
 		set(EnvReadToken, "acl.read_token", &cfg.ACL.ReadToken)
+	}
+	if d := cfg.Delivery; d != nil {
+		if d.Sidekiq != nil {
+			set(EnvSidekiqRedisURL, "delivery.sidekiq.redis_url", &d.Sidekiq.RedisURL)
+		}
+		if d.Cache != nil {
+			set(EnvCacheRedisURL, "delivery.cache.redis_url", &d.Cache.RedisURL)
+		}
 	}
 }
 

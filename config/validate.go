@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	neturl "net/url"
 	"os"
 	"strconv"
 	"time"
@@ -95,8 +96,14 @@ func validate(c *Config, o origins) error {
 		if s.GapTimeout <= 0 {
 			return fail("source.gap_timeout", "source.gap_timeout must be positive, got %s", s.GapTimeout)
 		}
+		if s.Start != StartHead && s.Start != StartOldest {
+			return fail("source.start", "source.start %q is not %q or %q", s.Start, StartHead, StartOldest)
+		}
 	}
 	if err := validateSecurity(c, o); err != nil {
+		return err
+	}
+	if err := validateDelivery(c, o); err != nil {
 		return err
 	}
 	if c.Tracking != nil {
@@ -203,4 +210,48 @@ func unwrapPathError(err error) error {
 		return pe.Err
 	}
 	return err
+}
+
+// validateDelivery checks the delivery block (design section 11).
+func validateDelivery(c *Config, o origins) error {
+	d := c.Delivery
+	if d == nil {
+		return nil
+	}
+	fail := func(key, format string, args ...any) error {
+		return &Error{Where: o.of(key), Msg: fmt.Sprintf(format, args...)}
+	}
+	if c.Source == nil {
+		return fail("delivery", "a delivery block needs a source block: a witness processes nothing to deliver")
+	}
+	if d.Sidekiq == nil && d.Cache == nil {
+		return fail("delivery", "the delivery block is empty: add a sidekiq block, a cache block, or both")
+	}
+	if d.RateLimit < 0 {
+		return fail("delivery.rate_limit", "delivery.rate_limit must not be negative, got %g (0 means no limit)", d.RateLimit)
+	}
+	check := func(key, env, url string) error {
+		if url == "" {
+			return fail(key, "%s is empty: set %s or write redis_url = \"redis://...\"", key, env)
+		}
+		u, err := neturl.Parse(url)
+		if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") || (u.Scheme != "unix" && u.Host == "") {
+			return fail(key, "%s is not a redis://, rediss:// or unix:// URL", key)
+		}
+		return nil
+	}
+	if s := d.Sidekiq; s != nil {
+		if err := check("delivery.sidekiq.redis_url", EnvSidekiqRedisURL, s.RedisURL); err != nil {
+			return err
+		}
+		if s.Queue == "" {
+			return fail("delivery.sidekiq.queue", "delivery.sidekiq.queue must not be empty (GitLab routes Geo::EventWorker to a queue; the default is %q)", DefaultSidekiqQueue)
+		}
+	}
+	if cc := d.Cache; cc != nil {
+		if err := check("delivery.cache.redis_url", EnvCacheRedisURL, cc.RedisURL); err != nil {
+			return err
+		}
+	}
+	return nil
 }
