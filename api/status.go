@@ -20,7 +20,41 @@ type Status struct {
 	Stats        fsm.Stats `json:"stats"`
 	// Databases is this node's view of its databases; absent on a witness.
 	Databases *Databases `json:"databases,omitempty"`
+	// Delivery is this node's view of delivery to GitLab (design section
+	// 11); absent without a delivery block.
+	Delivery *Delivery `json:"delivery,omitempty"`
 }
+
+// Delivery shows how far the jobs in geo_jobs have been handed to GitLab's
+// Sidekiq and Rails cache, as the answering node last read it.
+type Delivery struct {
+	// Backlog is the jobs written and not yet delivered: an upper bound,
+	// counted in geo_jobs IDs (a rolled-back batch leaves unused IDs).
+	Backlog int64 `json:"backlog"`
+	// LastJobID and LastEventID are the last job delivered (or skipped)
+	// and its event.
+	LastJobID   int64 `json:"last_job_id"`
+	LastEventID int64 `json:"last_event_id"`
+	// Delivered counts the jobs handed to Redis since delivery began.
+	Delivered int64 `json:"delivered"`
+	// LostInRedis counts jobs Sidekiq's Redis acknowledged and then lost
+	// (it restarted without its data): they are not pushed again.
+	LostInRedis int64 `json:"lost_in_redis"`
+	// SidekiqRedis and CacheRedis are "ok", the last error, or
+	// "not configured".
+	SidekiqRedis string `json:"sidekiq_redis"`
+	CacheRedis   string `json:"cache_redis"`
+	// RateLimit is delivery.rate_limit (jobs per second; 0: none).
+	RateLimit float64 `json:"rate_limit"`
+	// TrackingError is the last error of the tracking database in a
+	// delivery round, "" when the last round reached it.
+	TrackingError string `json:"tracking_error,omitempty"`
+	// ReadAt is when the node last read the figures; null before.
+	ReadAt *time.Time `json:"read_at"`
+}
+
+// DeliveryNotConfigured is the state of a Redis without its block.
+const DeliveryNotConfigured = "not configured"
 
 // Leader is the leader as the answering node knows it; null when there is
 // none.
@@ -62,6 +96,9 @@ type Cursor struct {
 	LagSeconds          *float64   `json:"lag_seconds"`
 	OpenGaps            int        `json:"open_gaps"`
 	Paused              bool       `json:"paused"`
+	// SafeEventID is the safe cursor: every event at or below it is
+	// processed or given up. It is what GitLab's event_log_states holds.
+	SafeEventID int64 `json:"safe_event_id"`
 }
 
 // Databases says whether the answering node can reach its databases: "ok"

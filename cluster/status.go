@@ -80,6 +80,7 @@ func (n *Node) Status(ctx context.Context) api.Status {
 	c.LastEventID = st.Cursor.LastEventID
 	c.LastEventDate = timePtr(fsm.Time(st.Cursor.LastEventDate))
 	c.OpenGaps = len(st.Gaps)
+	c.SafeEventID = fsm.SafeEventID(st.Cursor.LastEventID, st.Gaps)
 	c.Paused = st.Cursor.Paused
 	if src := n.statusSource.Load(); src != nil {
 		(*src).AddStatus(&out)

@@ -22,8 +22,12 @@ type job struct {
 	EventID        int64
 	Kind           string
 	ReplicableName *string
-	ModelRecordID  *int64
-	Payload        []byte // a JSON object
+	// EventName is the geo event's own name (created, updated, deleted,
+	// ...), what Geo::EventWorker is called with; nil for a cache
+	// invalidation.
+	EventName     *string
+	ModelRecordID *int64
+	Payload       []byte // a JSON object
 }
 
 // deadLetter is one geo_dead_letters row to insert: an event that could not
@@ -121,8 +125,8 @@ func classifyOne(ev Event) (job, *registryOp, string) {
 	if !isObject {
 		return job{}, nil, fmt.Sprintf("geo_events row %d: payload is not a JSON object", ge.ID)
 	}
-	name := ge.ReplicableName
-	j := job{EventID: ev.ID, ReplicableName: &name, Payload: ge.Payload}
+	name, eventName := ge.ReplicableName, ge.EventName
+	j := job{EventID: ev.ID, ReplicableName: &name, EventName: &eventName, Payload: ge.Payload}
 	if hasID {
 		j.ModelRecordID = &id
 	}

@@ -40,36 +40,36 @@ func TestClassifyOne(t *testing.T) {
 		{
 			name:    "created is a sync job and a registry upsert",
 			event:   geo(1, "project_repository", "created", `{"model_record_id": 42}`),
-			wantJob: job{EventID: 1, Kind: KindSync, ReplicableName: ptr("project_repository"), ModelRecordID: ptr(int64(42)), Payload: []byte(`{"model_record_id": 42}`)},
+			wantJob: job{EventID: 1, Kind: KindSync, ReplicableName: ptr("project_repository"), EventName: ptr("created"), ModelRecordID: ptr(int64(42)), Payload: []byte(`{"model_record_id": 42}`)},
 			wantOp:  &registryOp{registryKey: registryKey{"project_repository", 42}, EventID: 1},
 		},
 		{
 			name:    "updated is a sync job and a registry upsert",
 			event:   geo(2, "lfs_object", "updated", `{"model_record_id": 9, "checksum": "abc"}`),
-			wantJob: job{EventID: 2, Kind: KindSync, ReplicableName: ptr("lfs_object"), ModelRecordID: ptr(int64(9)), Payload: []byte(`{"model_record_id": 9, "checksum": "abc"}`)},
+			wantJob: job{EventID: 2, Kind: KindSync, ReplicableName: ptr("lfs_object"), EventName: ptr("updated"), ModelRecordID: ptr(int64(9)), Payload: []byte(`{"model_record_id": 9, "checksum": "abc"}`)},
 			wantOp:  &registryOp{registryKey: registryKey{"lfs_object", 9}, EventID: 2},
 		},
 		{
 			name:    "deleted is a delete job with the payload and a registry delete",
 			event:   geo(3, "package_file", "deleted", `{"model_record_id": 5, "blob_path": "a/b"}`),
-			wantJob: job{EventID: 3, Kind: KindDelete, ReplicableName: ptr("package_file"), ModelRecordID: ptr(int64(5)), Payload: []byte(`{"model_record_id": 5, "blob_path": "a/b"}`)},
+			wantJob: job{EventID: 3, Kind: KindDelete, ReplicableName: ptr("package_file"), EventName: ptr("deleted"), ModelRecordID: ptr(int64(5)), Payload: []byte(`{"model_record_id": 5, "blob_path": "a/b"}`)},
 			wantOp:  &registryOp{registryKey: registryKey{"package_file", 5}, EventID: 3, Delete: true},
 		},
 		{
 			name:    "model_record_id beyond 2^53 stays exact",
 			event:   geo(4, "lfs_object", "created", `{"model_record_id": 9007199254740993}`),
-			wantJob: job{EventID: 4, Kind: KindSync, ReplicableName: ptr("lfs_object"), ModelRecordID: ptr(int64(9007199254740993)), Payload: []byte(`{"model_record_id": 9007199254740993}`)},
+			wantJob: job{EventID: 4, Kind: KindSync, ReplicableName: ptr("lfs_object"), EventName: ptr("created"), ModelRecordID: ptr(int64(9007199254740993)), Payload: []byte(`{"model_record_id": 9007199254740993}`)},
 			wantOp:  &registryOp{registryKey: registryKey{"lfs_object", 9007199254740993}, EventID: 4},
 		},
 		{
 			name:    "another event name is a job of that kind",
 			event:   geo(5, "project_repository", "reset_checksum", `{"model_record_id": 3}`),
-			wantJob: job{EventID: 5, Kind: "reset_checksum", ReplicableName: ptr("project_repository"), ModelRecordID: ptr(int64(3)), Payload: []byte(`{"model_record_id": 3}`)},
+			wantJob: job{EventID: 5, Kind: "reset_checksum", ReplicableName: ptr("project_repository"), EventName: ptr("reset_checksum"), ModelRecordID: ptr(int64(3)), Payload: []byte(`{"model_record_id": 3}`)},
 		},
 		{
 			name:    "another event name without model_record_id has a null one",
 			event:   geo(6, "container_repository", "renamed", `{"old": "a"}`),
-			wantJob: job{EventID: 6, Kind: "renamed", ReplicableName: ptr("container_repository"), Payload: []byte(`{"old": "a"}`)},
+			wantJob: job{EventID: 6, Kind: "renamed", ReplicableName: ptr("container_repository"), EventName: ptr("renamed"), Payload: []byte(`{"old": "a"}`)},
 		},
 		{
 			name:    "cache invalidation",

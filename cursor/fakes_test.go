@@ -71,6 +71,15 @@ func (s *memSource) Pending(ctx context.Context, after int64, gaps []int64) (boo
 	return false, nil
 }
 
+func (s *memSource) Oldest(context.Context) (int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.events) == 0 {
+		return 0, nil
+	}
+	return s.events[0].ID, nil
+}
+
 func (s *memSource) Head(context.Context) (int64, time.Time, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -106,7 +115,23 @@ type memTracking struct {
 	beforeCommit func(ctx context.Context, b Batch) error
 }
 
-func newMemTracking() *memTracking { return &memTracking{committed: map[int64]uint64{}} }
+// newMemTracking is a tracking store whose fence was positioned at 0, as
+// by a holder that started from the oldest event of an unpruned log.
+func newMemTracking() *memTracking {
+	return &memTracking{committed: map[int64]uint64{}, fence: Fence{Positioned: true}}
+}
+
+func (t *memTracking) Place(_ context.Context, token uint64, start Position) (Fence, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.fence.Positioned || t.fence.Token != token {
+		return Fence{}, fmt.Errorf("%w: placed already, or claimed by token %d", ErrFenced, t.fence.Token)
+	}
+	t.fence = Fence{Token: token, Position: start, Positioned: true}
+	return t.fence, nil
+}
+
+func (t *memTracking) GitLabCursor(context.Context) (int64, bool, error) { return 0, false, nil }
 
 func (t *memTracking) Claim(_ context.Context, token uint64) (Fence, error) {
 	t.mu.Lock()
@@ -193,7 +218,7 @@ func (s *memStaged) Commit(ctx context.Context) (CommitResult, error) {
 	for _, ev := range s.b.Events {
 		t.committed[ev.ID] = s.b.Token
 	}
-	t.fence = Fence{Token: s.b.Token, Position: s.b.Next}
+	t.fence = Fence{Token: s.b.Token, Position: s.b.Next, Positioned: true}
 	return CommitResult{Jobs: len(s.b.Events)}, nil
 }
 

@@ -28,6 +28,9 @@ var ErrFenced = errors.New("fenced")
 type Fence struct {
 	Token    uint64
 	Position Position
+	// Positioned is false in a fresh tracking database until the first
+	// holder places the fence where processing begins (Place).
+	Positioned bool
 }
 
 // Claim records token as the newest grant in the fence row and returns the
@@ -44,6 +47,7 @@ func (t *Tracking) Claim(ctx context.Context, token uint64) (Fence, error) {
 		prev, lastID int64
 		lastDate     *time.Time
 		gapsJSON     string
+		positioned   bool
 	)
 	err := t.pool.QueryRow(ctx, `
 WITH prev AS (SELECT token FROM geocursor_fence WHERE id = 1 FOR UPDATE)
@@ -51,8 +55,8 @@ UPDATE geocursor_fence AS f
 SET token = GREATEST(f.token, $1), updated_at = clock_timestamp()
 FROM prev
 WHERE f.id = 1
-RETURNING prev.token, f.last_event_id, f.last_event_date, f.gaps::text`, int64(token)).
-		Scan(&prev, &lastID, &lastDate, &gapsJSON)
+RETURNING prev.token, f.last_event_id, f.last_event_date, f.gaps::text, f.positioned`, int64(token)).
+		Scan(&prev, &lastID, &lastDate, &gapsJSON, &positioned)
 	if err != nil {
 		return Fence{}, dbErrorf("tracking", t.name, err, "claim the fence row (token %d): %s", token, describe(err))
 	}
@@ -64,7 +68,52 @@ RETURNING prev.token, f.last_event_id, f.last_event_date, f.gaps::text`, int64(t
 	if err != nil {
 		return Fence{}, fmt.Errorf("claim the fence row (token %d): %w", token, err)
 	}
+	f.Positioned = positioned
 	return f, nil
+}
+
+// Place positions the fence row of a fresh tracking database at start,
+// under token, the grant that claimed it. Refused with ErrFenced if the
+// row was positioned meanwhile or holds another token: the holder that did
+// it goes on from there.
+func (t *Tracking) Place(ctx context.Context, token uint64, start Position) (Fence, error) {
+	if token > math.MaxInt64 {
+		return Fence{}, fmt.Errorf("place fence (token %d): token does not fit in a bigint", token)
+	}
+	gaps, err := encodeGaps(start.Gaps)
+	if err != nil {
+		return Fence{}, fmt.Errorf("place fence (token %d): %w", token, err)
+	}
+	var lastDate *time.Time
+	if !start.LastEventDate.IsZero() {
+		d := start.LastEventDate.UTC()
+		lastDate = &d
+	}
+	tag, err := t.pool.Exec(ctx, `
+UPDATE geocursor_fence
+SET last_event_id = $2, last_event_date = $3, gaps = $4::jsonb, positioned = true, updated_at = clock_timestamp()
+WHERE id = 1 AND token = $1 AND NOT positioned`, int64(token), start.LastEventID, lastDate, gaps)
+	if err != nil {
+		return Fence{}, dbErrorf("tracking", t.name, err, "place the fence row at event %d (token %d): %s", start.LastEventID, token, describe(err))
+	}
+	if tag.RowsAffected() != 1 {
+		return Fence{}, fmt.Errorf("%w: the fence row was placed, or claimed by a newer token, before token %d placed it", ErrFenced, token)
+	}
+	return Fence{Token: token, Position: start, Positioned: true}, nil
+}
+
+// GitLabCursor reads GitLab's event_log_states: the event ID of its one
+// row (the highest, should there be several), and whether there is one.
+func (t *Tracking) GitLabCursor(ctx context.Context) (int64, bool, error) {
+	var id int64
+	err := t.pool.QueryRow(ctx, `SELECT event_id FROM event_log_states ORDER BY event_id DESC LIMIT 1`).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, dbErrorf("tracking", t.name, err, "read event_log_states: %s", describe(err))
+	}
+	return id, true, nil
 }
 
 // Fence reads the fence row. A new holder compares it with the cursor in the
@@ -75,10 +124,11 @@ func (t *Tracking) Fence(ctx context.Context) (Fence, error) {
 		token, lastID int64
 		lastDate      *time.Time
 		gapsJSON      string
+		positioned    bool
 	)
 	err := t.pool.QueryRow(ctx,
-		`SELECT token, last_event_id, last_event_date, gaps::text FROM geocursor_fence WHERE id = 1`).
-		Scan(&token, &lastID, &lastDate, &gapsJSON)
+		`SELECT token, last_event_id, last_event_date, gaps::text, positioned FROM geocursor_fence WHERE id = 1`).
+		Scan(&token, &lastID, &lastDate, &gapsJSON, &positioned)
 	if err != nil {
 		return Fence{}, fmt.Errorf("read the fence row: %w", err)
 	}
@@ -86,6 +136,7 @@ func (t *Tracking) Fence(ctx context.Context) (Fence, error) {
 	if err != nil {
 		return Fence{}, fmt.Errorf("read the fence row: %w", err)
 	}
+	f.Positioned = positioned
 	return f, nil
 }
 

@@ -141,7 +141,7 @@ func (g *grant) run() error {
 			continue
 		}
 		fetchedAt := time.Now()
-		next, dropped := NextPosition(g.pos, events, l.clock.now(), l.cfg.GapTimeout, l.cfg.MaxGaps)
+		next, dropped, pruned := g.nextPosition(events)
 		if len(dropped) > 0 {
 			l.logger.Warn("gave up waiting for skipped event IDs (rolled back, or older than source.gap_timeout)",
 				"count", len(dropped), "first_id", dropped[0], "last_id", dropped[len(dropped)-1], "token", g.token)
@@ -153,10 +153,10 @@ func (g *grant) run() error {
 		if keep {
 			g.prefetch = l.fetchAsync(g.ctx, next)
 		}
-		p := &pendingBatch{start: g.pos, events: events, next: next, dropped: len(dropped), keep: keep,
-			batchStart: batchStart, fetched: fetchedAt}
+		p := &pendingBatch{start: g.pos, events: events, next: next, dropped: len(dropped), prunedUnseen: pruned.count,
+			keep: keep, batchStart: batchStart, fetched: fetchedAt}
 		var staging <-chan stageResult
-		if len(events) > 0 || len(dropped) > 0 {
+		if len(events) > 0 || len(dropped) > 0 || pruned.count > 0 {
 			staging = l.stageAsync(g.ctx, Batch{Token: g.token, Start: g.pos, Next: next, Events: events})
 		}
 		if again, err := g.commitLastAndStage(p, staging); err != nil || again {
@@ -337,13 +337,22 @@ func (g *grant) startPosition() error {
 		return fmt.Errorf("claim the tracking database (token %d): %w", g.token, err)
 	}
 	l.health.Tracking(nil)
-	st, _ := l.coord.Watch()
 	granted := g.granted
+	placed := !fence.Positioned
+	if placed {
+		if fence, err = g.place(qctx); err != nil {
+			return err
+		}
+	}
+	if err := g.readHorizon(qctx); err != nil {
+		return err
+	}
+	st, _ := l.coord.Watch()
 	switch {
 	case fence.Position.LastEventID < granted.LastEventID:
 		return fmt.Errorf("the tracking database is at event %d but the replicated cursor is at %d: was the tracking database restored from an older backup? Restore a newer one, or reset the cursor deliberately",
 			fence.Position.LastEventID, granted.LastEventID)
-	case fence.Position.LastEventID > granted.LastEventID:
+	case fence.Position.LastEventID > granted.LastEventID && !placed:
 		l.logger.Warn("adopting the position of the tracking database: the previous holder committed a batch but did not advance the cursor",
 			"token", g.token, "fence_last_id", fence.Position.LastEventID, "cursor_last_id", granted.LastEventID)
 	}
@@ -355,4 +364,93 @@ func (g *grant) startPosition() error {
 	// (fsm.ErrGapBase) and nothing recorded wrongly.
 	g.replicatedGaps, g.replicatedKnown = g.pos.Gaps, !g.adopted
 	return nil
+}
+
+// place positions the fence of a fresh tracking database where processing
+// begins (design section 11): right after the row GitLab's own log cursor
+// left in event_log_states, when the site switches over from it; else at
+// source.start, after the newest event (head) or before the oldest one the
+// primary keeps (oldest). A replicated cursor that has moved already means
+// this is not the tracking database the group has been writing to.
+func (g *grant) place(ctx context.Context) (Fence, error) {
+	l := g.l
+	if g.granted.LastEventID > 0 {
+		err := fmt.Errorf("the tracking database has never been written to by geocursor, but the replicated cursor is at event %d: "+
+			"point tracking.dsn at the database this group has been writing to (a fresh one would skip every event before %d)",
+			g.granted.LastEventID, g.granted.LastEventID)
+		l.health.Tracking(err)
+		return Fence{}, err
+	}
+	var (
+		start Position
+		why   string
+	)
+	id, fromGitLab, err := l.tracking.GitLabCursor(ctx)
+	switch {
+	case err != nil:
+		return Fence{}, fmt.Errorf("place the fence (token %d): %w", g.token, err)
+	case fromGitLab:
+		start.LastEventID, why = id, "after the last event GitLab's own log cursor processed (event_log_states)"
+	case l.cfg.Start == StartOldest:
+		oldest, err := l.source.Oldest(ctx)
+		if err != nil {
+			l.health.Source(ctxOr(ctx, err))
+			return Fence{}, fmt.Errorf("place the fence (token %d): %w", g.token, err)
+		}
+		start.LastEventID, why = max(oldest-1, 0), "at the oldest event the primary keeps (source.start = oldest)"
+	default:
+		head, date, err := l.source.Head(ctx)
+		if err != nil {
+			l.health.Source(ctxOr(ctx, err))
+			return Fence{}, fmt.Errorf("place the fence (token %d): %w", g.token, err)
+		}
+		start.LastEventID, start.LastEventDate = head, date
+		why = "after the newest event; older ones are left to backfill (source.start = head)"
+	}
+	f, err := l.tracking.Place(ctx, g.token, start)
+	if err != nil {
+		if errors.Is(err, ErrFenced) {
+			return Fence{}, errors.Join(err, errLeaseLost)
+		}
+		l.health.Tracking(ctxOr(ctx, err))
+		return Fence{}, fmt.Errorf("place the fence (token %d): %w", g.token, err)
+	}
+	l.logger.Info("a fresh tracking database: processing begins "+why, "token", g.token, "last_id", start.LastEventID)
+	return f, nil
+}
+
+// readHorizon reads the source's oldest event ID, the horizon below which
+// the primary has pruned its log, at most every horizonInterval: a
+// horizon above the cursor means events were pruned before this site saw
+// them (pastHorizon).
+func (g *grant) readHorizon(ctx context.Context) error {
+	l := g.l
+	if !l.horizonRead.IsZero() && time.Since(l.horizonRead) < horizonInterval {
+		return nil
+	}
+	oldest, err := l.source.Oldest(ctx)
+	if err != nil {
+		l.health.Source(ctxOr(ctx, err))
+		return fmt.Errorf("read the oldest event (token %d): %w", g.token, err)
+	}
+	l.horizon, l.horizonRead = oldest, time.Now()
+	return nil
+}
+
+// nextPosition is NextPosition from the grant's position, first moved past
+// the pruning horizon; the gaps below it are given up with the others.
+func (g *grant) nextPosition(events []Event) (Position, []int64, pruned) {
+	l := g.l
+	start, p := pastHorizon(g.pos, l.horizon)
+	next, dropped := NextPosition(start, events, l.clock.now(), l.cfg.GapTimeout, l.cfg.MaxGaps)
+	if p.count > 0 {
+		l.logger.Error("the primary pruned events from its log before this site processed them: they are skipped",
+			"first_id", p.unseenFirst, "last_id", p.unseenLast, "count", p.count, "oldest_id", l.horizon, "token", g.token)
+	}
+	if len(p.gaps) > 0 {
+		l.logger.Warn("gave up on open gaps below the oldest event the primary keeps (pruned, or rolled back)",
+			"count", len(p.gaps), "first_id", p.gaps[0], "last_id", p.gaps[len(p.gaps)-1], "oldest_id", l.horizon, "token", g.token)
+		dropped = append(p.gaps, dropped...)
+	}
+	return next, dropped, p
 }

@@ -135,7 +135,7 @@ func TestGrantAdoptsAFenceAheadOfTheReplicatedCursor(t *testing.T) {
 	for id := int64(1); id <= 30; id++ {
 		f.tracking.committed[id] = 1
 	}
-	f.tracking.setFence(Fence{Token: 1, Position: Position{LastEventID: 30, LastEventDate: time.Unix(0, 30).UTC()}})
+	f.tracking.setFence(Fence{Token: 1, Positioned: true, Position: Position{LastEventID: 30, LastEventDate: time.Unix(0, 30).UTC()}})
 
 	if _, err := f.hold(grantContext(t)); err != nil {
 		t.Fatalf("grant: %v", err)

@@ -27,6 +27,9 @@ type LoopConfig struct {
 	HeadInterval time.Duration
 	// DBTimeout bounds each database call; 0 means LeaseTTL.
 	DBTimeout time.Duration
+	// Start is where a fresh tracking database begins: StartHead (the
+	// default) or StartOldest; see grant.place.
+	Start string
 	// AdvanceInterval is how often, at most, a holder working through a
 	// backlog records its progress in Raft; 0 means DefaultAdvanceInterval.
 	// The last batch of a grant is always recorded at once.
@@ -39,6 +42,16 @@ type LoopConfig struct {
 // small machine; the fence row, not the replicated cursor, is what the next
 // holder continues from, so the cursor may trail it by this much.
 const DefaultAdvanceInterval = 100 * time.Millisecond
+
+// The values of LoopConfig.Start (config.StartHead and config.StartOldest).
+const (
+	StartHead   = "head"
+	StartOldest = "oldest"
+)
+
+// horizonInterval is how often, at most, a holder reads the source's
+// oldest event ID to notice a log pruned past the cursor.
+const horizonInterval = 10 * time.Second
 
 // DefaultMaxGaps bounds the gap set: far more than concurrent writers can
 // leave open, far less than a sequence jump would create. It is the state
@@ -92,6 +105,10 @@ type Loop struct {
 	// clock is the state machine's time as this peer knows it; gaps are
 	// stamped and aged on it.
 	clock stateClock
+	// horizon is the source's oldest event ID as read at horizonRead (by
+	// the grants, one at a time).
+	horizon     int64
+	horizonRead time.Time
 }
 
 // NewLoop returns a loop; Run starts it. It reports its databases' health

@@ -134,7 +134,7 @@ func TestFailedAdvanceInThePipelineIsAdoptedFromTheFence(t *testing.T) {
 				// The second and fourth advance of the first grant.
 				return cmd.Token == 1 && (cmd.Advance.Seq == 2 || cmd.Advance.Seq == 4), tc.applied
 			}
-			loop := NewLoop(LoopConfig{
+			loop := NewLoop(LoopConfig{Start: StartOldest,
 				BatchSize: batch, PollInterval: 10 * time.Millisecond, GapTimeout: time.Hour,
 				LeaseTTL: 2 * time.Second, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond,
 				AdvanceInterval: time.Nanosecond, // an advance for every batch
@@ -198,7 +198,7 @@ func TestBacklogAdvancesAreSpacedAndCountEveryBatch(t *testing.T) {
 				return false, false
 			}
 			var logs syncBuffer
-			loop := NewLoop(LoopConfig{
+			loop := NewLoop(LoopConfig{Start: StartOldest,
 				BatchSize: batch, PollInterval: 10 * time.Millisecond, GapTimeout: time.Hour,
 				LeaseTTL: 5 * time.Second, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond,
 				AdvanceInterval: time.Hour,
@@ -237,7 +237,7 @@ func TestRowsAfterTheFenceAreReportedNotRetriedInALoop(t *testing.T) {
 
 	var logs syncBuffer
 	health := NewHealth()
-	loop := NewLoop(LoopConfig{
+	loop := NewLoop(LoopConfig{Start: StartOldest,
 		BatchSize: 1000, PollInterval: 10 * time.Millisecond, GapTimeout: time.Hour,
 		LeaseTTL: 5 * time.Second, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond,
 	}, localcoord.New("a"), src, tr, health, hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info}))

@@ -82,6 +82,47 @@ ON CONFLICT DO NOTHING;
 -- while a long-open gap lets them pile up.
 CREATE INDEX geo_registry_tombstones_last_event_id ON geo_registry_tombstones (last_event_id);
 `},
+	{version: 3, name: "delivery to GitLab and event_log_states", sql: `
+-- What Geo::EventWorker is called with: the geo event's own name (kind is
+-- sync for both created and updated), and when the job reached Redis.
+ALTER TABLE geo_jobs ADD COLUMN event_name text;
+ALTER TABLE geo_jobs ADD COLUMN delivered_at timestamptz;
+
+-- How far delivery has come: every job with an id at or below
+-- last_job_id has been handed to Redis, or skipped (a dead letter never
+-- is a job). The row is created by the first agent that runs with a
+-- delivery block, at the jobs written by then: those stay in geo_jobs.
+-- epoch names this tracking database to the Redis it delivers to, whose
+-- watermark is kept per epoch. last_push_at and last_push_jobs pace
+-- delivery.rate_limit across all agents.
+CREATE TABLE geocursor_delivery (
+    id int PRIMARY KEY CHECK (id = 1),
+    epoch text NOT NULL,
+    last_job_id bigint NOT NULL,
+    last_event_id bigint NOT NULL DEFAULT 0,
+    delivered bigint NOT NULL DEFAULT 0,
+    last_pushed_job_id bigint NOT NULL DEFAULT 0,
+    lost_in_redis bigint NOT NULL DEFAULT 0,
+    last_push_at timestamptz,
+    last_push_jobs int NOT NULL DEFAULT 0,
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+-- GitLab's own table (its migrations create it the same way): the one row
+-- is the site's cursor as GitLab reports it to the primary. geocursor keeps
+-- it at the safe cursor. A site that ran GitLab's log cursor has it with
+-- that cursor's last position, which a fresh geocursor continues from.
+CREATE TABLE IF NOT EXISTS event_log_states (
+    event_id bigint NOT NULL PRIMARY KEY,
+    created_at timestamp without time zone
+);
+
+-- Whether the fence was ever positioned: a fresh tracking database starts
+-- where source.start (or GitLab's event_log_states row) says.
+ALTER TABLE geocursor_fence ADD COLUMN positioned boolean NOT NULL DEFAULT false;
+UPDATE geocursor_fence SET positioned = true WHERE last_event_id > 0 OR token > 0;
+`},
 }
 
 // migrate brings the tracking schema up to the newest version. Each

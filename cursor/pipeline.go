@@ -17,13 +17,16 @@ import (
 
 // pendingBatch is a batch between its fetch and its advance.
 type pendingBatch struct {
-	start      Position
-	events     []Event
-	next       Position
-	dropped    int
-	keep       bool
-	batchStart time.Time
-	fetched    time.Time
+	start   Position
+	events  []Event
+	next    Position
+	dropped int
+	// prunedUnseen counts the IDs the batch moves past because the primary
+	// pruned them unseen.
+	prunedUnseen int64
+	keep         bool
+	batchStart   time.Time
+	fetched      time.Time
 	// staged is nil for a batch with nothing to write: an adopted position
 	// recorded in Raft with no new event.
 	staged StagedBatch

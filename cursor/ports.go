@@ -24,6 +24,8 @@ type EventSource interface {
 	Fetch(ctx context.Context, after int64, gaps []int64, limit int) ([]Event, error)
 	Pending(ctx context.Context, after int64, gaps []int64) (bool, error)
 	Head(ctx context.Context) (int64, time.Time, error)
+	// Oldest is the lowest event ID the source still keeps (0: none).
+	Oldest(ctx context.Context) (int64, error)
 }
 
 // TrackingStore is the tracking database the loop writes: the fence row,
@@ -33,6 +35,12 @@ type TrackingStore interface {
 	Claim(ctx context.Context, token uint64) (Fence, error)
 	// Fence reads the fence row.
 	Fence(ctx context.Context) (Fence, error)
+	// Place positions a fence row that was never positioned (a fresh
+	// tracking database) at start, under token.
+	Place(ctx context.Context, token uint64, start Position) (Fence, error)
+	// GitLabCursor reads the event_log_states row GitLab's own log cursor
+	// left, if any: where a site taking over from it continues.
+	GitLabCursor(ctx context.Context) (eventID int64, ok bool, err error)
 	// Stage opens b's transaction and writes what needs no lock; the
 	// batch is written once the StagedBatch commits.
 	Stage(ctx context.Context, b Batch) (StagedBatch, error)

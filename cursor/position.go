@@ -181,3 +181,43 @@ func gapDelta(from, to []fsm.Gap) (closed []int64, opened []fsm.Gap) {
 	}
 	return closed, opened
 }
+
+// pruned is what pastHorizon found: IDs the primary pruned from its log
+// before this site processed them.
+type pruned struct {
+	// unseenFirst..unseenLast were never reached by the cursor; count is
+	// their number (0: none).
+	unseenFirst, unseenLast int64
+	count                   int64
+	// gaps are the open gaps below the horizon: they can never appear.
+	gaps []int64
+}
+
+// pastHorizon moves start past the source's oldest retained event ID,
+// oldest (0: unknown, or an empty log). The IDs between the cursor and
+// oldest were pruned unseen: the cursor moves to oldest-1. Open gaps
+// below oldest can never become visible (pruned, or rolled back: the two
+// cannot be told apart), so they are closed and reported as given up, not
+// as unseen events.
+func pastHorizon(start Position, oldest int64) (Position, pruned) {
+	var p pruned
+	if oldest <= 0 {
+		return start, p
+	}
+	if oldest-1 > start.LastEventID {
+		p.unseenFirst, p.unseenLast, p.count = start.LastEventID+1, oldest-1, oldest-1-start.LastEventID
+		start.LastEventID = oldest - 1
+	}
+	var kept []fsm.Gap
+	for _, g := range start.Gaps {
+		if g.ID < oldest {
+			p.gaps = append(p.gaps, g.ID)
+		} else {
+			kept = append(kept, g)
+		}
+	}
+	if len(p.gaps) > 0 {
+		start.Gaps = kept
+	}
+	return start, p
+}

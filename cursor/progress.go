@@ -21,6 +21,7 @@ func (g *grant) record(p *pendingBatch, res CommitResult) error {
 	g.folded.Events += uint64(len(p.events))
 	g.folded.DeadLetters += uint64(res.DeadLetters)
 	g.folded.GapsDropped += uint64(p.dropped)
+	g.folded.PrunedUnseen += uint64(p.prunedUnseen)
 	if len(p.events) > 0 {
 		g.folded.Batches++
 	}
@@ -40,7 +41,7 @@ func (g *grant) record(p *pendingBatch, res CommitResult) error {
 	adv := &fsm.Advance{
 		LastEventID: p.next.LastEventID, LastEventDate: fsm.Nanos(p.next.LastEventDate),
 		Keep: p.keep, Seq: g.seq, Events: g.folded.Events, DeadLetters: g.folded.DeadLetters,
-		GapsDropped: g.folded.GapsDropped, Batches: g.folded.Batches,
+		GapsDropped: g.folded.GapsDropped, PrunedUnseen: g.folded.PrunedUnseen, Batches: g.folded.Batches,
 	}
 	g.setGaps(adv, p.next.Gaps)
 	a := &progressCall{

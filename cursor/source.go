@@ -181,6 +181,9 @@ const pendingQuery = `
 SELECT (SELECT id FROM geo_event_log WHERE id > $1 ORDER BY id LIMIT 1) IS NOT NULL
     OR EXISTS (SELECT 1 FROM geo_event_log WHERE id = ANY($2::bigint[]))`
 
+// oldestQuery reads the oldest event the primary still keeps.
+const oldestQuery = `SELECT id FROM geo_event_log ORDER BY id LIMIT 1`
+
 // headQuery reads the newest event, for the status.
 const headQuery = `SELECT id, created_at FROM geo_event_log ORDER BY id DESC LIMIT 1`
 
@@ -214,6 +217,20 @@ func (s *Source) Head(ctx context.Context) (int64, time.Time, error) {
 		return 0, time.Time{}, fmt.Errorf("read the newest event: %w", err)
 	}
 	return id, createdAt.UTC(), nil
+}
+
+// Oldest returns the lowest event ID in the source, 0 when the log is
+// empty: the primary prunes its log from below (Geo::PruneEventLogWorker).
+func (s *Source) Oldest(ctx context.Context) (int64, error) {
+	var id int64
+	err := s.pool.QueryRow(ctx, oldestQuery).Scan(&id)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read the oldest event: %w", err)
+	}
+	return id, nil
 }
 
 // Close closes the connections. It waits for queries in flight to finish.

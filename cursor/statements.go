@@ -16,15 +16,15 @@ import (
 func queueRows(pb *pgx.Batch, eff effects, res *CommitResult) {
 	if len(eff.Jobs) > 0 {
 		n := len(eff.Jobs)
-		ids, kinds, names, models, payloads := make([]int64, n), make([]string, n), make([]*string, n), make([]*int64, n), make([]string, n)
+		ids, kinds, names, events, models, payloads := make([]int64, n), make([]string, n), make([]*string, n), make([]*string, n), make([]*int64, n), make([]string, n)
 		for i, j := range eff.Jobs {
-			ids[i], kinds[i], names[i], models[i], payloads[i] = j.EventID, j.Kind, j.ReplicableName, j.ModelRecordID, string(j.Payload)
+			ids[i], kinds[i], names[i], events[i], models[i], payloads[i] = j.EventID, j.Kind, j.ReplicableName, j.EventName, j.ModelRecordID, string(j.Payload)
 		}
-		pb.Queue(`INSERT INTO geo_jobs (event_id, kind, replicable_name, model_record_id, payload)
-SELECT j.event_id, j.kind, j.replicable_name, j.model_record_id, j.payload::jsonb
-FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::text[])
-    AS j(event_id, kind, replicable_name, model_record_id, payload)
-ORDER BY j.event_id`, ids, kinds, names, models, payloads).
+		pb.Queue(`INSERT INTO geo_jobs (event_id, kind, replicable_name, event_name, model_record_id, payload)
+SELECT j.event_id, j.kind, j.replicable_name, j.event_name, j.model_record_id, j.payload::jsonb
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::text[])
+    AS j(event_id, kind, replicable_name, event_name, model_record_id, payload)
+ORDER BY j.event_id`, ids, kinds, names, events, models, payloads).
 			Exec(func(ct pgconn.CommandTag) error { res.Jobs = int(ct.RowsAffected()); return nil })
 	}
 

@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/geocursor/geocursor/fsm"
 )
 
 // Tracking writes processed events to this site's tracking database.
@@ -23,7 +26,15 @@ type Tracking struct {
 	pool   *pgxpool.Pool
 	name   string // host:port/dbname, for errors and logs
 	logger hclog.Logger
+	// notifyJobs makes a batch that wrote jobs wake the deliverers
+	// (NOTIFY jobsChannel) when it commits.
+	notifyJobs atomic.Bool
 }
+
+// NotifyJobs makes every committed batch that wrote jobs send a
+// notification the deliverers listen for, so that delivery starts at once
+// instead of at their next poll.
+func (t *Tracking) NotifyJobs() { t.notifyJobs.Store(true) }
 
 // idleInTransactionTimeout makes the server end a tracking session that
 // sits inside a transaction without sending anything. A healthy holder never
@@ -70,6 +81,15 @@ func describeMigration(err error) string {
 	}
 	return describe(err)
 }
+
+// saveEventLogState keeps GitLab's event_log_states at one row holding $1,
+// as GitLab's own cursor does (it updates its one row in place).
+const saveEventLogState = `WITH gone AS (DELETE FROM event_log_states WHERE event_id <> $1)
+INSERT INTO event_log_states (event_id, created_at) VALUES ($1, now() AT TIME ZONE 'utc')
+ON CONFLICT (event_id) DO NOTHING`
+
+// jobsChannel is the NOTIFY channel of committed jobs.
+const jobsChannel = "geocursor_jobs"
 
 // Close closes the connections. It waits for a Commit in flight to finish.
 func (t *Tracking) Close() {
@@ -195,8 +215,16 @@ func (s *Staged) Commit(ctx context.Context) (CommitResult, error) {
 	res := s.res
 	queueRegistry(pb, s.eff, b.Start.LastEventID, tombstoneFloor(b.Next), &res)
 	pb.Queue(`UPDATE geocursor_fence
-SET token = $1, last_event_id = $2, last_event_date = $3, gaps = $4::jsonb, updated_at = clock_timestamp()
+SET token = $1, last_event_id = $2, last_event_date = $3, gaps = $4::jsonb, positioned = true, updated_at = clock_timestamp()
 WHERE id = 1`, int64(b.Token), b.Next.LastEventID, lastDate, s.nextGaps)
+	// GitLab's view of the site's cursor, in the same transaction: the
+	// safe cursor, never ahead of an open gap (design section 11).
+	if safe := fsm.SafeEventID(b.Next.LastEventID, b.Next.Gaps); safe > 0 {
+		pb.Queue(saveEventLogState, safe)
+	}
+	if len(s.eff.Jobs) > 0 && s.t.notifyJobs.Load() {
+		pb.Queue(`SELECT pg_notify($1, '')`, jobsChannel)
+	}
 	if err := s.conn.SendBatch(ctx, pb).Close(); err != nil {
 		if fenceErr != nil {
 			return CommitResult{}, fenceErr

@@ -205,6 +205,7 @@ func (s *State) advanceEffect(c Command) {
 	s.Stats.EventsProcessed += a.Events
 	s.Stats.DeadLetters += a.DeadLetters
 	s.Stats.GapsDropped += a.GapsDropped
+	s.Stats.EventsPrunedUnseen += a.PrunedUnseen
 	switch {
 	case a.Batches > 0:
 		s.Stats.Batches += a.Batches

@@ -135,6 +135,9 @@ type Advance struct {
 	Events      uint64 `json:"events"`
 	DeadLetters uint64 `json:"dead_letters"`
 	GapsDropped uint64 `json:"gaps_dropped"`
+	// PrunedUnseen counts the IDs the cursor moved past because the
+	// primary had pruned them before they were processed.
+	PrunedUnseen uint64 `json:"pruned_unseen,omitempty"`
 	// Batches counts the batches with events that this advance records: a
 	// holder working through a backlog records several at a time. 0 counts
 	// as one if Events is set, as agents that sent one advance per batch

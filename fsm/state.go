@@ -51,6 +51,19 @@ func GapSum(gaps []Gap) uint64 {
 	return h.Sum64()
 }
 
+// SafeEventID is the safe cursor of a position: the highest event ID at
+// and below which every event is processed or given up, one below the
+// lowest open gap, else last. It is what a site reports to the primary
+// (GitLab's event_log_states), which prunes its event log below it, so it
+// never runs ahead of an open gap.
+func SafeEventID(last int64, gaps []Gap) int64 {
+	safe := last
+	for _, g := range gaps {
+		safe = min(safe, g.ID-1)
+	}
+	return safe
+}
+
 // Cursor is the position in the source event log.
 type Cursor struct {
 	// LastEventID is the highest event ID processed; every ID at or below it
@@ -75,6 +88,9 @@ type Stats struct {
 	Batches         uint64 `json:"batches"`
 	DeadLetters     uint64 `json:"dead_letters"`
 	GapsDropped     uint64 `json:"gaps_dropped"`
+	// EventsPrunedUnseen counts the event IDs the primary pruned from its
+	// log before this site processed them (design section 11).
+	EventsPrunedUnseen uint64 `json:"events_pruned_unseen"`
 }
 
 // State is the whole replicated state. It is a plain value: the zero State is

@@ -36,7 +36,25 @@ func runCursor(ctx context.Context, cfg *config.Config, node *cluster.Node, logg
 	}
 	defer tracking.Close()
 
+	deliverer, err := newDeliverer(cfg.Delivery, tracking, logger.Named("delivery"))
+	if err != nil {
+		return err
+	}
+	if deliverer != nil {
+		defer deliverer.Close()
+		node.SetStatusSource(statusSources{health, deliverer})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := deliverer.Run(ctx); err != nil {
+				logger.Error("delivery stopped", "error", err)
+			}
+		}()
+		defer func() { <-done }()
+	}
+
 	loop := cursor.NewLoop(cursor.LoopConfig{
+		Start:        cfg.Source.Start,
 		BatchSize:    cfg.Source.BatchSize,
 		PollInterval: cfg.Source.PollInterval,
 		GapTimeout:   cfg.Source.GapTimeout,
@@ -47,6 +65,40 @@ func runCursor(ctx context.Context, cfg *config.Config, node *cluster.Node, logg
 	logger.Info("cursor started", "batch_size", cfg.Source.BatchSize, "poll_interval", cfg.Source.PollInterval.String(),
 		"lease_ttl", cfg.Lease.TTL.String())
 	return loop.Run(ctx)
+}
+
+// statusSources adds what each of its sources knows to the status.
+type statusSources []cluster.StatusSource
+
+func (s statusSources) AddStatus(st *api.Status) {
+	for _, src := range s {
+		src.AddStatus(st)
+	}
+}
+
+// newDeliverer sets up delivery to GitLab from the delivery block (nil
+// without one).
+func newDeliverer(dc *config.DeliveryConfig, tracking *cursor.Tracking, logger hclog.Logger) (*cursor.Deliverer, error) {
+	if dc == nil {
+		return nil, nil
+	}
+	cfg := cursor.DeliveryConfig{RateLimit: dc.RateLimit}
+	if s := dc.Sidekiq; s != nil {
+		client, name, err := cursor.OpenRedis(s.RedisURL)
+		if err != nil {
+			return nil, fmt.Errorf("delivery.sidekiq.redis_url: %w", err)
+		}
+		cfg.Sidekiq = &cursor.SidekiqTarget{Client: client, Queue: s.Queue, Namespace: s.Namespace, Name: name}
+	}
+	if c := dc.Cache; c != nil {
+		client, name, err := cursor.OpenRedis(c.RedisURL)
+		if err != nil {
+			return nil, fmt.Errorf("delivery.cache.redis_url: %w", err)
+		}
+		cfg.Cache = &cursor.CacheTarget{Client: client, Namespace: c.Namespace, Name: name}
+	}
+	logger.Info("delivering jobs to GitLab", "sidekiq", cfg.Sidekiq != nil, "cache", cfg.Cache != nil, "rate_limit", dc.RateLimit)
+	return cursor.NewDeliverer(cfg, tracking, logger), nil
 }
 
 // connect opens one database, retrying while the failure may pass, and

@@ -1,0 +1,377 @@
+package cursor
+
+import (
+	"context"
+	"encoding/json"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/geocursor/geocursor/api"
+)
+
+// DeliveryConfig is where and how fast jobs are delivered (design section
+// 11). Either target may be nil: its jobs then stay in geo_jobs only.
+type DeliveryConfig struct {
+	Sidekiq *SidekiqTarget
+	Cache   *CacheTarget
+	// RateLimit caps the jobs delivered per second across all agents (0:
+	// no cap), for a Sidekiq that a burst on the primary must not flood.
+	RateLimit float64
+	// BatchSize is the most jobs one round delivers; 0 means 1000.
+	BatchSize int
+	// PollInterval is how often a deliverer looks for jobs when no
+	// notification woke it; 0 means one second.
+	PollInterval time.Duration
+}
+
+func (c DeliveryConfig) withDefaults() DeliveryConfig {
+	if c.BatchSize <= 0 {
+		c.BatchSize = 1000
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = time.Second
+	}
+	return c
+}
+
+// roundSize is how many jobs a round takes: with a rate limit, at most a
+// quarter second's worth, so that pacing never holds a round's transaction
+// idle for long.
+func (c DeliveryConfig) roundSize() int {
+	if c.RateLimit <= 0 {
+		return c.BatchSize
+	}
+	return max(1, min(c.BatchSize, int(math.Ceil(c.RateLimit/4))))
+}
+
+// Deliverer hands the jobs in geo_jobs to GitLab: each job of a geo event
+// to Sidekiq as a Geo::EventWorker job, each cache invalidation to the
+// Rails cache as a key deleted. Every agent with a delivery block runs
+// one, independently of the lease: processing the event log goes on into
+// geo_jobs whatever Redis does, and delivery catches up.
+//
+// A round takes the tracking database's delivery lock, reads the jobs after
+// the row's last_job_id, delivers them and moves the row past them, in one
+// transaction. Each job reaches Sidekiq once: the push is a Redis script
+// that skips jobs at or below the watermark it keeps with them
+// (pushScript), so a round that pushed and then died before its commit,
+// or a deliverer that was paused and resumed, pushes nothing twice.
+type Deliverer struct {
+	cfg      DeliveryConfig
+	tracking *Tracking
+	logger   hclog.Logger
+	wake     chan struct{}
+
+	mu     sync.Mutex
+	status deliveryStatus
+}
+
+// deliveryStatus is what the status document shows; each field is written
+// by the round that learns it.
+type deliveryStatus struct {
+	row      deliveryRow
+	read     time.Time // when row was read; zero before the first round
+	tracking string    // "" or the last error of the tracking database
+	sidekiq  string    // "" or the last error of Sidekiq's Redis
+	cache    string
+}
+
+// NewDeliverer returns a deliverer; Run starts it. It asks tracking to
+// notify it of new jobs.
+func NewDeliverer(cfg DeliveryConfig, tracking *Tracking, logger hclog.Logger) *Deliverer {
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	tracking.NotifyJobs()
+	return &Deliverer{cfg: cfg.withDefaults(), tracking: tracking, logger: logger, wake: make(chan struct{}, 1)}
+}
+
+// Close closes the Redis clients.
+func (d *Deliverer) Close() {
+	if d.cfg.Sidekiq != nil {
+		_ = d.cfg.Sidekiq.Client.Close()
+	}
+	if d.cfg.Cache != nil {
+		_ = d.cfg.Cache.Client.Close()
+	}
+}
+
+// Run delivers until ctx ends. Failures (Redis down, the tracking
+// database unreachable) are logged, shown in the status and retried with
+// backoff; they never stop processing.
+func (d *Deliverer) Run(ctx context.Context) error {
+	if err := d.start(ctx); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.listen(ctx)
+	}()
+	defer wg.Wait()
+
+	backoff := api.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
+	for {
+		n, err := d.round(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			wait := backoff.Next()
+			d.logger.Warn("delivery failed; retrying", "error", err, "retry_in_ms", wait.Milliseconds())
+			if api.Sleep(ctx, wait) != nil {
+				return nil
+			}
+			continue
+		}
+		backoff.Reset()
+		if n > 0 {
+			continue // more may be waiting
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-d.wake:
+		case <-time.After(d.cfg.PollInterval):
+		}
+	}
+}
+
+// start creates the delivery row if no agent has yet, and checks what the
+// Redis servers promise to keep.
+func (d *Deliverer) start(ctx context.Context) error {
+	backoff := api.Backoff{Min: 500 * time.Millisecond, Max: 10 * time.Second}
+	for {
+		created, row, err := d.tracking.startDelivery(ctx)
+		if err == nil {
+			if created {
+				d.logger.Info("delivery starts: jobs written before it stay in geo_jobs only", "after_job_id", row.lastJobID)
+			}
+			d.setRow(row)
+			break
+		}
+		d.setTracking(err)
+		if ctx.Err() != nil {
+			return nil
+		}
+		wait := backoff.Next()
+		d.logger.Warn("cannot start delivery; retrying", "error", err, "retry_in_ms", wait.Milliseconds())
+		if api.Sleep(ctx, wait) != nil {
+			return nil
+		}
+	}
+	if s := d.cfg.Sidekiq; s != nil {
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		if risk := durability(cctx, s.Client); risk != "" {
+			d.logger.Warn("Sidekiq's Redis may lose jobs: "+risk, "redis", s.Name)
+		}
+		cancel()
+	} else {
+		d.logger.Info("no delivery.sidekiq block: the jobs of geo events stay in geo_jobs")
+	}
+	if d.cfg.Cache == nil {
+		d.logger.Info("no delivery.cache block: cache invalidations stay in geo_jobs")
+	}
+	return nil
+}
+
+// listen wakes the deliverer at every committed batch with jobs, for as
+// long as ctx lasts, reconnecting when the connection fails. Without it
+// the deliverer still polls.
+func (d *Deliverer) listen(ctx context.Context) {
+	backoff := api.Backoff{Min: 500 * time.Millisecond, Max: 10 * time.Second}
+	for ctx.Err() == nil {
+		conn, err := d.tracking.listenJobs(ctx)
+		if err != nil {
+			if api.Sleep(ctx, backoff.Next()) != nil {
+				return
+			}
+			continue
+		}
+		backoff.Reset()
+		for {
+			if _, err := conn.WaitForNotification(ctx); err != nil {
+				break
+			}
+			select {
+			case d.wake <- struct{}{}:
+			default:
+			}
+		}
+		conn.Close(context.WithoutCancel(ctx))
+	}
+}
+
+// round delivers the next jobs, if any, and tells how many it read.
+func (d *Deliverer) round(ctx context.Context) (int, error) {
+	if err := d.pace(ctx); err != nil {
+		return 0, err
+	}
+	r, err := d.tracking.beginRound(ctx, d.cfg.roundSize())
+	if err != nil {
+		d.setTracking(err)
+		return 0, err
+	}
+	d.setRow(r.row)
+	if len(r.jobs) == 0 {
+		r.abort()
+		return 0, nil
+	}
+	out, err := d.deliver(ctx, r)
+	if err != nil {
+		r.abort()
+		return 0, err
+	}
+	if err := r.commit(ctx, d.tracking, out); err != nil {
+		d.setTracking(err)
+		return 0, err
+	}
+	last := r.jobs[len(r.jobs)-1]
+	row := r.row
+	row.lastJobID, row.lastEventID = last.id, last.eventID
+	row.delivered += int64(len(out.delivered))
+	row.lostInRedis += out.lostInRedis
+	row.lastPushedJobID = max(row.lastPushedJobID, out.pushedTop)
+	d.setRow(row)
+	d.logger.Debug("jobs delivered", "first_job_id", r.jobs[0].id, "last_job_id", last.id, "last_id", last.eventID,
+		"count", len(out.delivered), "read", len(r.jobs))
+	return len(r.jobs), nil
+}
+
+// pace waits, under a rate limit, until the jobs of the last round (any
+// agent's) have had their time.
+func (d *Deliverer) pace(ctx context.Context) error {
+	if d.cfg.RateLimit <= 0 {
+		return nil
+	}
+	d.mu.Lock()
+	row := d.status.row
+	d.mu.Unlock()
+	if row.lastPushAt == nil || row.lastPushJobs == 0 {
+		return nil
+	}
+	due := row.lastPushAt.Add(time.Duration(float64(row.lastPushJobs) / d.cfg.RateLimit * float64(time.Second)))
+	if wait := time.Until(due); wait > 0 {
+		return api.Sleep(ctx, wait)
+	}
+	return nil
+}
+
+// deliver hands a round's jobs to Redis: cache keys deleted, geo events
+// pushed to Sidekiq. Dead letters are never jobs.
+func (d *Deliverer) deliver(ctx context.Context, r *deliveryRound) (roundOutcome, error) {
+	var (
+		out        roundOutcome
+		keys       []string
+		keyJobs    []int64
+		events     []deliveryJob
+		eventIDs   []int64
+		unreadable int
+	)
+	for _, j := range r.jobs {
+		if j.kind == KindCacheInvalidation {
+			var p struct {
+				Key *string `json:"key"`
+			}
+			if err := json.Unmarshal(j.payload, &p); err != nil || p.Key == nil {
+				unreadable++ // classify writes {"key": ...}; left in geo_jobs
+				continue
+			}
+			keys, keyJobs = append(keys, *p.Key), append(keyJobs, j.id)
+			continue
+		}
+		events, eventIDs = append(events, j), append(eventIDs, j.id)
+	}
+	if unreadable > 0 {
+		d.logger.Warn("cache invalidation jobs without a key are left in geo_jobs", "count", unreadable)
+	}
+	if c := d.cfg.Cache; c != nil && len(keys) > 0 {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := c.deleteKeys(cctx, keys)
+		cancel()
+		d.setCache(err)
+		if err != nil {
+			return out, err
+		}
+		out.delivered = append(out.delivered, keyJobs...)
+	}
+	if s := d.cfg.Sidekiq; s != nil && len(events) > 0 {
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		res, err := s.push(cctx, r.row.epoch, events, time.Now())
+		cancel()
+		d.setSidekiq(err)
+		if err != nil {
+			return out, err
+		}
+		out.pushedTop = events[len(events)-1].id
+		out.delivered = append(out.delivered, eventIDs...)
+		if last := r.row.lastPushedJobID; res.before < last {
+			// Redis acknowledged jobs up to last and has forgotten them:
+			// it restarted without its data, or failed over to a replica
+			// that lagged. They may have run already; pushing them again
+			// could run them twice, so they are reported instead.
+			from := max(res.before, 0) + 1
+			out.lostInRedis = last - from + 1
+			d.logger.Error("Sidekiq's Redis lost jobs it had acknowledged: it restarted without its data or failed over to a replica that lagged; they are not pushed again",
+				"redis", s.Name, "first_job_id", from, "last_job_id", last, "count", out.lostInRedis)
+		}
+	}
+	return out, nil
+}
+
+func (d *Deliverer) setRow(row deliveryRow) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.status.row, d.status.read, d.status.tracking = row, time.Now(), ""
+}
+
+func (d *Deliverer) setTracking(err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.status.tracking = errText(err)
+}
+
+func (d *Deliverer) setSidekiq(err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.status.sidekiq = errText(err)
+}
+
+func (d *Deliverer) setCache(err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.status.cache = errText(err)
+}
+
+// AddStatus adds the delivery object to the status document.
+func (d *Deliverer) AddStatus(st *api.Status) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.status
+	ds := &api.Delivery{
+		Backlog:       max(s.row.maxJobID-s.row.lastJobID, 0),
+		LastJobID:     s.row.lastJobID,
+		LastEventID:   s.row.lastEventID,
+		Delivered:     s.row.delivered,
+		LostInRedis:   s.row.lostInRedis,
+		RateLimit:     d.cfg.RateLimit,
+		TrackingError: s.tracking,
+		SidekiqRedis:  api.DeliveryNotConfigured,
+		CacheRedis:    api.DeliveryNotConfigured,
+	}
+	if !s.read.IsZero() {
+		t := s.read.UTC()
+		ds.ReadAt = &t
+	}
+	if d.cfg.Sidekiq != nil {
+		ds.SidekiqRedis = okOr(s.sidekiq)
+	}
+	if d.cfg.Cache != nil {
+		ds.CacheRedis = okOr(s.cache)
+	}
+	st.Delivery = ds
+}
