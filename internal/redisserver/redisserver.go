@@ -142,16 +142,17 @@ func (s *Server) URL() string {
 	return "redis://" + s.Addr() + "/0"
 }
 
-// StartAgain starts a stopped or killed server on the same port and data
-// directory, so that it reloads its AOF, and waits until it answers PING
-// (Redis refuses PING with LOADING until the AOF is loaded). Starting a
-// running server is a no-op.
+// StartAgain starts a stopped, killed or crashed server on the same port
+// and data directory, so that it reloads its AOF, and waits until it
+// answers PING (Redis refuses PING with LOADING until the AOF is loaded).
+// Starting a running server is a no-op.
 func (s *Server) StartAgain(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.proc != nil {
+	if s.proc != nil && !s.proc.exited() {
 		return nil
 	}
+	s.proc = nil // it may have died by itself
 	s.logf("redisserver: starting %s %s on port %d", s.bin, s.confFile, s.Port)
 	p, err := startProcess(s.bin, []string{s.confFile}, s.Dir, s.logFile)
 	if err != nil {
@@ -368,6 +369,16 @@ func startProcess(bin string, args []string, dir, logFile string) (*process, err
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// exited reports whether the process has ended.
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // kill sends SIGKILL and waits for the process to end.

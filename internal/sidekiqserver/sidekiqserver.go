@@ -170,15 +170,16 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	return s, nil
 }
 
-// StartAgain starts a stopped or killed Sidekiq again with the same
+// StartAgain starts a stopped, killed or crashed Sidekiq again with the same
 // options, worker file and record file, and waits for its first heartbeat.
 // Starting a running server is a no-op.
 func (s *Server) StartAgain(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.proc != nil {
+	if s.proc != nil && !s.proc.exited() {
 		return nil
 	}
+	s.proc = nil // it may have died by itself
 	args := []string{
 		"-r", s.workerFile,
 		"-q", s.opts.Queue,
@@ -417,6 +418,16 @@ func startProcess(bin string, args, env []string, dir, logFile string) (*process
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// exited reports whether the process has ended.
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
 }
 
 // kill sends SIGKILL and waits for the process to end.
