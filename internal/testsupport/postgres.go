@@ -1,6 +1,7 @@
 // Package testsupport holds helpers that tests share: starting PostgreSQL
-// servers and creating databases. Every resource a helper creates is
-// released through tb.Cleanup, so tests need no teardown code.
+// servers and creating databases, starting Redis and Sidekiq. Every
+// resource a helper creates is released through tb.Cleanup, so tests need
+// no teardown code.
 package testsupport
 
 import (

@@ -1,0 +1,431 @@
+// Package redisserver runs a throwaway Redis server for tests, benchmarks
+// and local scripts: Debian's redis-server as a child process on a free
+// loopback port, with an append-only file so that what it acknowledged
+// survives a kill. It owns one base directory per server (configuration,
+// data directory with the AOF, server log) and removes it in Cleanup.
+//
+// It must not depend on package testing: scripts use it too. Test helpers
+// that fail a test live in internal/testsupport.
+package redisserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/geocursor/geocursor/internal/resp"
+)
+
+// ErrNotInstalled is returned by Start when the redis-server binary cannot
+// be found.
+var ErrNotInstalled = errors.New("redis-server not found (looked in $REDIS_SERVER, $PATH and /usr/bin); " +
+	"install Debian's package: apt-get install -y redis-server")
+
+const (
+	// startTimeout bounds the wait for the server to answer PING, loading
+	// its AOF included.
+	startTimeout = 30 * time.Second
+	// stopTimeout bounds a graceful shutdown before the server is killed.
+	stopTimeout = 15 * time.Second
+	// startAttempts covers the small race between picking a free port and
+	// the server binding it: another process may take the port in between.
+	startAttempts = 3
+	// logTailBytes is how much of the server log an error carries.
+	logTailBytes = 4096
+)
+
+// Options configures a server.
+type Options struct {
+	// AppendFsync is the AOF's appendfsync policy: "always" (the default:
+	// every acknowledged write is on disk, so it survives Kill), "everysec"
+	// or "no".
+	AppendFsync string
+	// Logf, if set, receives one line per start and stop of the server.
+	Logf func(format string, args ...any)
+}
+
+// Server is a Redis server listening on 127.0.0.1:Port, started by Start.
+// Its methods are safe for concurrent use.
+type Server struct {
+	// Dir is the base directory holding the configuration, the data
+	// directory and the server log.
+	Dir string
+	// Port is the TCP port on 127.0.0.1. It stays the same across restarts.
+	Port int
+
+	bin      string
+	confFile string
+	logFile  string
+	logf     func(format string, args ...any)
+
+	mu   sync.Mutex
+	proc *process // nil when stopped
+}
+
+// Start writes a configuration in a new temporary directory and starts
+// redis-server with it, waiting until it answers PING. The caller must call
+// Cleanup when done.
+func Start(ctx context.Context, opts Options) (*Server, error) {
+	bin, err := findBinary()
+	if err != nil {
+		return nil, err
+	}
+	fsync := opts.AppendFsync
+	if fsync == "" {
+		fsync = "always"
+	}
+	switch fsync {
+	case "always", "everysec", "no":
+	default:
+		return nil, fmt.Errorf("redisserver: AppendFsync %q is not one of always, everysec, no", opts.AppendFsync)
+	}
+	s := &Server{bin: bin, logf: opts.Logf}
+	if s.logf == nil {
+		s.logf = func(string, ...any) {}
+	}
+	s.Dir, err = os.MkdirTemp("", "geocursor-redis-*")
+	if err != nil {
+		return nil, fmt.Errorf("create base directory: %w", err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			_ = os.RemoveAll(s.Dir)
+		}
+	}()
+	dataDir := filepath.Join(s.Dir, "data")
+	if err := os.Mkdir(dataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	s.confFile = filepath.Join(s.Dir, "redis.conf")
+	s.logFile = filepath.Join(s.Dir, "redis.log")
+
+	for attempt := 1; ; attempt++ {
+		s.Port, err = freePort()
+		if err != nil {
+			return nil, err
+		}
+		if err := s.writeConfig(dataDir, fsync); err != nil {
+			return nil, err
+		}
+		err = s.StartAgain(ctx)
+		if err == nil {
+			break
+		}
+		if attempt >= startAttempts || ctx.Err() != nil || !strings.Contains(s.logTail(), "Address already in use") {
+			return nil, err
+		}
+		s.logf("redisserver: port %d was taken before the server bound it; retrying", s.Port)
+		// The next attempt's failure must be judged by its own log.
+		_ = os.Remove(s.logFile)
+	}
+	ok = true
+	return s, nil
+}
+
+// Addr returns the server's address, 127.0.0.1:Port.
+func (s *Server) Addr() string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.Port))
+}
+
+// URL returns the server's URL for database 0, redis://127.0.0.1:Port/0.
+func (s *Server) URL() string {
+	return "redis://" + s.Addr() + "/0"
+}
+
+// StartAgain starts a stopped, killed or crashed server on the same port
+// and data directory, so that it reloads its AOF, and waits until it
+// answers PING (Redis refuses PING with LOADING until the AOF is loaded).
+// Starting a running server is a no-op.
+func (s *Server) StartAgain(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc != nil && !s.proc.exited() {
+		return nil
+	}
+	s.proc = nil // it may have died by itself
+	s.logf("redisserver: starting %s %s on port %d", s.bin, s.confFile, s.Port)
+	p, err := startProcess(s.bin, []string{s.confFile}, s.Dir, s.logFile)
+	if err != nil {
+		return fmt.Errorf("start redis-server on port %d: %w", s.Port, err)
+	}
+	if err := s.waitReady(ctx, p); err != nil {
+		_ = p.kill()
+		return fmt.Errorf("start redis-server on port %d: %w\nserver log (tail):\n%s", s.Port, err, s.logTail())
+	}
+	s.proc = p
+	return nil
+}
+
+// waitReady polls PING until our process answers it with PONG, exits,
+// or startTimeout or ctx runs out.
+func (s *Server) waitReady(ctx context.Context, p *process) error {
+	ctx, cancel := context.WithTimeout(ctx, startTimeout)
+	defer cancel()
+	var last error
+	for {
+		if last = s.ping(ctx, p.cmd.Process.Pid); last == nil {
+			return nil
+		}
+		t := time.NewTimer(20 * time.Millisecond)
+		select {
+		case <-p.done:
+			t.Stop()
+			return fmt.Errorf("redis-server exited before answering PING: %w", p.err)
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("no PONG within %s: %w (last: %v)", startTimeout, ctx.Err(), last)
+		case <-t.C:
+		}
+	}
+}
+
+// ping checks that the server answers PING and that it is our process: a
+// server that lost the race for the port exits, while whoever won it may
+// answer in its place.
+func (s *Server) ping(ctx context.Context, pid int) error {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	c, err := resp.Dial(ctx, s.URL())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	v, err := c.Do(ctx, "PING")
+	if err != nil {
+		return err
+	}
+	if v != "PONG" {
+		return fmt.Errorf("PING answered %v", v)
+	}
+	info, err := c.Do(ctx, "INFO", "server")
+	if err != nil {
+		return err
+	}
+	if str, _ := info.(string); !strings.Contains(str, "\nprocess_id:"+strconv.Itoa(pid)+"\r\n") {
+		return fmt.Errorf("the server on port %d is not pid %d", s.Port, pid)
+	}
+	return nil
+}
+
+// Kill sends SIGKILL, as a crash would, and waits for the process to end.
+// With appendfsync always every acknowledged write is in the AOF that
+// StartAgain reloads. Killing a stopped server is a no-op.
+func (s *Server) Kill() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return nil
+	}
+	s.logf("redisserver: killing the server on port %d", s.Port)
+	err := s.proc.kill()
+	s.proc = nil
+	if err != nil {
+		return fmt.Errorf("kill redis-server on port %d: %w", s.Port, err)
+	}
+	return nil
+}
+
+// Stop shuts the server down cleanly with SIGTERM (Redis flushes and
+// fsyncs the AOF) and waits for it to exit; if it has not exited after 15s
+// it is killed and Stop returns an error. Stopping a stopped server is a
+// no-op.
+func (s *Server) Stop() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return nil
+	}
+	s.logf("redisserver: stopping the server on port %d", s.Port)
+	err := s.proc.stop(stopTimeout)
+	s.proc = nil
+	if err != nil {
+		return fmt.Errorf("stop redis-server on port %d: %w\nserver log (tail):\n%s", s.Port, err, s.logTail())
+	}
+	return nil
+}
+
+// Cleanup stops the server and removes its base directory. It is safe to
+// call more than once.
+func (s *Server) Cleanup() error {
+	stopErr := s.Stop() // kills the server if it will not stop
+	if err := os.RemoveAll(s.Dir); err != nil {
+		return errors.Join(stopErr, fmt.Errorf("remove %s: %w", s.Dir, err))
+	}
+	return stopErr
+}
+
+// LogTail returns the end of the server log, for diagnosing failures.
+func (s *Server) LogTail() string {
+	return s.logTail()
+}
+
+func (s *Server) logTail() string {
+	return logTail(s.logFile)
+}
+
+// writeConfig (re)writes the configuration for the current port.
+func (s *Server) writeConfig(dataDir, fsync string) error {
+	var b strings.Builder
+	b.WriteString("# written by geocursor internal/redisserver\n")
+	b.WriteString("bind 127.0.0.1\n")
+	fmt.Fprintf(&b, "port %d\n", s.Port)
+	b.WriteString("daemonize no\n")
+	b.WriteString("supervised no\n")
+	// Logs go to stdout, which Start sends to the log file together with
+	// anything printed before the configuration is read.
+	b.WriteString("logfile \"\"\n")
+	fmt.Fprintf(&b, "dir %s\n", quote(dataDir))
+	b.WriteString("appendonly yes\n")
+	fmt.Fprintf(&b, "appendfsync %s\n", fsync)
+	// No RDB snapshots: the AOF alone is what a restart reloads.
+	b.WriteString("save \"\"\n")
+	if err := os.WriteFile(s.confFile, []byte(b.String()), 0o600); err != nil {
+		return fmt.Errorf("write %s: %w", s.confFile, err)
+	}
+	return nil
+}
+
+// quote makes a double-quoted string for redis.conf.
+func quote(s string) string {
+	r := strings.NewReplacer(`\`, `\\`, `"`, `\"`)
+	return `"` + r.Replace(s) + `"`
+}
+
+// findBinary locates redis-server: $REDIS_SERVER, else $PATH, else
+// /usr/bin/redis-server.
+func findBinary() (string, error) {
+	if p := os.Getenv("REDIS_SERVER"); p != "" {
+		if !isExecutable(p) {
+			return "", fmt.Errorf("REDIS_SERVER=%s is not an executable file: %w", p, ErrNotInstalled)
+		}
+		return p, nil
+	}
+	if p, err := exec.LookPath("redis-server"); err == nil {
+		return p, nil
+	}
+	if p := "/usr/bin/redis-server"; isExecutable(p) {
+		return p, nil
+	}
+	return "", ErrNotInstalled
+}
+
+func isExecutable(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0
+}
+
+// freePort asks the kernel for a free loopback port. Another process can
+// take it before the server binds it; Start retries in that case.
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("find a free port on 127.0.0.1: %w", err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	if err := l.Close(); err != nil {
+		return 0, fmt.Errorf("release probe port %d: %w", port, err)
+	}
+	return port, nil
+}
+
+// process is one run of the server binary.
+type process struct {
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the process has exited
+	err  error         // Wait's result, set before done is closed
+}
+
+// startProcess starts bin with args in dir, its stdout and stderr appended
+// to logFile.
+func startProcess(bin string, args []string, dir, logFile string) (*process, error) {
+	logf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open log %s: %w", logFile, err)
+	}
+	defer logf.Close() // the child has its own copy
+	cmd := exec.Command(bin, args...)
+	cmd.Dir = dir
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	// Its own process group: a Ctrl-C meant for the test run should not
+	// reach the server before Cleanup does.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("run %s: %w", bin, err)
+	}
+	p := &process{cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	return p, nil
+}
+
+// exited reports whether the process has ended.
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// kill sends SIGKILL and waits for the process to end.
+func (p *process) kill() error {
+	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("send SIGKILL to pid %d: %w", p.cmd.Process.Pid, err)
+	}
+	<-p.done
+	return nil
+}
+
+// stop sends SIGTERM and waits up to timeout for a clean exit, then kills
+// the process. An exit other than a clean one is an error.
+func (p *process) stop(timeout time.Duration) error {
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		_ = p.kill()
+		return fmt.Errorf("send SIGTERM to pid %d: %w", p.cmd.Process.Pid, err)
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-p.done:
+	case <-t.C:
+		_ = p.kill()
+		return fmt.Errorf("pid %d did not exit within %s of SIGTERM; killed it", p.cmd.Process.Pid, timeout)
+	}
+	if p.err != nil {
+		return fmt.Errorf("pid %d exited after SIGTERM: %w", p.cmd.Process.Pid, p.err)
+	}
+	return nil
+}
+
+func logTail(path string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Sprintf("(cannot read %s: %v)", path, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return fmt.Sprintf("(cannot stat %s: %v)", path, err)
+	}
+	off := max(fi.Size()-logTailBytes, 0)
+	buf := make([]byte, fi.Size()-off)
+	n, err := f.ReadAt(buf, off)
+	if err != nil && n == 0 {
+		return fmt.Sprintf("(cannot read %s: %v)", path, err)
+	}
+	return string(buf[:n])
+}
