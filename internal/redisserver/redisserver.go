@@ -22,7 +22,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/geocursor/geocursor/internal/resp"
+	"github.com/redis/go-redis/v9"
 )
 
 // ErrNotInstalled is returned by Start when the redis-server binary cannot
@@ -195,23 +195,17 @@ func (s *Server) waitReady(ctx context.Context, p *process) error {
 func (s *Server) ping(ctx context.Context, pid int) error {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	c, err := resp.Dial(ctx, s.URL())
-	if err != nil {
-		return err
-	}
+	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1, Protocol: 2})
 	defer c.Close()
-	v, err := c.Do(ctx, "PING")
+	// A server still loading its AOF answers LOADING, an error.
+	if err := c.Ping(ctx).Err(); err != nil {
+		return err
+	}
+	info, err := c.Info(ctx, "server").Result()
 	if err != nil {
 		return err
 	}
-	if v != "PONG" {
-		return fmt.Errorf("PING answered %v", v)
-	}
-	info, err := c.Do(ctx, "INFO", "server")
-	if err != nil {
-		return err
-	}
-	if str, _ := info.(string); !strings.Contains(str, "\nprocess_id:"+strconv.Itoa(pid)+"\r\n") {
+	if !strings.Contains(info, "\nprocess_id:"+strconv.Itoa(pid)+"\r\n") {
 		return fmt.Errorf("the server on port %d is not pid %d", s.Port, pid)
 	}
 	return nil

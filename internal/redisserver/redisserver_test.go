@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/geocursor/geocursor/internal/redisserver"
-	"github.com/geocursor/geocursor/internal/resp"
+	"github.com/redis/go-redis/v9"
 )
 
 func TestWriteSurvivesKill(t *testing.T) {
@@ -111,12 +111,13 @@ func TestRejectsUnknownFsyncPolicy(t *testing.T) {
 
 func do(ctx context.Context, t *testing.T, s *redisserver.Server, args ...string) any {
 	t.Helper()
-	c, err := resp.Dial(ctx, s.URL())
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
+	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1})
 	defer c.Close()
-	v, err := c.Do(ctx, args...)
+	cmd := make([]any, len(args))
+	for i, a := range args {
+		cmd[i] = a
+	}
+	v, err := c.Do(ctx, cmd...).Result()
 	if err != nil {
 		t.Fatalf("%v: %v", args, err)
 	}

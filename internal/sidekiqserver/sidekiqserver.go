@@ -27,7 +27,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/geocursor/geocursor/internal/resp"
+	"github.com/redis/go-redis/v9"
 )
 
 // ErrNotInstalled is returned by Start when Sidekiq or Ruby cannot be found.
@@ -235,12 +235,14 @@ func (s *Server) waitReady(ctx context.Context, p *process) error {
 func (s *Server) hasHeartbeat(ctx context.Context, pid string) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	c, err := resp.Dial(ctx, s.opts.RedisURL)
+	opts, err := redis.ParseURL(s.opts.RedisURL)
 	if err != nil {
 		return false, err
 	}
+	opts.MaxRetries = -1
+	c := redis.NewClient(opts)
 	defer c.Close()
-	members, err := resp.Strings(c.Do(ctx, "SMEMBERS", s.processesKey))
+	members, err := c.SMembers(ctx, s.processesKey).Result()
 	if err != nil {
 		return false, err
 	}

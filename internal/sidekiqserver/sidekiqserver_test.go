@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/geocursor/geocursor/internal/redisserver"
-	"github.com/geocursor/geocursor/internal/resp"
 	"github.com/geocursor/geocursor/internal/sidekiqserver"
 	"github.com/geocursor/geocursor/internal/testsupport"
+	"github.com/redis/go-redis/v9"
 )
 
 // job is what Sidekiq's client pushes for Geo::EventWorker.perform_async.
@@ -52,15 +52,11 @@ func push(t *testing.T, url, prefix string, j job) {
 	if err != nil {
 		t.Fatalf("marshal job: %v", err)
 	}
-	c, err := resp.Dial(ctx, url)
-	if err != nil {
-		t.Fatalf("connect to redis: %v", err)
-	}
-	defer c.Close()
-	if _, err := c.Do(ctx, "SADD", prefix+"queues", j.Queue); err != nil {
+	c := client(t, url)
+	if err := c.SAdd(ctx, prefix+"queues", j.Queue).Err(); err != nil {
 		t.Fatalf("SADD queues: %v", err)
 	}
-	if _, err := c.Do(ctx, "LPUSH", prefix+"queue:"+j.Queue, string(body)); err != nil {
+	if err := c.LPush(ctx, prefix+"queue:"+j.Queue, string(body)).Err(); err != nil {
 		t.Fatalf("LPUSH: %v", err)
 	}
 }
@@ -180,12 +176,8 @@ func TestNamespaceAndKill(t *testing.T) {
 	checkPerformed(t, got[1], second, time.Time{})
 
 	// Nothing went to the unprefixed keys.
-	c, err := resp.Dial(ctx, r.URL())
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	defer c.Close()
-	if n, err := c.Do(ctx, "EXISTS", "processes", "queues", "queue:default"); err != nil || n != int64(0) {
+	c := client(t, r.URL())
+	if n, err := c.Exists(ctx, "processes", "queues", "queue:default").Result(); err != nil || n != 0 {
 		t.Fatalf("unprefixed keys: EXISTS = %v (err %v), want 0", n, err)
 	}
 }
@@ -220,4 +212,16 @@ func tempDirs(t *testing.T) int {
 		}
 	}
 	return n
+}
+
+// client connects to the Redis at url for the test's lifetime.
+func client(t *testing.T, url string) *redis.Client {
+	t.Helper()
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		t.Fatalf("parse %s: %v", url, err)
+	}
+	c := redis.NewClient(opts)
+	t.Cleanup(func() { c.Close() })
+	return c
 }
