@@ -109,6 +109,8 @@ type Loop struct {
 	// the grants, one at a time).
 	horizon     int64
 	horizonRead time.Time
+	// placed is set once the fence row was seen placed (unplaced).
+	placed bool
 }
 
 // NewLoop returns a loop; Run starts it. It reports its databases' health
@@ -239,6 +241,9 @@ func (l *Loop) awaitGrant(ctx context.Context, held fsm.Lease) {
 // hasWork reports whether the source has events past the replicated
 // cursor, an open gap has become visible, or a gap has timed out.
 func (l *Loop) hasWork(ctx context.Context, st fsm.State, now time.Time) (bool, error) {
+	if unplaced, err := l.unplaced(ctx, st); err != nil || unplaced {
+		return unplaced, err
+	}
 	stateNow := l.clock.now()
 	for _, g := range st.Gaps {
 		if stateNow.Sub(fsm.Time(g.FirstSeen)) > l.cfg.GapTimeout {
@@ -253,6 +258,25 @@ func (l *Loop) hasWork(ctx context.Context, st fsm.State, now time.Time) (bool, 
 		return false, fmt.Errorf("look for new events: %w", err)
 	}
 	return pending, nil
+}
+
+// unplaced reports whether the tracking database is fresh and its fence
+// not yet placed: a grant must place it now, at the head as it is at
+// start, or the first events written after start would count as old.
+// Once the cursor has moved, or the fence was seen placed, it asks no more.
+func (l *Loop) unplaced(ctx context.Context, st fsm.State) (bool, error) {
+	if l.placed || st.Cursor.LastEventID != 0 {
+		return false, nil
+	}
+	qctx, cancel := l.dbContext(ctx)
+	defer cancel()
+	f, err := l.tracking.Fence(qctx)
+	l.health.Tracking(err)
+	if err != nil {
+		return false, fmt.Errorf("read the fence row: %w", err)
+	}
+	l.placed = f.Positioned
+	return !f.Positioned, nil
 }
 
 // Gaps younger than recentGap are probed on every poll: a transaction that

@@ -66,14 +66,18 @@ func (c *flakyCoordinator) Apply(ctx context.Context, cmd fsm.Command) (fsm.Resu
 	return c.Coordinator.Apply(ctx, cmd)
 }
 
-// startLoop runs loop for at most a minute; stop ends it and waits.
+// startLoop runs loop for at most a minute; stop ends it and waits (a
+// second call does nothing).
 func startLoop(t *testing.T, loop *Loop) (ctx context.Context, stop func()) {
 	ctx, cancel := context.WithTimeout(testContext(t), time.Minute)
 	done := make(chan error, 1)
 	go func() { done <- loop.Run(ctx) }()
+	var once sync.Once
 	return ctx, func() {
-		cancel()
-		<-done
+		once.Do(func() {
+			cancel()
+			<-done
+		})
 	}
 }
 

@@ -242,6 +242,7 @@ source {
   batch_size    = %d
   poll_interval = "25ms"
   gap_timeout   = "1h"
+  start         = "oldest"
 }
 
 tracking {

@@ -108,7 +108,8 @@ raft {
 }
 `)
 	}
-	b.WriteString("source {\n  dsn = env.GEOCURSOR_SOURCE_DSN\n")
+	// The tests check that every event in the source is processed.
+	b.WriteString("source {\n  dsn = env.GEOCURSOR_SOURCE_DSN\n  start = \"oldest\"\n")
 	if p.BatchSize > 0 {
 		fmt.Fprintf(&b, "  batch_size = %d\n", p.BatchSize)
 	}

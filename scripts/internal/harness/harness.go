@@ -52,13 +52,15 @@ func OpenPool(ctx context.Context, dsn string, maxConns int32) (*pgxpool.Pool, e
 
 // AgentHCL is the part of an agent's configuration after its addresses for
 // a processing agent whose DSNs come from GEOCURSOR_SOURCE_DSN and
-// GEOCURSOR_TRACKING_DSN (see AgentEnv).
+// GEOCURSOR_TRACKING_DSN (see AgentEnv). The scripts check that every
+// event in the source was processed, so they start from the oldest.
 func AgentHCL(logLevel string, batchSize int) string {
 	return fmt.Sprintf(`log_level = %q
 
 source {
   dsn        = env.GEOCURSOR_SOURCE_DSN
   batch_size = %d
+  start      = "oldest"
 }
 
 tracking {
