@@ -52,8 +52,9 @@ type deliveryJob struct {
 // stay there. It reports whether it created the row, and the row.
 func (t *Tracking) startDelivery(ctx context.Context) (created bool, row deliveryRow, err error) {
 	tag, err := t.pool.Exec(ctx, `
-INSERT INTO geocursor_delivery (id, epoch, last_job_id)
-SELECT 1, md5(random()::text || clock_timestamp()::text), COALESCE((SELECT max(id) FROM geo_jobs), 0)
+INSERT INTO geocursor_delivery (id, epoch, started_after_job_id, last_job_id)
+SELECT 1, md5(random()::text || clock_timestamp()::text), m.id, m.id
+FROM (SELECT COALESCE(max(id), 0) AS id FROM geo_jobs) m
 ON CONFLICT (id) DO NOTHING`)
 	if err != nil {
 		return false, row, dbErrorf("tracking", t.name, err, "create the geocursor_delivery row: %s", describe(err))

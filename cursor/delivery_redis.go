@@ -84,10 +84,11 @@ type sidekiqJob struct {
 // jobRetries is what GitLab's Geo::EventWorker sets (sidekiq_options retry: 3).
 const jobRetries = 3
 
-// jid is the job's Sidekiq job ID: 24 hex digits, as Sidekiq's own, but
-// derived from the tracking database's epoch and the geo_jobs ID, so that
-// a job keeps its ID however often delivery is retried.
-func jid(epoch string, jobID int64) string {
+// JobJID is the Sidekiq job ID of geo_jobs row jobID: 24 hex digits, as
+// Sidekiq's own, but derived from the tracking database's epoch and the
+// geo_jobs ID, so that a job keeps its ID however often delivery is
+// retried, and a site can tell which job a worker ran.
+func JobJID(epoch string, jobID int64) string {
 	sum := sha256.Sum256([]byte(epoch + ":" + strconv.FormatInt(jobID, 10)))
 	return hex.EncodeToString(sum[:12])
 }
@@ -104,7 +105,7 @@ func encodeSidekiqJob(epoch, queue string, j deliveryJob, now time.Time) ([]byte
 		Class:         eventWorker,
 		Args:          [3]any{j.replicableName, j.eventName, json.RawMessage(j.payload)},
 		Queue:         queue,
-		JID:           jid(epoch, j.id),
+		JID:           JobJID(epoch, j.id),
 		Retry:         jobRetries,
 		CreatedAt:     epochSeconds(j.createdAt),
 		EnqueuedAt:    epochSeconds(now),

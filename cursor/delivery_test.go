@@ -37,7 +37,7 @@ func TestSidekiqJobIsWhatSidekiqWrites(t *testing.T) {
 	want := map[string]any{
 		"class": "Geo::EventWorker", "queue": "default", "retry": 3.0, "correlation_id": "c0ffee",
 		"args":       []any{"package_file", "created", map[string]any{"model_record_id": 7.0, "correlation_id": "c0ffee"}},
-		"created_at": 1796119200.5, "enqueued_at": 1796119202.5, "jid": jid("epoch1", 42),
+		"created_at": 1796119200.5, "enqueued_at": 1796119202.5, "jid": JobJID("epoch1", 42),
 	}
 	for k, v := range want {
 		if fmt.Sprint(got[k]) != fmt.Sprint(v) {
@@ -47,10 +47,10 @@ func TestSidekiqJobIsWhatSidekiqWrites(t *testing.T) {
 	if len(got) != len(want) {
 		t.Errorf("fields %v, want exactly %v", keys(got), keys(want))
 	}
-	if !regexp.MustCompile(`^[0-9a-f]{24}$`).MatchString(jid("epoch1", 42)) {
-		t.Errorf("jid %q is not 24 hex digits, as Sidekiq's are", jid("epoch1", 42))
+	if !regexp.MustCompile(`^[0-9a-f]{24}$`).MatchString(JobJID("epoch1", 42)) {
+		t.Errorf("jid %q is not 24 hex digits, as Sidekiq's are", JobJID("epoch1", 42))
 	}
-	if jid("epoch1", 42) == jid("epoch2", 42) || jid("epoch1", 42) == jid("epoch1", 43) {
+	if JobJID("epoch1", 42) == JobJID("epoch2", 42) || JobJID("epoch1", 42) == JobJID("epoch1", 43) {
 		t.Error("jids repeat across epochs or jobs")
 	}
 

@@ -98,6 +98,7 @@ ALTER TABLE geo_jobs ADD COLUMN delivered_at timestamptz;
 CREATE TABLE geocursor_delivery (
     id int PRIMARY KEY CHECK (id = 1),
     epoch text NOT NULL,
+    started_after_job_id bigint NOT NULL,
     last_job_id bigint NOT NULL,
     last_event_id bigint NOT NULL DEFAULT 0,
     delivered bigint NOT NULL DEFAULT 0,

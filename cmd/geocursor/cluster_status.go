@@ -93,14 +93,35 @@ func printStatusTable(w io.Writer, st api.Status, now time.Time) error {
 		pos += fmt.Sprintf(", lag %d events / %.1fs", *c.LagEvents, *c.LagSeconds)
 	}
 	pos += fmt.Sprintf(", %d open gaps", c.OpenGaps)
+	if c.SafeEventID != c.LastEventID {
+		pos += fmt.Sprintf(" (safe up to %d)", c.SafeEventID)
+	}
 	if c.Paused {
 		pos += ", PAUSED"
 	}
 	p("Cursor\t%s\n", pos)
-	p("Stats\t%d events in %d batches, %d dead letters, %d gaps dropped\n",
+	stats := fmt.Sprintf("%d events in %d batches, %d dead letters, %d gaps dropped",
 		st.Stats.EventsProcessed, st.Stats.Batches, st.Stats.DeadLetters, st.Stats.GapsDropped)
+	if n := st.Stats.EventsPrunedUnseen; n > 0 {
+		stats += fmt.Sprintf(", %d PRUNED by the primary before they were processed", n)
+	}
+	p("Stats\t%s\n", stats)
 	if d := st.Databases; d != nil {
 		p("Databases\tsource %s; tracking %s (as seen by %s)\n", safe(d.Source), safe(d.Tracking), safe(st.NodeID))
+	}
+	if d := st.Delivery; d != nil {
+		line := fmt.Sprintf("%d delivered, backlog %d, last event %d; Sidekiq's Redis %s; cache Redis %s",
+			d.Delivered, d.Backlog, d.LastEventID, safe(d.SidekiqRedis), safe(d.CacheRedis))
+		if d.RateLimit > 0 {
+			line += fmt.Sprintf("; at most %g jobs/s", d.RateLimit)
+		}
+		if d.LostInRedis > 0 {
+			line += fmt.Sprintf("; %d LOST by Redis", d.LostInRedis)
+		}
+		if d.TrackingError != "" {
+			line += "; tracking database: " + safe(d.TrackingError)
+		}
+		p("Delivery\t%s\n", line)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -1,10 +1,14 @@
 // Command demo runs geocursor the way the README's first command shows it:
 // a throwaway PostgreSQL with a GitLab-like source database and a tracking
-// database, three agents (node1 bootstraps, node2 and node3 join it), and a
-// load generator writing events continuously. Every 3s it prints
-// `geocursor cluster status`. On Ctrl-C (or SIGTERM, or at -duration) it
-// stops everything it started, removes what it made, and prints an
-// exactly-once check of what was processed.
+// database, a throwaway Redis with a real Sidekiq running GitLab's
+// Geo::EventWorker (one that records what it performs), three agents
+// (node1 bootstraps, node2 and node3 join it) that deliver every job to
+// that Sidekiq and every cache invalidation to the Redis, and a load
+// generator writing events continuously. Every 3s it prints `geocursor
+// cluster status` and what Sidekiq performed last. On Ctrl-C (or SIGTERM,
+// or at -duration) it stops everything it started, removes what it made,
+// and prints two checks: every event processed exactly once, and every
+// job performed by Sidekiq exactly once.
 //
 //	scripts/demo.sh                  # until Ctrl-C
 //	scripts/demo.sh -duration 40s -rate 500 -keep
@@ -29,6 +33,8 @@ import (
 	"github.com/geocursor/geocursor/internal/devcluster"
 	"github.com/geocursor/geocursor/internal/loadgen"
 	"github.com/geocursor/geocursor/internal/pgserver"
+	"github.com/geocursor/geocursor/internal/redisserver"
+	"github.com/geocursor/geocursor/internal/sidekiqserver"
 	"github.com/geocursor/geocursor/scripts/internal/harness"
 )
 
@@ -102,6 +108,8 @@ type demo struct {
 
 	dir      string // the demo directory
 	pg       *pgserver.Server
+	redis    *redisserver.Server
+	sidekiq  *sidekiqserver.Server
 	cluster  *devcluster.Cluster
 	source   *pgxpool.Pool
 	tracking *pgxpool.Pool
@@ -156,7 +164,7 @@ func (d *demo) run() int {
 // setUp starts PostgreSQL, creates the databases, builds the binary and
 // starts the agents.
 func (d *demo) setUp(ctx context.Context) error {
-	d.say("geocursor demo: PostgreSQL, three agents and a load generator (-h for options)")
+	d.say("geocursor demo: PostgreSQL, Redis, Sidekiq, three agents and a load generator (-h for options)")
 	pg, err := pgserver.Start(ctx, pgserver.Options{})
 	d.record(func() { d.pg = pg })
 	if errors.Is(err, pgserver.ErrNotInstalled) {
@@ -175,6 +183,26 @@ func (d *demo) setUp(ctx context.Context) error {
 	}
 	sourceDSN, trackingDSN := dbs.SourceDSN, dbs.TrackingDSN
 	d.say("databases: source %s (GitLab's event log layout), tracking %s", harness.SourceDB, harness.TrackingDB)
+
+	rs, err := redisserver.Start(ctx, redisserver.Options{})
+	d.record(func() { d.redis = rs })
+	if errors.Is(err, redisserver.ErrNotInstalled) {
+		fmt.Fprintf(os.Stderr, "demo: redis-server is missing. Install Debian's package and run the demo again:\n    apt-get install -y redis-server\n(%v)\n", err)
+		os.Exit(exitFailure)
+	}
+	if err != nil {
+		return fmt.Errorf("start Redis: %w", err)
+	}
+	sk, err := sidekiqserver.Start(ctx, sidekiqserver.Options{RedisURL: rs.URL(), Queue: "default"})
+	d.record(func() { d.sidekiq = sk })
+	if errors.Is(err, sidekiqserver.ErrNotInstalled) {
+		fmt.Fprintf(os.Stderr, "demo: Sidekiq is missing. Install Debian's package and run the demo again:\n    apt-get install -y ruby-sidekiq\n(%v)\n", err)
+		os.Exit(exitFailure)
+	}
+	if err != nil {
+		return fmt.Errorf("start Sidekiq: %w", err)
+	}
+	d.say("Redis on %s (append-only file synced on every write); Sidekiq running GitLab's Geo::EventWorker on queue default (log in %s)", rs.Addr(), sk.Dir)
 
 	dir, err := os.MkdirTemp("", "geocursor-demo-")
 	if err != nil {
@@ -197,7 +225,9 @@ func (d *demo) setUp(ctx context.Context) error {
 		OnAgent: func(a *devcluster.Agent) { d.record(func() { d.agents = append(d.agents, a) }) },
 	}
 	d.say("starting node1 (bootstraps the group), node2 and node3 (-join node1) ...")
-	if err := d.cluster.Start(ctx, 3, harness.AgentHCL("info", 1000), harness.AgentEnv(sourceDSN, trackingDSN)); err != nil {
+	env := append(harness.AgentEnv(sourceDSN, trackingDSN),
+		"GEOCURSOR_SIDEKIQ_REDIS_URL="+rs.URL(), "GEOCURSOR_CACHE_REDIS_URL="+cacheURL(rs))
+	if err := d.cluster.Start(ctx, 3, harness.AgentHCL("info", 1000)+deliveryHCL, env); err != nil {
 		return fmt.Errorf("start the agents: %w", err)
 	}
 	d.say("")
@@ -207,6 +237,24 @@ func (d *demo) setUp(ctx context.Context) error {
 	d.say("  logs: %s", filepath.Join(d.dir, "node*", "agent.log"))
 	return nil
 }
+
+// deliveryHCL hands every job to the demo's Sidekiq and every cache
+// invalidation to its Redis, as on a GitLab site (design section 11).
+const deliveryHCL = `
+delivery {
+  sidekiq {
+    redis_url = env.GEOCURSOR_SIDEKIQ_REDIS_URL
+    queue     = "default"
+  }
+  cache {
+    redis_url = env.GEOCURSOR_CACHE_REDIS_URL
+    namespace = "cache:gitlab"
+  }
+}
+`
+
+// cacheURL is the demo's Rails cache: database 1 of the same Redis.
+func cacheURL(rs *redisserver.Server) string { return "redis://" + rs.Addr() + "/1" }
 
 // demoAddrs gives node i its well-known ports when both are free, and free
 // ports otherwise.
@@ -344,6 +392,11 @@ func (d *demo) printStatus(ctx context.Context) {
 	cmd := exec.CommandContext(cctx, d.binary, args...)
 	cmd.Stdout, cmd.Stderr = d.out, d.out
 	_ = cmd.Run() // its one-line error, if any, is printed too
+	if performed, err := d.sidekiq.Performed(); err == nil && len(performed) > 0 {
+		p := performed[len(performed)-1]
+		d.say("Sidekiq  performed %d Geo::EventWorker jobs; the last: perform(%q, %q, %s) jid %s, %.0f ms after it was enqueued",
+			len(performed), p.ReplicableName, p.EventName, p.Payload, p.JID, (p.PerformedAt-p.EnqueuedAt)*1000)
+	}
 	d.say("")
 }
 
@@ -352,11 +405,16 @@ func (d *demo) printStatus(ctx context.Context) {
 // It is safe after a partial setUp, and reports whether the check passed.
 func (d *demo) tearDown() bool {
 	var (
-		outcome  harness.Outcome
-		checkErr = errors.New("not checked: the demo did not get as far as writing events")
+		outcome     harness.Outcome
+		checkErr    = errors.New("not checked: the demo did not get as far as writing events")
+		delivered   harness.Delivered
+		deliveryErr = checkErr
 	)
 	if d.cluster != nil && d.tracking != nil && len(d.cluster.Live()) > 0 {
 		outcome, checkErr = d.catchUp()
+		if checkErr == nil {
+			delivered, deliveryErr = d.deliveryCaughtUp()
+		}
 	}
 	if d.cluster != nil {
 		d.say("stopping the agents (SIGTERM) ...")
@@ -365,6 +423,17 @@ func (d *demo) tearDown() bool {
 		}
 	}
 	harness.ClosePools(d.source, d.tracking)
+	if d.sidekiq != nil {
+		d.say("stopping Sidekiq and Redis ...")
+		if err := d.sidekiq.Cleanup(); err != nil {
+			d.say("  %v", err)
+		}
+	}
+	if d.redis != nil {
+		if err := d.redis.Cleanup(); err != nil {
+			d.say("  %v", err)
+		}
+	}
 	if d.pg != nil {
 		d.say("stopping PostgreSQL ...")
 		var err error
@@ -389,7 +458,35 @@ func (d *demo) tearDown() bool {
 		return false
 	}
 	d.say("\nexactly-once check: %s", outcome)
-	return outcome.OK()
+	if deliveryErr != nil {
+		d.say("delivery check: %v", deliveryErr)
+		return false
+	}
+	d.say("delivery check: %s", delivered)
+	return outcome.OK() && delivered.OK() && delivered.Missing == 0
+}
+
+// deliveryCaughtUp waits until Sidekiq has performed every job (or
+// catchUpWait passes) and returns the last check.
+func (d *demo) deliveryCaughtUp() (harness.Delivered, error) {
+	d.say("waiting up to %s for Sidekiq to perform the last jobs ...", catchUpWait)
+	ctx, cancel := context.WithTimeout(context.Background(), catchUpWait)
+	defer cancel()
+	for {
+		performed, err := d.sidekiq.Performed()
+		if err != nil {
+			return harness.Delivered{}, err
+		}
+		dl, err := harness.CheckDelivered(ctx, d.tracking, performed)
+		if err != nil || dl.Missing == 0 || !dl.OK() {
+			return dl, err
+		}
+		select {
+		case <-ctx.Done():
+			return dl, nil
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // catchUp waits until every committed event is processed (or catchUpWait
@@ -424,8 +521,16 @@ func (d *demo) catchUp() (harness.Outcome, error) {
 func (d *demo) hardExit(sig os.Signal) {
 	fmt.Fprintf(os.Stderr, "\n%s again: killing the agents and PostgreSQL and exiting now\n", sig)
 	d.mu.Lock()
-	agents, pg, dir := d.agents, d.pg, d.dir
+	agents, pg, dir, rs, sk := d.agents, d.pg, d.dir, d.redis, d.sidekiq
 	d.mu.Unlock()
+	if sk != nil {
+		_ = sk.Kill()
+		_ = sk.Cleanup()
+	}
+	if rs != nil {
+		_ = rs.Kill()
+		_ = rs.Cleanup()
+	}
 	harness.HardStop(agents, pg, d.opts.keep, dir, d.opts.keep, func(err error) {
 		fmt.Fprintf(os.Stderr, "demo: %v\n", err)
 	})
