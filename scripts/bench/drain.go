@@ -71,16 +71,24 @@ func (b *bench) drain(ctx context.Context) error {
 		return fmt.Errorf("the drain needs agents that start on the backlog, but they are already running")
 	}
 
-	b.logf("drain: bulk-loading %d events into the source ...", b.opts.events)
-	t0 := time.Now()
-	if err := loadgen.BulkLoad(ctx, b.source, b.opts.events, 1); err != nil {
-		return err
-	}
-	r.BulkLoadS = round(time.Since(t0).Seconds())
 	head, err := harness.SourceHead(ctx, b.source)
 	if err != nil {
 		return err
 	}
+	// A second variant drains the backlog the first one loaded (and what
+	// its other parts wrote), on a tracking database of its own.
+	if head < int64(b.opts.events) {
+		b.logf("drain: bulk-loading %d events into the source ...", b.opts.events)
+		t0 := time.Now()
+		if err := loadgen.BulkLoad(ctx, b.source, b.opts.events, 1); err != nil {
+			return err
+		}
+		r.BulkLoadS = round(time.Since(t0).Seconds())
+		if head, err = harness.SourceHead(ctx, b.source); err != nil {
+			return err
+		}
+	}
+	r.Events = int(head)
 	b.logf("drain: loaded in %.1fs; source head %d", r.BulkLoadS, head)
 	if err := settle(ctx, b.source); err != nil {
 		return err
@@ -186,7 +194,7 @@ func (b *bench) drainPlain(ctx context.Context, trackingDSN string, head int64, 
 	}
 	defer pool.Close()
 
-	loop := cursor.NewLoop(cursor.LoopConfig{
+	loop := cursor.NewLoop(cursor.LoopConfig{Start: cursor.StartOldest,
 		BatchSize:    batchSize,
 		PollInterval: config.DefaultPollInterval,
 		GapTimeout:   config.DefaultGapTimeout,

@@ -7,15 +7,21 @@
 //     steady 1,000 events/s;
 //   - failover: SIGKILL of the lease holder under 500 events/s, when the
 //     holder is a follower and when it is also the Raft leader;
+//   - delivery: agents delivering to Sidekiq's Redis drain the backlog
+//     again into a fresh tracking database (push rate beside drain rate),
+//     then the lag from the source commit to the perform in a real Sidekiq;
 //   - the Raft cost per batch (from the agents' debug logs) and the peak RSS
 //     of each agent; an exactly-once check at the end.
 //
 // Everything runs on this machine: one durable PostgreSQL, three agents on
-// loopback.
+// loopback, with TLS and tokens as in production (-security plain runs
+// them without; -security both runs every part without, then with, each
+// on a fresh tracking database, and reports both side by side).
 //
 //	scripts/bench.sh                                   # everything, ~15 min
 //	scripts/bench.sh -only drain -events 200000
 //	scripts/bench.sh -only failover -failover-runs 5
+//	scripts/bench.sh -security both                    # TLS+tokens vs plain
 package main
 
 import (
@@ -25,6 +31,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -42,7 +49,13 @@ import (
 // harness.ExitUsage.
 const exitFailure = 1
 
-var allParts = []string{"drain", "lag", "failover"}
+var allParts = []string{"drain", "lag", "failover", "delivery"}
+
+// The cluster's security: TLS and tokens, or neither.
+const (
+	securityTLS   = "tls"
+	securityPlain = "plain"
+)
 
 type options struct {
 	parts        []string
@@ -52,6 +65,8 @@ type options struct {
 	lagFor       time.Duration
 	failoverRate float64
 	keep         bool
+	// securities are the variants to run, in order.
+	securities []string
 }
 
 func (o options) has(part string) bool { return slices.Contains(o.parts, part) }
@@ -100,13 +115,14 @@ func run(args []string) int {
 func parseFlags(args []string) (options, error) {
 	o := options{}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	only := fs.String("only", strings.Join(allParts, ","), "comma-separated parts to run: drain, lag, failover")
+	only := fs.String("only", strings.Join(allParts, ","), "comma-separated parts to run: drain, lag, failover, delivery")
 	fs.IntVar(&o.events, "events", 1_000_000, "backlog size for the drain")
 	fs.IntVar(&o.failoverRuns, "failover-runs", 20, "failover runs of each kind (holder is a follower / holder is the leader)")
 	fs.Float64Var(&o.lagRate, "lag-rate", 1000, "events per second during the lag measurement")
 	fs.DurationVar(&o.lagFor, "lag-duration", 30*time.Second, "how long the lag measurement writes")
 	fs.Float64Var(&o.failoverRate, "failover-rate", 500, "events per second during the failover runs")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (configs, agent logs, Raft data)")
+	security := fs.String("security", securityTLS, "the agents' security: tls (TLS and tokens), plain, or both (plain, then tls, side by side)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: scripts/bench.sh [flags]   (JSON on stdout, progress on stderr)\n\n")
 		fs.PrintDefaults()
@@ -116,6 +132,14 @@ func parseFlags(args []string) (options, error) {
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q (flags start with -)", fs.Arg(0))
+	}
+	switch *security {
+	case securityTLS, securityPlain:
+		o.securities = []string{*security}
+	case "both":
+		o.securities = []string{securityPlain, securityTLS}
+	default:
+		return o, fmt.Errorf("-security %q is not tls, plain or both", *security)
 	}
 	for _, p := range strings.Split(*only, ",") {
 		p = strings.TrimSpace(p)
@@ -153,6 +177,13 @@ type bench struct {
 	source      *pgxpool.Pool
 	tracking    *pgxpool.Pool
 	cluster     *devcluster.Cluster
+	// extraHCL and extraEnv are added to the agents' configuration and
+	// environment (the delivery part's delivery block).
+	extraHCL string
+	extraEnv []string
+	// security is the variant running now; secure its CA and tokens.
+	security string
+	secure   *devcluster.Security
 
 	// mu guards what the hard exit reads while the run may be changing it.
 	mu     sync.Mutex
@@ -171,6 +202,39 @@ func (b *bench) run(ctx context.Context) error {
 	if err := b.setUp(ctx); err != nil {
 		return err
 	}
+	b.report.Security = b.opts.securities
+	for i, sec := range b.opts.securities {
+		if i > 0 {
+			if err := b.nextVariant(ctx, sec); err != nil {
+				return err
+			}
+		}
+		b.security = sec
+		if len(b.opts.securities) > 1 {
+			b.report.variant = sec
+		}
+		b.logf("=== the cluster runs %s", describeSecurity(sec))
+		if err := b.runParts(ctx); err != nil {
+			return fmt.Errorf("%s: %w", sec, err)
+		}
+		if len(b.opts.securities) > 1 {
+			b.report.stash(sec)
+		}
+	}
+	b.report.compareSecurity()
+	return nil
+}
+
+func describeSecurity(sec string) string {
+	if sec == securityPlain {
+		return "without TLS and tokens"
+	}
+	return "with TLS and tokens"
+}
+
+// runParts runs the chosen parts on the current variant's cluster and
+// checks everything it processed.
+func (b *bench) runParts(ctx context.Context) error {
 	if b.opts.has("drain") {
 		if err := b.drain(ctx); err != nil {
 			return fmt.Errorf("drain: %w", err)
@@ -186,7 +250,34 @@ func (b *bench) run(ctx context.Context) error {
 			return fmt.Errorf("failover: %w", err)
 		}
 	}
+	if b.opts.has("delivery") {
+		if err := b.delivery(ctx); err != nil {
+			return fmt.Errorf("delivery: %w", err)
+		}
+	}
 	return b.finalCheck(ctx)
+}
+
+// nextVariant stops the last variant's cluster and gives the next one a
+// fresh tracking database, so that it drains the same source from the
+// start.
+func (b *bench) nextVariant(ctx context.Context, sec string) error {
+	b.sampleRSS()
+	if err := b.cluster.Close(); err != nil {
+		b.logf("stop the agents: %v", err)
+	}
+	b.cluster = nil
+	dsn, err := b.pg.CreateDatabase(ctx, "tracking_"+sec)
+	if err != nil {
+		return err
+	}
+	pool, err := harness.OpenPool(ctx, dsn, 4)
+	if err != nil {
+		return err
+	}
+	b.tracking.Close()
+	b.trackingDSN, b.tracking = dsn, pool
+	return nil
 }
 
 // setUp starts PostgreSQL (durable settings, as in production), creates
@@ -226,8 +317,23 @@ func (b *bench) startCluster(ctx context.Context) error {
 	if b.cluster != nil {
 		return nil
 	}
+	if b.security == securityTLS && b.secure == nil {
+		sec, err := devcluster.NewSecurity(filepath.Join(b.dir, "tls"))
+		if err != nil {
+			return err
+		}
+		b.secure = sec
+	}
+	var security *devcluster.Security
+	if b.security == securityTLS {
+		security = b.secure
+	}
+	dir, err := os.MkdirTemp(b.dir, b.security+"-")
+	if err != nil {
+		return err
+	}
 	b.cluster = &devcluster.Cluster{
-		Binary: b.binary, Dir: b.dir, Supervised: true,
+		Binary: b.binary, Dir: dir, Supervised: true, Security: security,
 		OnAgent: func(a *devcluster.Agent) {
 			b.mu.Lock()
 			b.agents = append(b.agents, a)
@@ -235,7 +341,8 @@ func (b *bench) startCluster(ctx context.Context) error {
 		},
 	}
 	b.report.Config.AgentHCL = harness.AgentHCL("debug", batchSize)
-	if err := b.cluster.Start(ctx, 3, b.report.Config.AgentHCL, harness.AgentEnv(b.sourceDSN, b.trackingDSN)); err != nil {
+	env := append(harness.AgentEnv(b.sourceDSN, b.trackingDSN), b.extraEnv...)
+	if err := b.cluster.Start(ctx, 3, b.report.Config.AgentHCL+b.extraHCL, env); err != nil {
 		return fmt.Errorf("start the agents: %w", err)
 	}
 	for _, a := range b.cluster.Agents {
