@@ -31,10 +31,31 @@ lease {
 #   batch_size    = 1000
 #   poll_interval = "25ms"   # how often an idle peer looks for new events
 #   gap_timeout   = "1h"     # how long a skipped (not yet visible) event ID is waited for
+#   start         = "head"   # a fresh tracking database begins after the newest event ("oldest": replay the log)
 # }
 #
 # tracking {
 #   dsn = env.GEOCURSOR_TRACKING_DSN
+# }
+
+# Delivery to GitLab (README, "Delivery to GitLab"): every geo event becomes a
+# Geo::EventWorker job in Sidekiq's Redis, once; every cache invalidation
+# deletes its key in the Rails cache. Without this block geo_jobs is the queue.
+# Run Sidekiq's Redis with appendonly yes and appendfsync always.
+#   export GEOCURSOR_SIDEKIQ_REDIS_URL=redis://:password@redis-sidekiq:6379/0
+#   export GEOCURSOR_CACHE_REDIS_URL=redis://:password@redis-cache:6379/0
+#
+# delivery {
+#   sidekiq {
+#     redis_url = env.GEOCURSOR_SIDEKIQ_REDIS_URL
+#     queue     = "default"       # where GitLab routes Geo::EventWorker
+#     namespace = ""              # "resque:gitlab" on older GitLab
+#   }
+#   cache {
+#     redis_url = env.GEOCURSOR_CACHE_REDIS_URL
+#     namespace = "cache:gitlab"
+#   }
+#   rate_limit = 0                # jobs per second across all agents; 0: no limit
 # }
 
 # Security (README, "Security"). On loopback addresses, as above, both blocks
