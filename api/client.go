@@ -165,6 +165,21 @@ func (c *Client) SetPaused(ctx context.Context, addr string, paused bool) (fsm.R
 	return resp.Result(), nil
 }
 
+// PeerInfo asks the node at addr who it is and whether it is in a group.
+func (c *Client) PeerInfo(ctx context.Context, addr string) (PeerInfo, error) {
+	var info PeerInfo
+	err := c.send(ctx, http.MethodGet, addr, PathPeerInfo, nil, &info, nil)
+	return info, err
+}
+
+// Remove asks the leader at addr to drop a member (ErrNotLeader from any
+// other member).
+func (c *Client) Remove(ctx context.Context, addr string, req RemoveRequest) (RemoveResponse, error) {
+	var resp RemoveResponse
+	err := c.send(ctx, http.MethodPost, addr, PathRemove, req, &resp, nil)
+	return resp, err
+}
+
 // Lease sends a lease command (op is acquire, renew or release) through
 // the agent at addr.
 func (c *Client) Lease(ctx context.Context, addr, op string, req LeaseRequest) (fsm.Result, error) {

@@ -25,6 +25,13 @@ var (
 	// ErrJoinConflict means a join asked for a node ID that the group
 	// already has at a different address.
 	ErrJoinConflict = errors.New("node ID already in use")
+	// ErrQuorum means a membership change was refused because the group
+	// would stop: no voter left, or no majority of the voters left
+	// answering.
+	ErrQuorum = errors.New("the group would lose its quorum")
+	// ErrStarting means the node has not started Raft yet (it is joining
+	// or waiting for its peers to bootstrap).
+	ErrStarting = errors.New("node is starting")
 	// ErrShutdown means the node is shutting down.
 	ErrShutdown = errors.New("node is shutting down")
 	// ErrBadRequest means the request was malformed; ErrTooLarge that its
@@ -70,7 +77,9 @@ var codes = []struct {
 	{ErrNotLeader, "not_leader", http.StatusServiceUnavailable},
 	{ErrUnknownOutcome, "outcome_unknown", http.StatusServiceUnavailable},
 	{ErrShutdown, "shutting_down", http.StatusServiceUnavailable},
+	{ErrStarting, "starting", http.StatusServiceUnavailable},
 	{ErrJoinConflict, "conflict", http.StatusConflict},
+	{ErrQuorum, "quorum", http.StatusConflict},
 	{ErrTooLarge, "bad_request", http.StatusRequestEntityTooLarge},
 	{ErrBadRequest, "bad_request", http.StatusBadRequest},
 	{ErrNotFound, "not_found", http.StatusNotFound},

@@ -9,7 +9,14 @@ import (
 // Status is the document of GET /v1/status and `geocursor cluster status
 // -format json` (design section 7). Fields may be added, never renamed.
 type Status struct {
-	NodeID       string    `json:"node_id"`
+	NodeID string `json:"node_id"`
+	// Version and Commit are the release and the commit the answering
+	// node was built from, so that a rolling upgrade shows who runs what.
+	Version string `json:"version"`
+	Commit  string `json:"commit"`
+	// Ready is what GET /v1/health/ready answers; NotReady says why not.
+	Ready        bool      `json:"ready"`
+	NotReady     string    `json:"not_ready,omitempty"`
 	Leader       *Leader   `json:"leader"`
 	Term         uint64    `json:"term"`
 	CommitIndex  uint64    `json:"commit_index"`

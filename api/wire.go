@@ -10,6 +10,8 @@ const (
 	PathHealth      = "/v1/health"
 	PathReady       = "/v1/health/ready"
 	PathJoin        = "/v1/cluster/join"
+	PathRemove      = "/v1/cluster/remove"
+	PathPeerInfo    = "/v1/cluster/peer"
 	PathApply       = "/v1/internal/apply"
 	PathLease       = "/v1/lease/" // + acquire, renew or release
 	PathPause       = "/v1/cursor/pause"
@@ -26,6 +28,31 @@ type JoinRequest struct {
 	// NoState says the joiner has no Raft state: if the group knows it as a
 	// voter, it lost its data and must be a non-voter until it catches up.
 	NoState bool `json:"no_state,omitempty"`
+}
+
+// PeerInfo is what a node tells a peer that is joining or bootstrapping
+// (bootstrap_expect): who it is, and whether it is in a group already.
+type PeerInfo struct {
+	NodeID   string `json:"node_id"`
+	RaftAddr string `json:"raft_addr"`
+	HTTPAddr string `json:"http_addr"`
+	// HasState says it has Raft state: it belongs to a group, and a node
+	// that finds one never bootstraps another.
+	HasState bool `json:"has_state"`
+	// Leader is the leader it knows, "" for none.
+	Leader string `json:"leader,omitempty"`
+}
+
+// RemoveRequest asks the leader to drop a member from the group. Force
+// removes it even when the voters left that answer are no majority.
+type RemoveRequest struct {
+	NodeID string `json:"node_id"`
+	Force  bool   `json:"force,omitempty"`
+}
+
+// RemoveResponse says how many voters are left.
+type RemoveResponse struct {
+	Voters int `json:"voters"`
 }
 
 // JoinResponse is the leader's answer to a join.

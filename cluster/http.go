@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
@@ -38,6 +39,8 @@ func (n *Node) routes() http.Handler {
 		{"GET " + api.PathReady, accessOpen, 0, n.handleReady},
 		{"GET " + api.PathStatus, accessRead, 0, n.handleStatus},
 		{"POST " + api.PathJoin, accessPeer, maxSmallBody, n.handleJoin},
+		{"POST " + api.PathRemove, accessRead, maxSmallBody, n.handleRemove},
+		{"GET " + api.PathPeerInfo, accessPeer, 0, n.handlePeerInfo},
 		{"POST " + api.PathApply, accessPeer, maxCommandBody, n.handleApply},
 		{"POST " + api.PathLease + "{op}", accessOperator, maxSmallBody, n.handleLease},
 		{"POST " + api.PathPause, accessOperator, maxSmallBody, n.handlePause(true)},
@@ -66,6 +69,9 @@ func (n *Node) wrap(rt route) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		c := n.identify(r)
 		v, err := any(nil), n.authorize(c, rt.access)
+		if err == nil && !n.raftUp.Load() && rt.pattern != "GET "+api.PathPeerInfo {
+			err = fmt.Errorf("%w: %s is joining or forming its group; Raft is not running yet", api.ErrStarting, n.cfg.NodeID)
+		}
 		if err == nil {
 			r.Body = http.MaxBytesReader(w, r.Body, max(rt.maxBody, 1))
 			v, err = rt.handler(w, r.WithContext(context.WithValue(r.Context(), callerKey{}, c)))
@@ -127,30 +133,69 @@ func (n *Node) handleHealth(w http.ResponseWriter, r *http.Request) (any, error)
 }
 
 func (n *Node) handleReady(w http.ResponseWriter, r *http.Request) (any, error) {
-	if err := n.ready(); err != nil {
+	if err := n.ready(r.Context()); err != nil {
 		return api.Ready{Reason: err.Error()}, nil
 	}
 	id, _ := n.Leader()
 	return api.Ready{Ready: true, Leader: id}, nil
 }
 
-func (n *Node) ready() error {
+// Readiness limits: a node is not ready while the last write to its Raft
+// log failed (a full disk), while a follower has not heard from its
+// leader for readyMaxSilence, or while it has applied more than
+// readyMaxLag entries fewer than the leader.
+const (
+	readyMaxSilence = 5 * time.Second
+	readyMaxLag     = 256
+)
+
+// ready says why this node should not get traffic, or nil: it runs and is
+// in the configuration, knows a leader, can write its Raft log, and is not
+// far behind the leader.
+func (n *Node) ready(ctx context.Context) error {
 	if n.closing.Load() {
 		return api.ErrShutdown
 	}
-	if id, _ := n.Leader(); id == "" {
+	if err, at := n.logs.writeFailure(); err != nil {
+		return fmt.Errorf("cannot write its raft log in %s (since %s): %v", n.cfg.DataDir, at.UTC().Format(time.RFC3339), err)
+	}
+	leaderID, _ := n.Leader()
+	if leaderID == "" {
 		return errors.New("no leader known")
 	}
 	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return fmt.Errorf("read raft configuration: %w", err)
 	}
+	member := false
 	for _, s := range f.Configuration().Servers {
 		if string(s.ID) == n.cfg.NodeID {
-			return nil
+			member = true
 		}
 	}
-	return errors.New("this node is not in the raft configuration (not joined yet, or removed)")
+	if !member {
+		return errors.New("this node is not in the raft configuration (not joined yet, or removed)")
+	}
+	if n.IsLeader() {
+		return nil
+	}
+	if silent := time.Since(n.raft.LastContact()); silent > readyMaxSilence {
+		return fmt.Errorf("no word from the leader %s for %s", leaderID, silent.Round(time.Second))
+	}
+	leader, ok := n.fsm.Member(leaderID)
+	if !ok || leader.HTTPAddr == "" {
+		return nil
+	}
+	pctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	st, err := n.client.Status(pctx, leader.HTTPAddr)
+	if err != nil {
+		return nil // the leader's status is a bonus; Raft's own contact was recent
+	}
+	if mine := n.raft.AppliedIndex(); st.AppliedIndex > mine+readyMaxLag {
+		return fmt.Errorf("far behind the leader: applied index %d, the leader's %d", mine, st.AppliedIndex)
+	}
+	return nil
 }
 
 // handleApply serves commands forwarded by followers. It only runs them on

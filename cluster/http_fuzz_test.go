@@ -460,7 +460,7 @@ func TestOversizedAndMalformedBodiesRejected(t *testing.T) {
 	if !n.IsLeader() {
 		t.Error("the node lost leadership")
 	}
-	if err := n.ready(); err != nil {
+	if err := n.ready(context.Background()); err != nil {
 		t.Errorf("node not ready after the requests: %v", err)
 	}
 }

@@ -46,10 +46,15 @@ type Config struct {
 	// the ACL asks for one (peers have no certificate to prove themselves
 	// with then).
 	OperatorToken string
+	// Version and Commit say what the node was built from (status).
+	Version, Commit string
 	// Join lists the HTTP addresses of members to join through when the
 	// node finds no Raft state; JoinTimeout bounds the attempt.
 	Join        []string
 	JoinTimeout time.Duration
+	// BootstrapExpect and LeaveOnTerminate are config's (see there).
+	BootstrapExpect  int
+	LeaveOnTerminate bool
 }
 
 // HTTP server limits: a request gets its headers in 5s and its body in
@@ -74,7 +79,10 @@ type Node struct {
 	raft      *raft.Raft
 	transport *raft.NetworkTransport
 	store     *raftboltdb.BoltStore
-	hadState  bool
+	// logs is store as Raft's log store, with its write failures kept
+	// for readiness.
+	logs     *watchedLogStore
+	hadState bool
 
 	httpServer *http.Server
 	// client reaches the other members: forwarding, joins, probes.
@@ -96,6 +104,9 @@ type Node struct {
 	wg       sync.WaitGroup
 	closing  atomic.Bool
 	closed   sync.Once
+	// raftUp is set once Raft runs: before, the API answers only peer
+	// info.
+	raftUp atomic.Bool
 }
 
 // Open creates the stores, transport, Raft and the HTTP API. A node that
@@ -137,7 +148,15 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	ok := false
 	defer func() {
 		if !ok {
-			httpLn.Close()
+			if n.httpServer != nil {
+				n.httpServer.Close()
+				n.wg.Wait()
+			} else {
+				httpLn.Close()
+			}
+			if n.raft != nil {
+				n.raft.Shutdown()
+			}
 			n.closeStores()
 		}
 	}()
@@ -197,34 +216,9 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("inspect raft state in %s: %w", cfg.DataDir, err)
 	}
-	if !n.hadState && len(cfg.Join) > 0 {
-		jctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
-		err := n.Join(jctx, cfg.Join)
-		cancel()
-		if err != nil {
-			return nil, err
-		}
-	}
-	n.raft, err = raft.NewRaft(rc, n.fsm, store, store, snaps, n.transport)
-	if err != nil {
-		return nil, fmt.Errorf("start raft: %w", err)
-	}
-	switch {
-	case n.hadState && len(cfg.Join) > 0:
-		n.logger.Info("found existing raft state: ignoring -join and rejoining the known group by itself", "data_dir", cfg.DataDir)
-	case n.hadState:
-		n.logger.Info("found existing raft state; rejoining the group by itself", "data_dir", cfg.DataDir)
-	case len(cfg.Join) == 0:
-		n.logger.Info("no raft state and nothing to join: bootstrapping a new single-node group")
-		f := n.raft.BootstrapCluster(raft.Configuration{Servers: []raft.Server{
-			{Suffrage: raft.Voter, ID: rc.LocalID, Address: n.transport.LocalAddr()},
-		}})
-		if err := f.Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
-			n.raft.Shutdown()
-			return nil, fmt.Errorf("bootstrap: %w", err)
-		}
-	}
-
+	// The API serves from here on; until Raft runs, only what a joining
+	// or bootstrapping peer asks (peer info) is answered, the rest is
+	// "starting" (503).
 	n.httpServer = &http.Server{
 		Handler:           n.routes(),
 		ReadHeaderTimeout: readHeaderTimeout,
@@ -245,6 +239,42 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 			n.logger.Error("http server stopped", "error", err)
 		}
 	}()
+
+	bootstrapAlone := len(cfg.Join) == 0
+	if !n.hadState && len(cfg.Join) > 0 {
+		jctx, cancel := context.WithTimeout(ctx, cfg.JoinTimeout)
+		if cfg.BootstrapExpect > 0 {
+			bootstrapAlone, err = n.expectBootstrap(jctx)
+		} else {
+			err = n.Join(jctx, cfg.Join)
+		}
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+	}
+	n.logs = &watchedLogStore{LogStore: store}
+	n.raft, err = raft.NewRaft(rc, n.fsm, n.logs, store, snaps, n.transport)
+	if err != nil {
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	n.raftUp.Store(true)
+	switch {
+	case n.hadState && len(cfg.Join) > 0:
+		n.logger.Info("found existing raft state: ignoring -join and rejoining the known group by itself", "data_dir", cfg.DataDir)
+	case n.hadState:
+		n.logger.Info("found existing raft state; rejoining the group by itself", "data_dir", cfg.DataDir)
+	case bootstrapAlone:
+		n.logger.Info("no raft state and nothing to join: bootstrapping a new single-node group")
+		f := n.raft.BootstrapCluster(raft.Configuration{Servers: []raft.Server{
+			{Suffrage: raft.Voter, ID: rc.LocalID, Address: n.transport.LocalAddr()},
+		}})
+		if err := f.Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			n.raft.Shutdown()
+			return nil, fmt.Errorf("bootstrap: %w", err)
+		}
+	}
+
 	n.startLeaderDuties()
 	ok = true
 	return n, nil
@@ -281,6 +311,15 @@ func (n *Node) Close() error {
 			if f := n.raft.LeadershipTransfer(); f.Error() != nil {
 				n.logger.Debug("leadership transfer before shutdown failed", "error", f.Error())
 			}
+		}
+		if n.cfg.LeaveOnTerminate {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			if err := n.leave(ctx); err != nil {
+				n.logger.Warn("leave_on_terminate: could not leave the group; stopping as a member", "error", err)
+			} else {
+				n.logger.Info("leave_on_terminate: left the group")
+			}
+			cancel()
 		}
 		close(n.stop)
 		if n.observer != nil {

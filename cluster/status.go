@@ -30,6 +30,8 @@ func (n *Node) Status(ctx context.Context) api.Status {
 	leaderID, leaderAddr := n.Leader()
 	out := api.Status{
 		NodeID:       n.cfg.NodeID,
+		Version:      n.cfg.Version,
+		Commit:       n.cfg.Commit,
 		Term:         n.raft.CurrentTerm(),
 		CommitIndex:  n.raft.CommitIndex(),
 		AppliedIndex: n.raft.AppliedIndex(),
@@ -82,6 +84,11 @@ func (n *Node) Status(ctx context.Context) api.Status {
 	c.OpenGaps = len(st.Gaps)
 	c.SafeEventID = fsm.SafeEventID(st.Cursor.LastEventID, st.Gaps)
 	c.Paused = st.Cursor.Paused
+	if err := n.ready(ctx); err != nil {
+		out.NotReady = err.Error()
+	} else {
+		out.Ready = true
+	}
 	if src := n.statusSource.Load(); src != nil {
 		(*src).AddStatus(&out)
 	}

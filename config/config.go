@@ -17,6 +17,14 @@ type Config struct {
 	RaftAddr    string
 	Join        []string
 	JoinTimeout time.Duration
+	// BootstrapExpect, when above 0, has a node with no state wait until
+	// that many nodes of its join list (itself included) are up and none
+	// is in a group, and then form one group of them all; without it a
+	// node with no state and no join list bootstraps alone.
+	BootstrapExpect int
+	// LeaveOnTerminate has SIGTERM remove the node from the group after it
+	// has handed over its lease and leadership.
+	LeaveOnTerminate bool
 	LogLevel    string
 	LogFormat   string
 

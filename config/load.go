@@ -105,6 +105,7 @@ var topSchema = &hcl.BodySchema{
 	Attributes: []hcl.AttributeSchema{
 		{Name: "node_id"}, {Name: "data_dir"}, {Name: "http_addr"}, {Name: "raft_addr"},
 		{Name: "join"}, {Name: "join_timeout"}, {Name: "log_level"}, {Name: "log_format"}, {Name: "insecure"},
+		{Name: "bootstrap_expect"}, {Name: "leave_on_terminate"},
 	},
 	Blocks: []hcl.BlockHeaderSchema{{Type: "lease"}, {Type: "source"}, {Type: "tracking"}, {Type: "raft"}, {Type: "tls"}, {Type: "acl"}, {Type: "delivery"}},
 }
@@ -315,6 +316,10 @@ func parse(src []byte, path string, env map[string]string) (*Config, origins, er
 	d.str("log_level", at["log_level"], &cfg.LogLevel)
 	d.str("log_format", at["log_format"], &cfg.LogFormat)
 	d.boolean("insecure", at["insecure"], &cfg.Insecure)
+	d.boolean("leave_on_terminate", at["leave_on_terminate"], &cfg.LeaveOnTerminate)
+	var expect int64
+	d.integer("bootstrap_expect", at["bootstrap_expect"], &expect)
+	cfg.BootstrapExpect = int(expect)
 
 	seen := map[string]hcl.Range{}
 	for _, blk := range content.Blocks {

@@ -38,6 +38,12 @@ func validate(c *Config, o origins) error {
 			return fail("join", "join address %q: %v (join takes the HTTP addresses of existing members)", j, err)
 		}
 	}
+	if c.BootstrapExpect < 0 || c.BootstrapExpect > 9 {
+		return fail("bootstrap_expect", "bootstrap_expect must be 0 (off) or the number of nodes that form the group, 1 to 9; got %d", c.BootstrapExpect)
+	}
+	if c.BootstrapExpect > 1 && len(c.Join) < c.BootstrapExpect-1 {
+		return fail("bootstrap_expect", "bootstrap_expect = %d needs the other %d nodes' HTTP addresses in join (-join), got %d", c.BootstrapExpect, c.BootstrapExpect-1, len(c.Join))
+	}
 	if c.JoinTimeout <= 0 {
 		return fail("join_timeout", "join_timeout must be positive, got %s", c.JoinTimeout)
 	}

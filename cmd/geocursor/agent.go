@@ -139,7 +139,8 @@ func agent(ctx context.Context, cfg *config.Config, sec *security, lg logs) erro
 		NodeID: cfg.NodeID, DataDir: cfg.DataDir, HTTPAddr: cfg.HTTPAddr, RaftAddr: cfg.RaftAddr,
 		Raft: cfg.Raft, Logger: logger, RaftLogger: lg.raft,
 		TLS: sec.tls, ACL: sec.acl, OperatorToken: sec.operatorToken,
-		Join: cfg.Join, JoinTimeout: cfg.JoinTimeout,
+		Join: cfg.Join, JoinTimeout: cfg.JoinTimeout, BootstrapExpect: cfg.BootstrapExpect, LeaveOnTerminate: cfg.LeaveOnTerminate,
+		Version: buildInfo().Version, Commit: buildInfo().Commit,
 	})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -163,7 +164,7 @@ func agent(ctx context.Context, cfg *config.Config, sec *security, lg logs) erro
 		logger.Warn("recording every command to a history file (fault testing only)", "path", path)
 	}
 	logger.Info("agent started", "http_addr", cfg.HTTPAddr, "raft_addr", cfg.RaftAddr, "data_dir", cfg.DataDir,
-		"witness", cfg.Source == nil, "tls", cfg.TLS != nil, "acl", cfg.ACL != nil, "version", version)
+		"witness", cfg.Source == nil, "tls", cfg.TLS != nil, "acl", cfg.ACL != nil, "version", buildInfo().Version, "commit", buildInfo().Commit)
 
 	if cfg.Source != nil {
 		if err := runCursor(ctx, cfg, node, logger); err != nil && !errors.Is(err, context.Canceled) {

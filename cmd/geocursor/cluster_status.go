@@ -75,6 +75,11 @@ func printStatusTable(w io.Writer, st api.Status, now time.Time) error {
 		p("Leader\tNONE: no leader known to %s (election under way, or a majority is down)\n", st.NodeID)
 	}
 	p("Raft\tterm %d, commit index %d, applied index %d (as seen by %s)\n", st.Term, st.CommitIndex, st.AppliedIndex, safe(st.NodeID))
+	ready := "ready"
+	if !st.Ready {
+		ready = "NOT READY: " + safe(st.NotReady)
+	}
+	p("Node\t%s runs geocursor %s (commit %s); %s\n", safe(st.NodeID), safe(st.Version), safe(st.Commit), ready)
 	switch {
 	case st.Lease.Holder != nil && st.Lease.ExpiresAt != nil:
 		p("Lease\theld by %s, token %d, expires in %s\n", safe(*st.Lease.Holder), st.Lease.Token, st.Lease.ExpiresAt.Sub(now).Round(100*time.Millisecond))

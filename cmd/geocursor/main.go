@@ -11,8 +11,6 @@ import (
 	"os"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
 
 // usageError marks errors that are the caller's to fix (exit status 2).
 type usageError struct{ msg string }
@@ -28,6 +26,7 @@ const usage = `Usage: geocursor <command> [flags]
 Commands:
   agent            run a peer of the geocursor Raft group
   cluster status   show the group: leader, members, lease, cursor and lag
+  cluster remove   drop a member (a dead peer) from the group (operator)
   cursor pause     stop processing after the batch in flight (all peers)
   cursor resume    let the peers process again
   tls ca create    create the cluster's certificate authority
@@ -77,8 +76,10 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 		switch args[1] {
 		case "status":
 			return runClusterStatus(args[2:], stdout, stderr)
+		case "remove":
+			return runClusterRemove(args[2:], stdout, stderr)
 		}
-		return usagef("unknown command \"cluster %s\": the cluster commands are: status", args[1])
+		return usagef("unknown command \"cluster %s\": the cluster commands are: status, remove", args[1])
 	case "cursor":
 		if len(args) < 2 {
 			return usagef("cursor needs a subcommand: geocursor cursor pause or geocursor cursor resume")
@@ -97,7 +98,8 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 		}
 		return runTLSCertCreate(args[3:], stdout, stderr)
 	case "version", "-version", "--version":
-		fmt.Fprintf(stdout, "geocursor %s\n", version)
+		b := buildInfo()
+		fmt.Fprintf(stdout, "geocursor %s (commit %s, %s)\n", b.Version, b.Commit, b.GoVersion)
 		return nil
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)

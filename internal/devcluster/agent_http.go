@@ -21,6 +21,15 @@ func (a *Agent) Status(ctx context.Context) (api.Status, error) {
 	return st, nil
 }
 
+// ReadyState asks the agent's readiness endpoint (a 503 is an answer).
+func (a *Agent) ReadyState(ctx context.Context) (api.Ready, error) {
+	r, err := a.client.Ready(ctx, a.HTTPAddr)
+	if err != nil {
+		return r, fmt.Errorf("readiness of %s: %w", a.ID, err)
+	}
+	return r, nil
+}
+
 // Lease sends a lease command (op is acquire, renew or release) through
 // the agent. A refusal by the state machine is in Result.Err with a nil
 // error.

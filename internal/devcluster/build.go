@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 )
 
 // Build builds ./cmd/geocursor of the module that holds the working
@@ -34,12 +35,29 @@ func Build(ctx context.Context, outDir string) (string, error) {
 		return "", fmt.Errorf("create %s: %w", outDir, err)
 	}
 	out := filepath.Join(outDir, "geocursor")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/geocursor")
+	args := []string{"build", "-o", out}
+	if c := gitCommit(ctx, root); c != "" {
+		// GOFLAGS=-buildvcs=false (CI sets it) drops Go's own VCS stamp.
+		args = append(args, "-ldflags", "-X main.commit="+c)
+	}
+	cmd := exec.CommandContext(ctx, "go", append(args, "./cmd/geocursor")...)
 	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build ./cmd/geocursor: %v\n%s", err, b)
 	}
 	return out, nil
+}
+
+// gitCommit is the checkout's commit, with -dirty for uncommitted changes,
+// or "" outside a git checkout.
+func gitCommit(ctx context.Context, dir string) string {
+	cmd := exec.CommandContext(ctx, "git", "describe", "--always", "--dirty", "--abbrev=12", "--exclude", "*")
+	cmd.Dir = dir
+	b, err := cmd.Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // moduleRoot walks up from the working directory to the directory that

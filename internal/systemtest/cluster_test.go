@@ -283,6 +283,20 @@ func checkLease(t *testing.T, a *ts.Agent, holder string, token uint64) {
 // with wantCode; it returns stdout.
 func runCLI(t *testing.T, wantCode int, args ...string) string {
 	t.Helper()
+	stdout, _ := runCLIBoth(t, wantCode, args...)
+	return stdout
+}
+
+// runCLIOutput is runCLI returning stdout and stderr together, for a
+// command whose error is the point.
+func runCLIOutput(t *testing.T, wantCode int, args ...string) string {
+	t.Helper()
+	stdout, stderr := runCLIBoth(t, wantCode, args...)
+	return stdout + stderr
+}
+
+func runCLIBoth(t *testing.T, wantCode int, args ...string) (string, string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, ts.BuildBinary(t), args...)
@@ -300,5 +314,5 @@ func runCLI(t *testing.T, wantCode int, args ...string) string {
 	if code != wantCode {
 		t.Fatalf("geocursor %s: exit status %d, want %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, wantCode, stdout.String(), stderr.String())
 	}
-	return stdout.String()
+	return stdout.String(), stderr.String()
 }
