@@ -90,6 +90,36 @@ type procConfig struct {
 	GapTimeout string // "": the default
 	// Secure runs the agents with TLS and tokens.
 	Secure bool
+	// Start is source.start; "" means "oldest", since most tests check
+	// that every event in the source is processed.
+	Start string
+	// Delivery, if set, adds a delivery block.
+	Delivery *procDelivery
+}
+
+// procDelivery is the agents' delivery block. The Redis URLs reach the
+// agents through the environment (env.GEOCURSOR_*_REDIS_URL), as an
+// operator's passwords would.
+type procDelivery struct {
+	SidekiqRedisURL string // "": no sidekiq block
+	Queue           string // "": the default queue
+	Namespace       string
+	CacheRedisURL   string // "": no cache block
+	CacheNamespace  string // "": the default, cache:gitlab
+}
+
+// env is what the block's env references need.
+func (p procConfig) env() []string {
+	var env []string
+	if dl := p.Delivery; dl != nil {
+		if dl.SidekiqRedisURL != "" {
+			env = append(env, "GEOCURSOR_SIDEKIQ_REDIS_URL="+dl.SidekiqRedisURL)
+		}
+		if dl.CacheRedisURL != "" {
+			env = append(env, "GEOCURSOR_CACHE_REDIS_URL="+dl.CacheRedisURL)
+		}
+	}
+	return env
 }
 
 // HCL is the part of the agent configuration after the addresses.
@@ -108,8 +138,11 @@ raft {
 }
 `)
 	}
-	// The tests check that every event in the source is processed.
-	b.WriteString("source {\n  dsn = env.GEOCURSOR_SOURCE_DSN\n  start = \"oldest\"\n")
+	start := p.Start
+	if start == "" {
+		start = "oldest"
+	}
+	fmt.Fprintf(&b, "source {\n  dsn = env.GEOCURSOR_SOURCE_DSN\n  start = %q\n", start)
 	if p.BatchSize > 0 {
 		fmt.Fprintf(&b, "  batch_size = %d\n", p.BatchSize)
 	}
@@ -117,6 +150,24 @@ raft {
 		fmt.Fprintf(&b, "  gap_timeout = %q\n", p.GapTimeout)
 	}
 	b.WriteString("}\ntracking {\n  dsn = env.GEOCURSOR_TRACKING_DSN\n}\n")
+	if dl := p.Delivery; dl != nil {
+		b.WriteString("delivery {\n")
+		if dl.SidekiqRedisURL != "" {
+			b.WriteString("  sidekiq {\n    redis_url = env.GEOCURSOR_SIDEKIQ_REDIS_URL\n")
+			if dl.Queue != "" {
+				fmt.Fprintf(&b, "    queue = %q\n", dl.Queue)
+			}
+			fmt.Fprintf(&b, "    namespace = %q\n  }\n", dl.Namespace)
+		}
+		if dl.CacheRedisURL != "" {
+			b.WriteString("  cache {\n    redis_url = env.GEOCURSOR_CACHE_REDIS_URL\n")
+			if dl.CacheNamespace != "" {
+				fmt.Fprintf(&b, "    namespace = %q\n", dl.CacheNamespace)
+			}
+			b.WriteString("  }\n")
+		}
+		b.WriteString("}\n")
+	}
 	return b.String()
 }
 
@@ -128,7 +179,7 @@ func startProcessing(t *testing.T, d *procDBs, p procConfig) *ts.Cluster {
 	if p.Secure {
 		start = ts.StartSecureCluster
 	}
-	c := start(t, 3, p.HCL(), d.Env())
+	c := start(t, 3, p.HCL(), append(d.Env(), p.env()...))
 	ts.WaitFor(t, 30*time.Second, "every agent to reach both databases", func() (bool, string) {
 		for _, a := range c.Agents {
 			st, err := statusOf(a)
