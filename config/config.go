@@ -25,8 +25,8 @@ type Config struct {
 	// LeaveOnTerminate has SIGTERM remove the node from the group after it
 	// has handed over its lease and leadership.
 	LeaveOnTerminate bool
-	LogLevel    string
-	LogFormat   string
+	LogLevel         string
+	LogFormat        string
 
 	Lease LeaseConfig
 	Raft  RaftConfig

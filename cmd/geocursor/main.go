@@ -11,7 +11,6 @@ import (
 	"os"
 )
 
-
 // usageError marks errors that are the caller's to fix (exit status 2).
 type usageError struct{ msg string }
 
