@@ -172,6 +172,35 @@ func (c *Client) PeerInfo(ctx context.Context, addr string) (PeerInfo, error) {
 	return info, err
 }
 
+// Cursor fetches the replicated cursor and the fence row as the node at
+// addr sees them.
+func (c *Client) Cursor(ctx context.Context, addr string) (CursorState, error) {
+	var st CursorState
+	err := c.send(ctx, http.MethodGet, addr, PathCursor, nil, &st, nil)
+	return st, err
+}
+
+// SetCursor asks the processing agent at addr to move the cursor.
+func (c *Client) SetCursor(ctx context.Context, addr string, req CursorSetRequest) (CursorSetResponse, error) {
+	var resp CursorSetResponse
+	err := c.send(ctx, http.MethodPost, addr, PathCursorSet, req, &resp, nil)
+	return resp, err
+}
+
+// Snapshot fetches the replicated state from the leader at addr.
+func (c *Client) Snapshot(ctx context.Context, addr string) (Snapshot, error) {
+	var snap Snapshot
+	err := c.send(ctx, http.MethodGet, addr, PathSnapshot, nil, &snap, nil)
+	return snap, err
+}
+
+// Restore asks the processing agent at addr to restore snap.
+func (c *Client) Restore(ctx context.Context, addr string, snap Snapshot) (RestoreResponse, error) {
+	var resp RestoreResponse
+	err := c.send(ctx, http.MethodPost, addr, PathRestore, snap, &resp, nil)
+	return resp, err
+}
+
 // Remove asks the leader at addr to drop a member (ErrNotLeader from any
 // other member).
 func (c *Client) Remove(ctx context.Context, addr string, req RemoveRequest) (RemoveResponse, error) {

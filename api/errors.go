@@ -72,6 +72,7 @@ var codes = []struct {
 	{fsm.ErrCursorBackwards, "cursor_backwards", http.StatusConflict},
 	{fsm.ErrPaused, "paused", http.StatusConflict},
 	{fsm.ErrGapBase, "gap_base", http.StatusConflict},
+	{fsm.ErrNotFresh, "not_fresh", http.StatusConflict},
 	{fsm.ErrBadCommand, "bad_command", http.StatusBadRequest},
 	{ErrNoLeader, "no_leader", http.StatusServiceUnavailable},
 	{ErrNotLeader, "not_leader", http.StatusServiceUnavailable},

@@ -20,6 +20,7 @@ var wireCodes = []struct {
 	{fsm.ErrCursorBackwards, "cursor_backwards"},
 	{fsm.ErrPaused, "paused"},
 	{fsm.ErrGapBase, "gap_base"},
+	{fsm.ErrNotFresh, "not_fresh"},
 	{fsm.ErrBadCommand, "bad_command"},
 	{ErrNoLeader, "no_leader"},
 	{ErrNotLeader, "not_leader"},

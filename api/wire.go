@@ -1,6 +1,8 @@
 package api
 
 import (
+	"time"
+
 	"github.com/geocursor/geocursor/fsm"
 )
 
@@ -16,6 +18,10 @@ const (
 	PathLease       = "/v1/lease/" // + acquire, renew or release
 	PathPause       = "/v1/cursor/pause"
 	PathResume      = "/v1/cursor/resume"
+	PathCursor      = "/v1/cursor"
+	PathCursorSet   = "/v1/cursor/set"
+	PathSnapshot    = "/v1/snapshot"
+	PathRestore     = "/v1/snapshot/restore"
 	MaxRequestBody  = 1 << 20
 	maxResponseBody = 8 << 20
 )
@@ -102,4 +108,78 @@ func (a ApplyResponse) Result() fsm.Result {
 		res.Err = a.Error.Err()
 	}
 	return res
+}
+
+// CursorSetRequest is the body of POST /v1/cursor/set: move the cursor to
+// EventID. Force allows moving it back (the events after it are processed
+// again).
+type CursorSetRequest struct {
+	EventID int64 `json:"event_id"`
+	Force   bool  `json:"force,omitempty"`
+}
+
+// CursorSetResponse says what a cursor set did.
+type CursorSetResponse struct {
+	// From is where the tracking database stood, To where it stands now.
+	From int64 `json:"from"`
+	To   int64 `json:"to"`
+	// Token is the grant it was done under.
+	Token uint64 `json:"token"`
+	// Skipped counts the source events between From and To that will
+	// never be processed (forwards), GapsDropped the open gaps given up;
+	// Replayed the processed events after To that will be processed
+	// again (backwards).
+	Skipped     int64 `json:"skipped"`
+	GapsDropped int   `json:"gaps_dropped"`
+	Replayed    int64 `json:"replayed"`
+	// By names who asked, as the audit line does.
+	By string `json:"by"`
+}
+
+// CursorState is the answer of GET /v1/cursor: the replicated cursor with
+// its gaps, and the tracking database's fence row as this node reads it.
+type CursorState struct {
+	LastEventID   int64      `json:"last_event_id"`
+	LastEventDate *time.Time `json:"last_event_date"`
+	SafeEventID   int64      `json:"safe_event_id"`
+	Paused        bool       `json:"paused"`
+	Gaps          []fsm.Gap  `json:"gaps"`
+	Lease         Lease      `json:"lease"`
+	// Fence is null on a node without a tracking database.
+	Fence *Fence `json:"fence"`
+}
+
+// Fence is the tracking database's fence row.
+type Fence struct {
+	Token       uint64 `json:"token"`
+	LastEventID int64  `json:"last_event_id"`
+	OpenGaps    int    `json:"open_gaps"`
+	Positioned  bool   `json:"positioned"`
+}
+
+// Snapshot is the replicated state as `geocursor snapshot save` writes it
+// and `snapshot restore` reads it back. Members are left out: a restored
+// group has its own.
+type Snapshot struct {
+	// Format is SnapshotFormat.
+	Format    int       `json:"format"`
+	TakenAt   time.Time `json:"taken_at"`
+	TakenFrom string    `json:"taken_from"`
+	// Index is the Raft index of the state saved.
+	Index  uint64     `json:"index"`
+	Token  uint64     `json:"token"`
+	Cursor fsm.Cursor `json:"cursor"`
+	Gaps   []fsm.Gap  `json:"gaps"`
+	Stats  fsm.Stats  `json:"stats"`
+	Clock  int64      `json:"clock"`
+}
+
+// SnapshotFormat is the format of the snapshots this version writes.
+const SnapshotFormat = 1
+
+// RestoreResponse says what a restore did.
+type RestoreResponse struct {
+	LastEventID int64  `json:"last_event_id"`
+	Token       uint64 `json:"token"`
+	By          string `json:"by"`
 }

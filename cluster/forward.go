@@ -179,7 +179,7 @@ func (n *Node) checkClock(stamp int64) {
 // would stop processing until it expired.
 func (n *Node) admit(cmd fsm.Command) error {
 	switch cmd.Op {
-	case fsm.OpAcquire, fsm.OpRenew, fsm.OpRelease, fsm.OpAdvance:
+	case fsm.OpAcquire, fsm.OpRenew, fsm.OpRelease, fsm.OpAdvance, fsm.OpSetCursor, fsm.OpRestore:
 	default:
 		return nil
 	}

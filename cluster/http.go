@@ -45,6 +45,10 @@ func (n *Node) routes() http.Handler {
 		{"POST " + api.PathLease + "{op}", accessOperator, maxSmallBody, n.handleLease},
 		{"POST " + api.PathPause, accessOperator, maxSmallBody, n.handlePause(true)},
 		{"POST " + api.PathResume, accessOperator, maxSmallBody, n.handlePause(false)},
+		{"GET " + api.PathCursor, accessRead, 0, n.handleCursor},
+		{"POST " + api.PathCursorSet, accessOperator, maxSmallBody, n.handleCursorSet},
+		{"GET " + api.PathSnapshot, accessOperator, 0, n.handleSnapshot},
+		{"POST " + api.PathRestore, accessOperator, maxCommandBody, n.handleRestore},
 	}
 	mux := http.NewServeMux()
 	for _, rt := range table {

@@ -89,6 +89,7 @@ type Node struct {
 	client *api.Client
 
 	statusSource atomic.Pointer[StatusSource]
+	operator     atomic.Pointer[Operator]
 	history      history
 	// lastClockWarning is the stamp of the last warning that this leader's
 	// clock is behind the state's (see checkClock).

@@ -203,3 +203,65 @@ func encodeGaps(gaps []fsm.Gap) (string, error) {
 	b, err := json.Marshal(gaps)
 	return string(b), err
 }
+
+// MoveFence is `cursor set` in the tracking database, under token (which
+// claimed the fence): in one transaction it checks that the fence row is
+// still at from, moves it to to with no open gap, keeps event_log_states
+// at to, and with replay deletes the rows of the events after to, so that
+// they are processed again. It returns how many events will be.
+func (t *Tracking) MoveFence(ctx context.Context, token uint64, from, to Position, replay bool) (replayed int64, err error) {
+	err = pgx.BeginFunc(ctx, t.pool, func(tx pgx.Tx) error {
+		var (
+			cur, lastID int64
+			gapsJSON    string
+		)
+		if err := tx.QueryRow(ctx, `SELECT token, last_event_id, gaps::text FROM geocursor_fence WHERE id = 1 FOR UPDATE`).
+			Scan(&cur, &lastID, &gapsJSON); err != nil {
+			return fmt.Errorf("lock the fence row: %w", err)
+		}
+		if uint64(cur) > token {
+			return fmt.Errorf("%w: token %d is older than token %d in the tracking database", ErrFenced, token, cur)
+		}
+		gaps, err := decodeGaps(gapsJSON)
+		if err != nil {
+			return err
+		}
+		if lastID != from.LastEventID {
+			return fmt.Errorf("%w: the fence row moved from %d to %d meanwhile", ErrFenced, from.LastEventID, lastID)
+		}
+		if _, differ := gapsDiffer(from.Gaps, gaps); differ {
+			return fmt.Errorf("%w: the fence row's gaps changed meanwhile", ErrFenced)
+		}
+		if replay {
+			for _, table := range []string{"geo_jobs", "geo_dead_letters"} {
+				tag, err := tx.Exec(ctx, `DELETE FROM `+table+` WHERE event_id > $1`, to.LastEventID)
+				if err != nil {
+					return fmt.Errorf("delete the %s rows after event %d: %w", table, to.LastEventID, err)
+				}
+				replayed += tag.RowsAffected()
+			}
+		}
+		var date *time.Time
+		if !to.LastEventDate.IsZero() {
+			d := to.LastEventDate.UTC()
+			date = &d
+		}
+		if _, err := tx.Exec(ctx, `UPDATE geocursor_fence
+SET token = $1, last_event_id = $2, last_event_date = $3, gaps = '[]', positioned = true, updated_at = clock_timestamp()
+WHERE id = 1`, int64(token), to.LastEventID, date); err != nil {
+			return fmt.Errorf("move the fence row: %w", err)
+		}
+		if to.LastEventID > 0 {
+			if _, err := tx.Exec(ctx, saveEventLogState, to.LastEventID); err != nil {
+				return fmt.Errorf("move event_log_states: %w", err)
+			}
+		} else if _, err := tx.Exec(ctx, `DELETE FROM event_log_states`); err != nil {
+			return fmt.Errorf("clear event_log_states: %w", err)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrFenced) {
+		err = dbErrorf("tracking", t.name, err, "move the fence row to %d (token %d): %s", to.LastEventID, token, describe(err))
+	}
+	return replayed, err
+}

@@ -350,7 +350,7 @@ func (g *grant) startPosition() error {
 	st, _ := l.coord.Watch()
 	switch {
 	case fence.Position.LastEventID < granted.LastEventID:
-		return fmt.Errorf("the tracking database is at event %d but the replicated cursor is at %d: was the tracking database restored from an older backup? Restore a newer one, or reset the cursor deliberately",
+		return fmt.Errorf("the tracking database is at event %d but the replicated cursor is at %d: was the tracking database restored from an older backup? Restore a newer one, or move the cursor deliberately with `geocursor cursor set -event-id N -force`",
 			fence.Position.LastEventID, granted.LastEventID)
 	case fence.Position.LastEventID > granted.LastEventID && !placed:
 		l.logger.Warn("adopting the position of the tracking database: the previous holder committed a batch but did not advance the cursor",

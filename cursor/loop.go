@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -111,6 +112,10 @@ type Loop struct {
 	horizonRead time.Time
 	// placed is set once the fence row was seen placed (unplaced).
 	placed bool
+	// turn is held from an acquire to the end of its grant, by the loop or
+	// by an operator's request (operate.go), so that the two never hold
+	// this peer's lease at once.
+	turn sync.Mutex
 }
 
 // NewLoop returns a loop; Run starts it. It reports its databases' health
@@ -144,6 +149,7 @@ func (l *Loop) Run(ctx context.Context) error {
 		granted, err := l.waitAndAcquire(ctx, yield)
 		if err == nil && granted != nil {
 			err = l.hold(ctx, *granted)
+			l.turn.Unlock()
 		}
 		yield = err != nil
 		if err == nil {
@@ -200,9 +206,17 @@ func (l *Loop) waitAndAcquire(ctx context.Context, yield bool) (*fsm.Result, err
 			}
 		}
 		start := time.Now()
+		// The turn is this peer's from the acquire to the end of the
+		// grant (Run unlocks it): an operator's request (operate.go) waits
+		// for it.
+		l.turn.Lock()
 		res, err := l.coord.Apply(ctx, fsm.Command{Op: fsm.OpAcquire, Node: me, TTL: l.cfg.LeaseTTL})
 		if err != nil {
+			l.turn.Unlock()
 			return nil, fmt.Errorf("acquire lease: %w", err)
+		}
+		if res.Err != nil {
+			l.turn.Unlock()
 		}
 		switch {
 		case errors.Is(res.Err, fsm.ErrLeaseHeld):

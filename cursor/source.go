@@ -237,3 +237,26 @@ func (s *Source) Oldest(ctx context.Context) (int64, error) {
 func (s *Source) Close() {
 	s.pool.Close()
 }
+
+// EventDate returns the created_at of event id, or the zero time when the
+// source has no such event.
+func (s *Source) EventDate(ctx context.Context, id int64) (time.Time, error) {
+	var at time.Time
+	err := s.pool.QueryRow(ctx, `SELECT created_at FROM geo_event_log WHERE id = $1`, id).Scan(&at)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("read event %d: %w", id, err)
+	}
+	return at.UTC(), nil
+}
+
+// CountBetween counts the events with IDs in after+1..upTo.
+func (s *Source) CountBetween(ctx context.Context, after, upTo int64) (int64, error) {
+	var n int64
+	if err := s.pool.QueryRow(ctx, `SELECT count(*) FROM geo_event_log WHERE id > $1 AND id <= $2`, after, upTo).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count the events %d..%d: %w", after+1, upTo, err)
+	}
+	return n, nil
+}

@@ -70,6 +70,24 @@ func (s *State) refusal(c Command) error {
 			return refuse(ErrStaleToken, "token %d is not a current grant (token %d, holder %q)",
 				c.Token, s.Lease.Token, s.Lease.Holder)
 		}
+	case OpSetCursor:
+		if err := s.checkGrant(c.Node, c.Token); err != nil {
+			return err
+		}
+		if !s.Lease.HeldAt(c.Now) {
+			return refuse(ErrLeaseExpired, "token %d expired %s ago", c.Token, time.Duration(c.Now-s.Lease.ExpiresAt))
+		}
+		if to := c.SetCursor.LastEventID; to < s.Cursor.LastEventID && !c.SetCursor.Force {
+			return refuse(ErrCursorBackwards, "from %d to %d without force", s.Cursor.LastEventID, to)
+		}
+	case OpRestore:
+		if s.Cursor.LastEventID != 0 || s.Stats.EventsProcessed != 0 {
+			return refuse(ErrNotFresh, "the cursor is at %d after %d events: restore into a fresh group",
+				s.Cursor.LastEventID, s.Stats.EventsProcessed)
+		}
+		if s.Lease.HeldAt(c.Now) && s.Lease.Holder != c.Node {
+			return refuse(ErrLeaseHeld, "held by %s (token %d)", s.Lease.Holder, s.Lease.Token)
+		}
 	}
 	return nil
 }
@@ -100,6 +118,27 @@ func (s *State) effect(c Command) {
 		delete(s.Members, c.Node)
 	case OpSetPaused:
 		s.Cursor.Paused = c.Paused
+	case OpSetCursor:
+		s.Cursor.LastEventID = c.SetCursor.LastEventID
+		if c.SetCursor.LastEventDate != 0 {
+			s.Cursor.LastEventDate = c.SetCursor.LastEventDate
+		}
+		s.Gaps = nil
+		s.Lease.Holder, s.Lease.ExpiresAt = "", 0
+		s.RevokedFrom = ""
+	case OpRestore:
+		r := c.Restore
+		paused := s.Cursor.Paused
+		s.Cursor = r.Cursor
+		s.Cursor.Paused = paused
+		s.Gaps = append([]Gap(nil), r.Gaps...)
+		if len(s.Gaps) == 0 {
+			s.Gaps = nil
+		}
+		s.Stats = r.Stats
+		s.Lease = Lease{Token: max(s.Lease.Token, r.Token)}
+		s.RevokedFrom = ""
+		s.Clock = max(s.Clock, r.Clock)
 	}
 }
 

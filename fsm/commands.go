@@ -62,6 +62,22 @@ const (
 	// OpSetPaused pauses or resumes processing. Pausing does not revoke a
 	// current grant; it stops new grants.
 	OpSetPaused Op = "set_paused"
+
+	// OpSetCursor is `geocursor cursor set`: the holder of Token, which
+	// has moved the tracking database's fence row to the same place under
+	// that token, moves the cursor to SetCursor.LastEventID, closes every
+	// gap and frees the lease. Refused with ErrStaleToken unless Token is
+	// the current, unexpired grant of Node, and with ErrCursorBackwards
+	// when the cursor would move back without Force.
+	OpSetCursor Op = "set_cursor"
+
+	// OpRestore is `geocursor snapshot restore`: it puts a saved state
+	// (cursor, gaps, counters) into a group that has processed nothing
+	// yet, with the token raised to at least Restore.Token, so that the
+	// next grant is newer than any the tracking database has seen. Refused
+	// with ErrNotFresh once the group has processed events, and with
+	// ErrLeaseHeld while another peer holds the lease.
+	OpRestore Op = "restore"
 )
 
 // MaxTTL bounds a lease's TTL, so that Now+TTL cannot overflow and a typo
@@ -99,9 +115,11 @@ type Command struct {
 	// state's clock, so a stamp that is behind changes nothing.
 	Now int64 `json:"now,omitempty"`
 
-	Advance *Advance `json:"advance,omitempty"`
-	Member  *Member  `json:"member,omitempty"`
-	Paused  bool     `json:"paused,omitempty"`
+	Advance   *Advance   `json:"advance,omitempty"`
+	SetCursor *SetCursor `json:"set_cursor,omitempty"`
+	Restore   *Restore   `json:"restore,omitempty"`
+	Member    *Member    `json:"member,omitempty"`
+	Paused    bool       `json:"paused,omitempty"`
 	// Reason is free text recorded with a revoke, for logs.
 	Reason string `json:"reason,omitempty"`
 }
@@ -143,6 +161,26 @@ type Advance struct {
 	// as one if Events is set, as agents that sent one advance per batch
 	// did not set it.
 	Batches uint64 `json:"batches,omitempty"`
+}
+
+// SetCursor is the payload of OpSetCursor.
+type SetCursor struct {
+	LastEventID   int64 `json:"last_event_id"`
+	LastEventDate int64 `json:"last_event_date,omitempty"`
+	// Force allows moving the cursor back (the events after it are
+	// processed again).
+	Force bool `json:"force,omitempty"`
+}
+
+// Restore is the payload of OpRestore: a saved state.
+type Restore struct {
+	Cursor Cursor `json:"cursor"`
+	Gaps   []Gap  `json:"gaps"`
+	Stats  Stats  `json:"stats"`
+	// Token is the lowest the lease token may be after the restore: the
+	// saved token, or the tracking database's, whichever is higher.
+	Token uint64 `json:"token"`
+	Clock int64  `json:"clock,omitempty"`
 }
 
 // Result is what applying a command returns. Err is nil or wraps one of the
@@ -249,6 +287,24 @@ func (c Command) Validate() error {
 	case OpRevoke:
 		if c.Token == 0 {
 			return bad("token is required")
+		}
+	case OpSetCursor:
+		if c.Node == "" || c.Token == 0 || c.SetCursor == nil {
+			return bad("node, token and the set_cursor payload are required")
+		}
+		if c.SetCursor.LastEventID < 0 {
+			return bad("last_event_id %d is negative", c.SetCursor.LastEventID)
+		}
+	case OpRestore:
+		r := c.Restore
+		if c.Node == "" || r == nil {
+			return bad("node and the restore payload are required")
+		}
+		if r.Cursor.LastEventID < 0 {
+			return bad("last_event_id %d is negative", r.Cursor.LastEventID)
+		}
+		if err := checkGapIDs("gaps", r.Gaps, r.Cursor.LastEventID); err != nil {
+			return bad("%v", err)
 		}
 	case OpSetMember:
 		m := c.Member

@@ -106,7 +106,7 @@ func TestReplicasApplyingSameLogAgree(t *testing.T) {
 	}
 
 	// The log must have exercised every rule, or agreement proves little.
-	for _, op := range []Op{OpAcquire, OpRenew, OpRelease, OpAdvance, OpRevoke, OpSetMember, OpRemoveMember, OpSetPaused} {
+	for _, op := range []Op{OpAcquire, OpRenew, OpRelease, OpAdvance, OpRevoke, OpSetMember, OpRemoveMember, OpSetPaused, OpSetCursor} {
 		if accepted[op] < 5 {
 			t.Errorf("only %d accepted %s commands in the log", accepted[op], op)
 		}

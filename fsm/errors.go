@@ -23,12 +23,15 @@ var (
 	// ErrGapBase: an advance carrying a gap delta was computed from an
 	// open-gap set other than the state's.
 	ErrGapBase = errors.New("open gaps differ from the gap delta's base")
+	// ErrNotFresh: a restore was refused because the group has processed
+	// events already.
+	ErrNotFresh = errors.New("the group has processed events already")
 	// ErrBadCommand: the command could not be decoded or is invalid.
 	ErrBadCommand = errors.New("bad command")
 )
 
 // Refusals lists every sentinel a command can be refused with.
-var Refusals = []error{ErrLeaseHeld, ErrStaleToken, ErrLeaseExpired, ErrCursorBackwards, ErrPaused, ErrGapBase, ErrBadCommand}
+var Refusals = []error{ErrLeaseHeld, ErrStaleToken, ErrLeaseExpired, ErrCursorBackwards, ErrPaused, ErrGapBase, ErrNotFresh, ErrBadCommand}
 
 func refuse(sentinel error, format string, args ...any) error {
 	return fmt.Errorf("%w: %s", sentinel, fmt.Sprintf(format, args...))

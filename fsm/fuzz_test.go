@@ -87,7 +87,7 @@ func genCommand(ch chooser, s State, now *int64) Command {
 	}
 	c := Command{Node: node, Token: token, TTL: time.Duration(ch.intn(4)) * time.Second, Now: *now}
 
-	switch k := ch.intn(20); {
+	switch k := ch.intn(22); {
 	case k < 5:
 		c.Op = OpAcquire
 	case k < 8:
@@ -111,6 +111,17 @@ func genCommand(ch chooser, s State, now *int64) Command {
 	case k < 19:
 		c.Op = OpSetPaused
 		c.Paused = ch.intn(3) == 0
+	case k < 20:
+		c.Op = OpSetCursor
+		c.SetCursor = &SetCursor{LastEventID: max(s.Cursor.LastEventID+int64(ch.intn(9))-4, 0), Force: ch.intn(2) == 0}
+	case k < 21:
+		c.Op = OpRestore
+		last := int64(ch.intn(60))
+		c.Restore = &Restore{Cursor: Cursor{LastEventID: last}, Token: uint64(ch.intn(200)),
+			Stats: Stats{EventsProcessed: uint64(last), Batches: uint64(ch.intn(3))}}
+		if last > 3 && ch.intn(2) == 0 {
+			c.Restore.Gaps = []Gap{{ID: last - 2, FirstSeen: *now}}
+		}
 	default:
 		switch ch.intn(3) {
 		case 0:
@@ -265,6 +276,10 @@ func checkStep(t *testing.T, step int, c Command, prev, s State, res Result, gra
 			fail("token %d granted twice", s.Lease.Token)
 		}
 		grants[s.Lease.Token] = c.Node
+	} else if c.Op == OpRestore {
+		if s.Lease.Token < prev.Lease.Token || s.Lease.Token < c.Restore.Token || s.Lease.Holder != "" {
+			fail("restore left lease %+v after token %d, floor %d", s.Lease, prev.Lease.Token, c.Restore.Token)
+		}
 	} else if s.Lease.Token != prev.Lease.Token {
 		fail("%s changed the token from %d to %d", c.Op, prev.Lease.Token, s.Lease.Token)
 	}
@@ -272,7 +287,7 @@ func checkStep(t *testing.T, step int, c Command, prev, s State, res Result, gra
 	// Fencing: a command acting on a grant names the current one and comes
 	// from the node it was granted to.
 	switch c.Op {
-	case OpRenew, OpRelease, OpAdvance:
+	case OpRenew, OpRelease, OpAdvance, OpSetCursor:
 		if c.Token != prev.Lease.Token || grants[c.Token] != c.Node {
 			fail("accepted %s of token %d from %s; current token %d was granted to %q",
 				c.Op, c.Token, c.Node, prev.Lease.Token, grants[prev.Lease.Token])
@@ -298,8 +313,11 @@ func checkStep(t *testing.T, step int, c Command, prev, s State, res Result, gra
 	}
 
 	// The cursor and the counters never move back; gaps stay well formed.
-	if s.Cursor.LastEventID < prev.Cursor.LastEventID {
+	if s.Cursor.LastEventID < prev.Cursor.LastEventID && !(c.Op == OpSetCursor && c.SetCursor.Force) {
 		fail("cursor moved back from %d to %d", prev.Cursor.LastEventID, s.Cursor.LastEventID)
+	}
+	if c.Op == OpRestore && (prev.Cursor.LastEventID != 0 || prev.Stats.EventsProcessed != 0) {
+		fail("restore accepted by a group at %d after %d events", prev.Cursor.LastEventID, prev.Stats.EventsProcessed)
 	}
 	if c.Op == OpAdvance {
 		a := c.Advance
@@ -317,6 +335,10 @@ func checkStep(t *testing.T, step int, c Command, prev, s State, res Result, gra
 		}
 		if s.Stats != want {
 			fail("stats %+v, want %+v", s.Stats, want)
+		}
+	} else if c.Op == OpRestore {
+		if s.Stats != c.Restore.Stats {
+			fail("restore left stats %+v, want %+v", s.Stats, c.Restore.Stats)
 		}
 	} else if s.Stats != prev.Stats {
 		fail("%s changed the stats", c.Op)

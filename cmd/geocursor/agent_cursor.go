@@ -62,6 +62,7 @@ func runCursor(ctx context.Context, cfg *config.Config, node *cluster.Node, logg
 		RetryMin:     cfg.Lease.RetryMin,
 		RetryMax:     cfg.Lease.RetryMax,
 	}, node, source, tracking, health, logger.Named("cursor"))
+	node.SetOperator(loop)
 	logger.Info("cursor started", "batch_size", cfg.Source.BatchSize, "poll_interval", cfg.Source.PollInterval.String(),
 		"lease_ttl", cfg.Lease.TTL.String())
 	return loop.Run(ctx)

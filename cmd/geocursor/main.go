@@ -26,8 +26,12 @@ Commands:
   agent            run a peer of the geocursor Raft group
   cluster status   show the group: leader, members, lease, cursor and lag
   cluster remove   drop a member (a dead peer) from the group (operator)
+  cursor show      the replicated cursor, its open gaps and the fence row
   cursor pause     stop processing after the batch in flight (all peers)
   cursor resume    let the peers process again
+  cursor set       move the cursor to -event-id N (-force to move it back) (operator)
+  snapshot save    write the replicated state to FILE (operator)
+  snapshot restore put a saved state into a fresh group (operator)
   tls ca create    create the cluster's certificate authority
   tls cert create  create a peer (-node ID) or client (-client NAME) certificate
   version          print the version
@@ -81,13 +85,28 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 		return usagef("unknown command \"cluster %s\": the cluster commands are: status, remove", args[1])
 	case "cursor":
 		if len(args) < 2 {
-			return usagef("cursor needs a subcommand: geocursor cursor pause or geocursor cursor resume")
+			return usagef("cursor needs a subcommand: geocursor cursor show, pause, resume or set -event-id N")
 		}
 		switch args[1] {
 		case "pause", "resume":
 			return runCursorPause(args[1], args[2:], stdout, stderr)
+		case "show":
+			return runCursorShow(args[2:], stdout, stderr)
+		case "set":
+			return runCursorSet(args[2:], stdout, stderr)
 		}
-		return usagef("unknown command \"cursor %s\": the cursor commands are: pause, resume", args[1])
+		return usagef("unknown command \"cursor %s\": the cursor commands are: show, pause, resume, set", args[1])
+	case "snapshot":
+		if len(args) < 2 {
+			return usagef("snapshot needs a subcommand: geocursor snapshot save FILE or geocursor snapshot restore FILE")
+		}
+		switch args[1] {
+		case "save":
+			return runSnapshotSave(args[2:], stdout, stderr)
+		case "restore":
+			return runSnapshotRestore(args[2:], stdout, stderr)
+		}
+		return usagef("unknown command \"snapshot %s\": the snapshot commands are: save, restore", args[1])
 	case "tls":
 		if len(args) < 3 || args[2] != "create" || (args[1] != "ca" && args[1] != "cert") {
 			return usagef("the tls commands are: geocursor tls ca create, geocursor tls cert create (-node ID | -client NAME)")
@@ -104,5 +123,5 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stdout, usage)
 		return errHelp
 	}
-	return usagef("unknown command %q: the commands are agent, cluster status, cursor pause, cursor resume, tls ca create, tls cert create and version", args[0])
+	return usagef("unknown command %q: the commands are agent, cluster status|remove, cursor show|pause|resume|set, snapshot save|restore, tls ca create, tls cert create and version", args[0])
 }

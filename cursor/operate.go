@@ -1,0 +1,205 @@
+package cursor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/geocursor/geocursor/api"
+	"github.com/geocursor/geocursor/fsm"
+)
+
+// An operator's requests that this peer carries out because it reaches
+// the tracking database: `geocursor cursor set` and `snapshot restore`
+// (design section 12). Each takes the peer's turn (Loop.turn), so that it
+// never runs beside one of the loop's grants.
+
+// fenceMover is what a cursor set needs of the tracking database beyond
+// the loop's own port.
+type fenceMover interface {
+	MoveFence(ctx context.Context, token uint64, from Position, to Position, replay bool) (replayed int64, err error)
+}
+
+// eventCounter is what a cursor set needs of the source beyond the loop's
+// own port.
+type eventCounter interface {
+	EventDate(ctx context.Context, id int64) (time.Time, error)
+	CountBetween(ctx context.Context, after, upTo int64) (int64, error)
+}
+
+// opTimeout bounds an operator's request once it has the lease.
+const opTimeout = 30 * time.Second
+
+// SetCursor moves the cursor to req.EventID: under a lease of its own, it
+// moves the fence row (forwards: the events in between are skipped and the
+// open gaps given up; backwards, only with Force: the rows of the events
+// after it are deleted, so that they are processed, and delivered, again),
+// then the replicated cursor, and logs who did it.
+func (l *Loop) SetCursor(ctx context.Context, req api.CursorSetRequest, who string) (api.CursorSetResponse, error) {
+	resp := api.CursorSetResponse{To: req.EventID, By: who}
+	mover, ok := l.tracking.(fenceMover)
+	counter, ok2 := l.source.(eventCounter)
+	if !ok || !ok2 {
+		return resp, errors.New("this peer's databases cannot move the cursor")
+	}
+	if req.EventID < 0 {
+		return resp, fmt.Errorf("%w: event_id %d is negative", api.ErrBadRequest, req.EventID)
+	}
+	token, err := l.takeTurn(ctx)
+	if err != nil {
+		return resp, err
+	}
+	defer l.turn.Unlock()
+	resp.Token = token
+	octx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	released := false
+	defer func() {
+		if !released {
+			_ = l.release(octx, token)
+		}
+	}()
+
+	fence, err := l.tracking.Claim(octx, token)
+	if err != nil {
+		return resp, fmt.Errorf("claim the tracking database (token %d): %w", token, err)
+	}
+	from := fence.Position
+	resp.From = from.LastEventID
+	back := req.EventID < from.LastEventID
+	if back && !req.Force {
+		return resp, fmt.Errorf("%w: the cursor is at %d; moving it back to %d processes the events after it again: pass -force to do so",
+			fsm.ErrCursorBackwards, from.LastEventID, req.EventID)
+	}
+	to := Position{LastEventID: req.EventID}
+	if to.LastEventDate, err = counter.EventDate(octx, req.EventID); err != nil {
+		return resp, err
+	}
+	if !back {
+		if resp.Skipped, err = counter.CountBetween(octx, from.LastEventID, req.EventID); err != nil {
+			return resp, err
+		}
+		resp.GapsDropped = len(from.Gaps)
+	}
+	if resp.Replayed, err = mover.MoveFence(octx, token, from, to, back); err != nil {
+		return resp, err
+	}
+	res, err := l.coord.Apply(octx, fsm.Command{Op: fsm.OpSetCursor, Node: l.coord.ID(), Token: token,
+		SetCursor: &fsm.SetCursor{LastEventID: req.EventID, LastEventDate: fsm.Nanos(to.LastEventDate), Force: back}})
+	if err == nil {
+		err = res.Err
+	}
+	if err != nil {
+		// The fence row has moved: the next holder adopts it if it is
+		// ahead; one that moved back needs this command again.
+		return resp, fmt.Errorf("the tracking database's fence row is at %d, but recording it in the group failed: %w; run the same cursor set again", req.EventID, err)
+	}
+	released = true
+	l.awaitOwnCommand(octx, token)
+	l.logger.Warn("cursor set by an operator", "by", who, "from", from.LastEventID, "to", req.EventID, "force", req.Force,
+		"token", token, "skipped", resp.Skipped, "gaps_dropped", resp.GapsDropped, "replayed", resp.Replayed)
+	return resp, nil
+}
+
+// Restore puts a saved state into a group that has processed nothing: the
+// token is raised above the tracking database's, so that the next grant is
+// newer than any the fence row has seen, and that grant then checks the
+// fence against the restored cursor (adopting a fence ahead of it).
+func (l *Loop) Restore(ctx context.Context, snap api.Snapshot, who string) (api.RestoreResponse, error) {
+	resp := api.RestoreResponse{LastEventID: snap.Cursor.LastEventID, By: who}
+	if snap.Format != api.SnapshotFormat {
+		return resp, fmt.Errorf("%w: snapshot format %d, this agent reads format %d", api.ErrBadRequest, snap.Format, api.SnapshotFormat)
+	}
+	l.turn.Lock()
+	defer l.turn.Unlock()
+	octx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
+	fence, err := l.tracking.Fence(octx)
+	if err != nil {
+		return resp, fmt.Errorf("read the fence row: %w", err)
+	}
+	token := max(snap.Token, fence.Token)
+	res, err := l.coord.Apply(octx, fsm.Command{Op: fsm.OpRestore, Node: l.coord.ID(), Restore: &fsm.Restore{
+		Cursor: snap.Cursor, Gaps: snap.Gaps, Stats: snap.Stats, Token: token, Clock: snap.Clock}})
+	if err == nil {
+		err = res.Err
+	}
+	if err != nil {
+		return resp, fmt.Errorf("restore: %w", err)
+	}
+	resp.Token = res.Lease.Token
+	for wctx, stop := context.WithTimeout(octx, 2*time.Second); ; {
+		st, changed := l.coord.Watch()
+		if st.Lease.Token >= resp.Token {
+			stop()
+			break
+		}
+		select {
+		case <-changed:
+		case <-wctx.Done():
+		}
+		if wctx.Err() != nil {
+			stop()
+			break
+		}
+	}
+	l.logger.Warn("replicated state restored from a snapshot by an operator", "by", who, "last_id", snap.Cursor.LastEventID,
+		"open_gaps", len(snap.Gaps), "token", resp.Token, "snapshot_taken_at", snap.TakenAt, "snapshot_from", snap.TakenFrom,
+		"fence_last_id", fence.Position.LastEventID)
+	return resp, nil
+}
+
+// awaitOwnCommand waits, briefly, until the local replica shows that this
+// peer's grant of token has ended, so that the operator's next look at
+// this node sees what was just done.
+func (l *Loop) awaitOwnCommand(ctx context.Context, token uint64) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	for {
+		st, changed := l.coord.Watch()
+		if st.Lease.Token != token || st.Lease.Holder != l.coord.ID() {
+			return
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// FenceState reads the fence row for `cursor show`.
+func (l *Loop) FenceState(ctx context.Context) (api.Fence, error) {
+	qctx, cancel := l.dbContext(ctx)
+	defer cancel()
+	f, err := l.tracking.Fence(qctx)
+	if err != nil {
+		return api.Fence{}, err
+	}
+	return api.Fence{Token: f.Token, LastEventID: f.Position.LastEventID, OpenGaps: len(f.Position.Gaps), Positioned: f.Positioned}, nil
+}
+
+// takeTurn waits for this peer's turn and the lease, and returns the
+// token with the turn held. It competes for the lease like the loop, so
+// it waits while another peer works through a batch.
+func (l *Loop) takeTurn(ctx context.Context) (uint64, error) {
+	backoff := api.Backoff{Min: 50 * time.Millisecond, Max: time.Second}
+	for {
+		l.turn.Lock()
+		res, err := l.coord.Apply(ctx, fsm.Command{Op: fsm.OpAcquire, Node: l.coord.ID(), TTL: max(l.cfg.LeaseTTL, opTimeout)})
+		if err == nil && res.Err == nil {
+			return res.Lease.Token, nil
+		}
+		l.turn.Unlock()
+		if err == nil && !errors.Is(res.Err, fsm.ErrLeaseHeld) {
+			err = res.Err
+		}
+		if err != nil {
+			return 0, fmt.Errorf("take the lease: %w", err)
+		}
+		if backoff.Wait(ctx) != nil {
+			return 0, fmt.Errorf("take the lease: %w (held by %s)", res.Err, res.Lease.Holder)
+		}
+	}
+}
