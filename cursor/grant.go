@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
 )
 
@@ -177,7 +178,13 @@ func (g *grant) run() error {
 			g.committing = p
 			continue
 		}
-		// The grant's last batch: commit it, and release with its advance.
+		// Caught up: commit the batch now. A healthy holder keeps its
+		// lease while work keeps arriving, so that a steady load costs an
+		// advance every AdvanceInterval instead of an acquire and a
+		// release per batch; after a quiet spell it releases with a last
+		// advance.
+		hold := !st.Cursor.Paused && l.cfg.QuietSpell > 0
+		p.keep = hold
 		again, err := g.commitOrAdopt(p)
 		if err != nil {
 			return err
@@ -185,12 +192,51 @@ func (g *grant) run() error {
 		if again {
 			continue
 		}
+		if hold {
+			work, err := g.awaitWork()
+			if err != nil {
+				return err
+			}
+			if work {
+				continue
+			}
+			if err := g.record(&pendingBatch{start: g.pos, next: g.pos}, CommitResult{}); err != nil {
+				return err
+			}
+		}
 		if err := g.awaitProgress(); err != nil {
 			return err
 		}
-		l.logger.Info(msgLeaseReleased, "token", g.token, "last_id", next.LastEventID, "open_gaps", len(next.Gaps))
+		l.logger.Info(msgLeaseReleased, "token", g.token, "last_id", g.pos.LastEventID, "open_gaps", len(g.pos.Gaps))
 		return nil
 	}
+}
+
+// awaitWork waits, while the grant holds its lease, for new events, a gap
+// that became visible or one that timed out: true when there is work,
+// false after QuietSpell without any (or once processing is paused). The
+// holder looks every holdPoll, more often than an idle peer, since the
+// lag of every event it waits for is in that wait.
+func (g *grant) awaitWork() (bool, error) {
+	l := g.l
+	quietUntil := time.Now().Add(l.cfg.QuietSpell)
+	for time.Now().Before(quietUntil) {
+		if err := api.Sleep(g.ctx, l.cfg.holdPoll()); err != nil {
+			return false, err
+		}
+		if _, err := g.pollProgress(); err != nil {
+			return false, err
+		}
+		if st, _ := l.coord.Watch(); st.Cursor.Paused {
+			return false, nil
+		}
+		st := fsm.State{Cursor: fsm.Cursor{LastEventID: g.pos.LastEventID}, Gaps: g.pos.Gaps}
+		work, err := l.hasWork(g.ctx, st, time.Now())
+		if err != nil || work {
+			return work, err
+		}
+	}
+	return false, nil
 }
 
 // read returns the next batch's events: the prefetch if there is one,

@@ -28,6 +28,10 @@ type LoopConfig struct {
 	HeadInterval time.Duration
 	// DBTimeout bounds each database call; 0 means LeaseTTL.
 	DBTimeout time.Duration
+	// QuietSpell is how long a holder keeps its lease, caught up, waiting
+	// for more work before it releases it; 0 means DefaultQuietSpell, a
+	// negative value releases at once.
+	QuietSpell time.Duration
 	// Start is where a fresh tracking database begins: StartHead (the
 	// default) or StartOldest; see grant.place.
 	Start string
@@ -36,6 +40,14 @@ type LoopConfig struct {
 	// The last batch of a grant is always recorded at once.
 	AdvanceInterval time.Duration
 }
+
+// DefaultQuietSpell: a holder that has found no work for a second lets the
+// lease go.
+const DefaultQuietSpell = time.Second
+
+// holdPoll is how often a holder waiting for work looks: a fifth of the
+// idle poll interval, at least a millisecond.
+func (c LoopConfig) holdPoll() time.Duration { return max(c.PollInterval/5, time.Millisecond) }
 
 // DefaultAdvanceInterval spaces the advances of a holder that keeps its
 // lease through a backlog. Each is a Raft write on every peer, and at tens
@@ -72,6 +84,12 @@ func (c LoopConfig) withDefaults() LoopConfig {
 	}
 	if c.AdvanceInterval <= 0 {
 		c.AdvanceInterval = DefaultAdvanceInterval
+	}
+	switch {
+	case c.QuietSpell == 0:
+		c.QuietSpell = DefaultQuietSpell
+	case c.QuietSpell < 0:
+		c.QuietSpell = 0
 	}
 	return c
 }
