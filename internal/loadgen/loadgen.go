@@ -50,6 +50,9 @@ type Config struct {
 	// Records is the size of the model_record_id key space, kept small so
 	// that the same record gets several events; 0 means DefaultRecords.
 	Records int
+	// EventsPerTx is how many events each transaction writes (0 means 1),
+	// as a busy primary commits several in one; it needs Total == 0.
+	EventsPerTx int
 	// Seed makes the sequence of events each writer produces repeatable
 	// (the interleaving of writers is not).
 	Seed int64
@@ -74,6 +77,9 @@ func (c Config) withDefaults() Config {
 	if c.Records == 0 {
 		c.Records = DefaultRecords
 	}
+	if c.EventsPerTx == 0 {
+		c.EventsPerTx = 1
+	}
 	return c
 }
 
@@ -90,6 +96,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("hold-for must not be negative, got %v", c.HoldFor)
 	case c.Records < 0:
 		return fmt.Errorf("records must be positive, got %d", c.Records)
+	case c.EventsPerTx < 0 || c.EventsPerTx > 1000:
+		return fmt.Errorf("events per transaction must be 1 to 1000, got %d", c.EventsPerTx)
+	case c.EventsPerTx > 1 && c.Total != 0:
+		return fmt.Errorf("events per transaction above 1 needs total 0 (run until stopped)")
 	}
 	for _, f := range []struct {
 		name string
@@ -282,11 +292,14 @@ func (w *writer) loop(ctx context.Context) error {
 		// only on the seed, not on how a transaction ended.
 		rollback := w.rng.Float64() < w.cfg.RollbackFraction
 		hold := w.rng.Float64() < w.cfg.HoldFraction
-		ev := w.nextEvent()
+		evs := make([]event, w.cfg.EventsPerTx)
+		for i := range evs {
+			evs[i] = w.nextEvent()
+		}
 		if !rollback && !w.claim() {
 			return nil
 		}
-		err := w.write(ctx, ev, rollback, hold)
+		err := w.write(ctx, evs, rollback, hold)
 		if err == nil {
 			continue
 		}
@@ -302,9 +315,9 @@ func (w *writer) loop(ctx context.Context) error {
 	return nil
 }
 
-// write runs one transaction as GitLab does: the referenced row first,
-// then the geo_event_log row pointing at it.
-func (w *writer) write(ctx context.Context, ev event, rollback, hold bool) error {
+// write runs one transaction as GitLab does: for each event, the
+// referenced row first, then the geo_event_log row pointing at it.
+func (w *writer) write(ctx context.Context, evs []event, rollback, hold bool) error {
 	tx, err := w.pool.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("begin event transaction: %w", err)
@@ -318,51 +331,24 @@ func (w *writer) write(ctx context.Context, ev event, rollback, hold bool) error
 		}
 	}()
 
-	var logID int64
-	switch ev.kind {
-	case kindGeoEvent, kindBadPayload:
-		var eventID int64
-		if err := tx.QueryRow(ctx,
-			`INSERT INTO geo_events (replicable_name, event_name, payload, created_at)
-			 VALUES ($1, $2, $3, now()) RETURNING id`,
-			ev.replicable, ev.name, ev.payload).Scan(&eventID); err != nil {
-			return fmt.Errorf("insert geo_events (%s %s): %w", ev.replicable, ev.name, err)
+	logIDs := make([]int64, 0, len(evs))
+	for _, ev := range evs {
+		logID, err := insertEvent(ctx, tx, ev)
+		if err != nil {
+			return err
 		}
-		if err := tx.QueryRow(ctx,
-			`INSERT INTO geo_event_log (created_at, geo_event_id)
-			 VALUES (now() AT TIME ZONE 'utc', $1) RETURNING id`,
-			eventID).Scan(&logID); err != nil {
-			return fmt.Errorf("insert geo_event_log for geo_events %d: %w", eventID, err)
-		}
-	case kindCacheInvalidation:
-		var cacheID int64
-		if err := tx.QueryRow(ctx,
-			`INSERT INTO geo_cache_invalidation_events (key) VALUES ($1) RETURNING id`,
-			ev.key).Scan(&cacheID); err != nil {
-			return fmt.Errorf("insert geo_cache_invalidation_events (%s): %w", ev.key, err)
-		}
-		if err := tx.QueryRow(ctx,
-			`INSERT INTO geo_event_log (created_at, cache_invalidation_event_id)
-			 VALUES (now() AT TIME ZONE 'utc', $1) RETURNING id`,
-			cacheID).Scan(&logID); err != nil {
-			return fmt.Errorf("insert geo_event_log for cache invalidation %d: %w", cacheID, err)
-		}
-	case kindBadNoReference:
-		if err := tx.QueryRow(ctx,
-			`INSERT INTO geo_event_log (created_at) VALUES (now() AT TIME ZONE 'utc') RETURNING id`,
-		).Scan(&logID); err != nil {
-			return fmt.Errorf("insert geo_event_log without reference: %w", err)
-		}
+		logIDs = append(logIDs, logID)
 	}
+	last := logIDs[len(logIDs)-1]
 
 	if hold && w.cfg.HoldFor > 0 {
 		if err := sleep(ctx, w.cfg.HoldFor); err != nil {
-			return fmt.Errorf("hold transaction for geo_event_log %d: %w", logID, err)
+			return fmt.Errorf("hold transaction for geo_event_log %d: %w", last, err)
 		}
 	}
 	if rollback {
 		if err := tx.Rollback(ctx); err != nil {
-			return fmt.Errorf("roll back geo_event_log %d: %w", logID, err)
+			return fmt.Errorf("roll back geo_event_log %d: %w", last, err)
 		}
 		committed = true // nothing left for the deferred rollback to do
 		w.stats.RolledBack++
@@ -372,30 +358,73 @@ func (w *writer) write(ctx context.Context, ev event, rollback, hold bool) error
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
 	defer cancel()
 	if err := tx.Commit(cctx); err != nil {
-		return fmt.Errorf("commit geo_event_log %d: %w", logID, err)
+		return fmt.Errorf("commit geo_event_log %d: %w", last, err)
 	}
 	committed = true
 	committedAt := time.Now()
 
-	w.stats.Committed++
-	w.stats.addID(logID)
-	if hold {
-		w.stats.Held++
-	}
-	switch ev.kind {
-	case kindCacheInvalidation:
-		w.stats.CacheInvalidations++
-	case kindBadPayload:
-		w.stats.Bad++
-		w.stats.BadPayload++
-	case kindBadNoReference:
-		w.stats.Bad++
-		w.stats.BadNoReference++
+	for i, ev := range evs {
+		w.stats.Committed++
+		w.stats.addID(logIDs[i])
+		if hold {
+			w.stats.Held++
+		}
+		switch ev.kind {
+		case kindCacheInvalidation:
+			w.stats.CacheInvalidations++
+		case kindBadPayload:
+			w.stats.Bad++
+			w.stats.BadPayload++
+		case kindBadNoReference:
+			w.stats.Bad++
+			w.stats.BadNoReference++
+		}
 	}
 	if w.cfg.OnCommit != nil {
-		w.cfg.OnCommit([]int64{logID}, committedAt)
+		w.cfg.OnCommit(logIDs, committedAt)
 	}
 	return nil
+}
+
+// insertEvent inserts ev's rows and returns its geo_event_log ID.
+func insertEvent(ctx context.Context, tx pgx.Tx, ev event) (int64, error) {
+	var logID int64
+	switch ev.kind {
+	case kindGeoEvent, kindBadPayload:
+		var eventID int64
+		if err := tx.QueryRow(ctx,
+			`INSERT INTO geo_events (replicable_name, event_name, payload, created_at)
+			 VALUES ($1, $2, $3, now()) RETURNING id`,
+			ev.replicable, ev.name, ev.payload).Scan(&eventID); err != nil {
+			return 0, fmt.Errorf("insert geo_events (%s %s): %w", ev.replicable, ev.name, err)
+		}
+		if err := tx.QueryRow(ctx,
+			`INSERT INTO geo_event_log (created_at, geo_event_id)
+			 VALUES (now() AT TIME ZONE 'utc', $1) RETURNING id`,
+			eventID).Scan(&logID); err != nil {
+			return 0, fmt.Errorf("insert geo_event_log for geo_events %d: %w", eventID, err)
+		}
+	case kindCacheInvalidation:
+		var cacheID int64
+		if err := tx.QueryRow(ctx,
+			`INSERT INTO geo_cache_invalidation_events (key) VALUES ($1) RETURNING id`,
+			ev.key).Scan(&cacheID); err != nil {
+			return 0, fmt.Errorf("insert geo_cache_invalidation_events (%s): %w", ev.key, err)
+		}
+		if err := tx.QueryRow(ctx,
+			`INSERT INTO geo_event_log (created_at, cache_invalidation_event_id)
+			 VALUES (now() AT TIME ZONE 'utc', $1) RETURNING id`,
+			cacheID).Scan(&logID); err != nil {
+			return 0, fmt.Errorf("insert geo_event_log for cache invalidation %d: %w", cacheID, err)
+		}
+	case kindBadNoReference:
+		if err := tx.QueryRow(ctx,
+			`INSERT INTO geo_event_log (created_at) VALUES (now() AT TIME ZONE 'utc') RETURNING id`,
+		).Scan(&logID); err != nil {
+			return 0, fmt.Errorf("insert geo_event_log without reference: %w", err)
+		}
+	}
+	return logID, nil
 }
 
 // Replicables and event names with their weights, roughly as a busy GitLab

@@ -23,6 +23,7 @@ import (
 const (
 	targetDrainEventsPerS = 50_000
 	targetDrainRatio      = 0.9
+	targetCeilingRatio    = 0.85
 )
 
 // drainPoll is how often the fence is read while a backlog drains.
@@ -40,8 +41,15 @@ type drainReport struct {
 	// PlainEventsPerS is the mean of the plain runs.
 	PlainEventsPerS float64 `json:"plain_events_per_s"`
 	// Ratio is Cluster.EventsPerS / PlainEventsPerS.
-	Ratio  float64 `json:"ratio_cluster_to_plain"`
-	Method string  `json:"method"`
+	Ratio float64 `json:"ratio_cluster_to_plain"`
+	// Ceiling is what the tracking database takes from one connection
+	// writing the same rows (ceiling.go), run first and last;
+	// CeilingEventsPerS their mean, RatioToCeiling the cluster's share.
+	Ceiling           []drainRun `json:"ceiling"`
+	CeilingEventsPerS float64    `json:"ceiling_events_per_s"`
+	RatioToCeiling    float64    `json:"ratio_cluster_to_ceiling"`
+	CeilingMethod     string     `json:"ceiling_method"`
+	Method            string     `json:"method"`
 }
 
 type drainRun struct {
@@ -65,7 +73,7 @@ const drainMethod = "geocursor_fence is read every 50 ms; the rate is (head - la
 	"vacuumed and checkpointed, so that no run pays for another's autovacuum and dirty buffers."
 
 func (b *bench) drain(ctx context.Context) error {
-	r := &drainReport{Events: b.opts.events, Method: drainMethod}
+	r := &drainReport{Events: b.opts.events, Method: drainMethod, CeilingMethod: ceilingMethod}
 	b.report.Drain = r
 	if b.cluster != nil {
 		return fmt.Errorf("the drain needs agents that start on the backlog, but they are already running")
@@ -110,6 +118,33 @@ func (b *bench) drain(ctx context.Context) error {
 		defer pool.Close()
 		return settle(ctx, pool)
 	}
+	b.logf("drain: reading the backlog's rows for the ceiling runs ...")
+	ceilingRows, err := loadCeilingRows(ctx, b.source, head)
+	if err != nil {
+		return fmt.Errorf("read the rows for the ceiling: %w", err)
+	}
+	ceiling := func(n int) error {
+		dsn, err := b.pg.CreateDatabase(ctx, fmt.Sprintf("tracking_ceiling_%d_%s", n, b.security))
+		if err != nil {
+			return err
+		}
+		run, err := b.ceiling(ctx, dsn, ceilingRows, n)
+		if err != nil {
+			return err
+		}
+		r.Ceiling = append(r.Ceiling, run)
+		pool, err := harness.OpenPool(ctx, dsn, 1)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		return settle(ctx, pool)
+	}
+	// Ceiling, plain, cluster, plain, ceiling: a machine that speeds up or
+	// slows down moves every ratio's both sides alike.
+	if err := ceiling(1); err != nil {
+		return err
+	}
 	if err := plain(1); err != nil {
 		return err
 	}
@@ -152,6 +187,17 @@ func (b *bench) drain(ctx context.Context) error {
 	if err := plain(2); err != nil {
 		return err
 	}
+	if err := ceiling(2); err != nil {
+		return err
+	}
+	ceilingRows = nil
+	for _, c := range r.Ceiling {
+		r.CeilingEventsPerS += c.EventsPerS / float64(len(r.Ceiling))
+	}
+	r.CeilingEventsPerS = round(r.CeilingEventsPerS)
+	if r.CeilingEventsPerS > 0 {
+		r.RatioToCeiling = round3(r.Cluster.EventsPerS / r.CeilingEventsPerS)
+	}
 	for _, p := range r.Plain {
 		r.PlainEventsPerS += p.EventsPerS / float64(len(r.Plain))
 	}
@@ -163,6 +209,8 @@ func (b *bench) drain(ctx context.Context) error {
 		r.Cluster.EventsPerS, r.PlainEventsPerS, r.Ratio)
 	b.report.check("drain: cluster events/s", r.Cluster.EventsPerS, fmt.Sprintf(">= %d", targetDrainEventsPerS), r.Cluster.EventsPerS >= targetDrainEventsPerS)
 	b.report.check("drain: ratio cluster/plain", r.Ratio, fmt.Sprintf(">= %.1f", targetDrainRatio), r.Ratio >= targetDrainRatio)
+	b.logf("drain: ceiling %.0f events/s (mean of the first and last runs): cluster/ceiling %.3f", r.CeilingEventsPerS, r.RatioToCeiling)
+	b.report.check("drain: ratio cluster/ceiling", r.RatioToCeiling, fmt.Sprintf(">= %.2f", targetCeilingRatio), r.RatioToCeiling >= targetCeilingRatio)
 	return nil
 }
 

@@ -8,10 +8,13 @@ type report struct {
 	Machine machine   `json:"machine"`
 	Config  runConfig `json:"config"`
 
-	Drain    *drainReport    `json:"drain,omitempty"`
-	Lag      *lagReport      `json:"lag,omitempty"`
-	Failover *failoverReport `json:"failover,omitempty"`
-	Delivery *deliveryReport `json:"delivery,omitempty"`
+	Drain *drainReport `json:"drain,omitempty"`
+	Lag   *lagReport   `json:"lag,omitempty"`
+	// LagSteady is the lag and the Raft writes at issue 13's steady
+	// rates (200 and 5,000 events/s).
+	LagSteady []*lagReport    `json:"lag_steady,omitempty"`
+	Failover  *failoverReport `json:"failover,omitempty"`
+	Delivery  *deliveryReport `json:"delivery,omitempty"`
 	// RaftCostPerBatch is per phase (drain, lag), from the agents' logs.
 	RaftCostPerBatch map[string]raftCost `json:"raft_cost_per_batch,omitempty"`
 	// PeakRSSMB is the highest VmHWM of each node's processes (a killed
@@ -74,6 +77,7 @@ func (r *report) check(figure string, value float64, want string, met bool) {
 type variantReport struct {
 	Drain            *drainReport        `json:"drain,omitempty"`
 	Lag              *lagReport          `json:"lag,omitempty"`
+	LagSteady        []*lagReport        `json:"lag_steady,omitempty"`
 	Failover         *failoverReport     `json:"failover,omitempty"`
 	Delivery         *deliveryReport     `json:"delivery,omitempty"`
 	RaftCostPerBatch map[string]raftCost `json:"raft_cost_per_batch,omitempty"`
@@ -84,7 +88,7 @@ func (r *report) stash(sec string) {
 	if r.Variants == nil {
 		r.Variants = map[string]*variantReport{}
 	}
-	r.Variants[sec] = &variantReport{Drain: r.Drain, Lag: r.Lag, Failover: r.Failover, Delivery: r.Delivery, RaftCostPerBatch: r.RaftCostPerBatch}
+	r.Variants[sec] = &variantReport{Drain: r.Drain, Lag: r.Lag, LagSteady: r.LagSteady, Failover: r.Failover, Delivery: r.Delivery, RaftCostPerBatch: r.RaftCostPerBatch}
 	r.RaftCostPerBatch = nil
 }
 
