@@ -89,7 +89,7 @@ func (r *report) stash(sec string) {
 		r.Variants = map[string]*variantReport{}
 	}
 	r.Variants[sec] = &variantReport{Drain: r.Drain, Lag: r.Lag, LagSteady: r.LagSteady, Failover: r.Failover, Delivery: r.Delivery, RaftCostPerBatch: r.RaftCostPerBatch}
-	r.RaftCostPerBatch = nil
+	r.RaftCostPerBatch, r.LagSteady = nil, nil
 }
 
 // securityOverhead is TLS and tokens against plain, figure by figure:
