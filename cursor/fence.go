@@ -43,34 +43,59 @@ func (t *Tracking) Claim(ctx context.Context, token uint64) (Fence, error) {
 	if token > math.MaxInt64 {
 		return Fence{}, fmt.Errorf("claim fence (token %d): token does not fit in a bigint", token)
 	}
-	var (
-		prev, lastID int64
-		lastDate     *time.Time
-		gapsJSON     string
-		positioned   bool
-	)
-	err := t.pool.QueryRow(ctx, `
+	var f Fence
+	err := pgx.BeginFunc(ctx, t.pool, func(tx pgx.Tx) error {
+		var (
+			prev, lastID int64
+			lastDate     *time.Time
+			gapsJSON     string
+			positioned   bool
+			count        int
+			sum          *int64
+		)
+		err := tx.QueryRow(ctx, `
 WITH prev AS (SELECT token FROM geocursor_fence WHERE id = 1 FOR UPDATE)
 UPDATE geocursor_fence AS f
 SET token = GREATEST(f.token, $1), updated_at = clock_timestamp()
 FROM prev
 WHERE f.id = 1
-RETURNING prev.token, f.last_event_id, f.last_event_date, f.gaps::text, f.positioned`, int64(token)).
-		Scan(&prev, &lastID, &lastDate, &gapsJSON, &positioned)
+RETURNING prev.token, f.last_event_id, f.last_event_date, `+FenceGapsSQL+`, f.positioned, f.gaps_count, f.gaps_sum`, int64(token)).
+			Scan(&prev, &lastID, &lastDate, &gapsJSON, &positioned, &count, &sum)
+		if err != nil {
+			return dbErrorf("tracking", t.name, err, "claim the fence row (token %d): %s", token, describe(err))
+		}
+		if uint64(prev) > token {
+			return fmt.Errorf("%w: token %d is older than token %d in the tracking database", ErrFenced, token, prev)
+		}
+		// The fence now holds token (the claim raised it to at least that).
+		if f, err = fenceFromRow(int64(token), lastID, lastDate, gapsJSON); err != nil {
+			return fmt.Errorf("claim the fence row (token %d): %w", token, err)
+		}
+		f.Positioned = positioned
+		// The count and checksum a batch is checked against: set here after
+		// the upgrade to schema 4, and checked against the rows otherwise.
+		want := int64(fsm.GapSum(f.Position.Gaps))
+		switch {
+		case sum == nil:
+			if _, err := tx.Exec(ctx, `UPDATE geocursor_fence SET gaps_count = $1, gaps_sum = $2 WHERE id = 1`, len(f.Position.Gaps), want); err != nil {
+				return dbErrorf("tracking", t.name, err, "claim the fence row (token %d): %s", token, describe(err))
+			}
+		case *sum != want || count != len(f.Position.Gaps):
+			return fmt.Errorf("claim the fence row (token %d): the fence row counts %d open gaps with checksum %x, geocursor_fence_gaps holds %d with %x: was one of them changed by hand?",
+				token, count, *sum, len(f.Position.Gaps), want)
+		}
+		return nil
+	})
 	if err != nil {
-		return Fence{}, dbErrorf("tracking", t.name, err, "claim the fence row (token %d): %s", token, describe(err))
+		return Fence{}, err
 	}
-	if uint64(prev) > token {
-		return Fence{}, fmt.Errorf("%w: token %d is older than token %d in the tracking database", ErrFenced, token, prev)
-	}
-	// The fence now holds token (the claim raised it to at least that).
-	f, err := fenceFromRow(int64(token), lastID, lastDate, gapsJSON)
-	if err != nil {
-		return Fence{}, fmt.Errorf("claim the fence row (token %d): %w", token, err)
-	}
-	f.Positioned = positioned
 	return f, nil
 }
+
+// FenceGapsSQL is an SQL expression for the fence's open gaps, as the JSON
+// array [{"id", "first_seen"}, ...] in ID order (the harness reads them
+// with it, too).
+const FenceGapsSQL = `(SELECT coalesce(jsonb_agg(jsonb_build_object('id', g.id, 'first_seen', g.first_seen) ORDER BY g.id), '[]'::jsonb)::text FROM geocursor_fence_gaps g)`
 
 // Place positions the fence row of a fresh tracking database at start,
 // under token, the grant that claimed it. Refused with ErrFenced if the
@@ -80,24 +105,29 @@ func (t *Tracking) Place(ctx context.Context, token uint64, start Position) (Fen
 	if token > math.MaxInt64 {
 		return Fence{}, fmt.Errorf("place fence (token %d): token does not fit in a bigint", token)
 	}
-	gaps, err := encodeGaps(start.Gaps)
-	if err != nil {
-		return Fence{}, fmt.Errorf("place fence (token %d): %w", token, err)
-	}
 	var lastDate *time.Time
 	if !start.LastEventDate.IsZero() {
 		d := start.LastEventDate.UTC()
 		lastDate = &d
 	}
-	tag, err := t.pool.Exec(ctx, `
+	err := pgx.BeginFunc(ctx, t.pool, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `
 UPDATE geocursor_fence
-SET last_event_id = $2, last_event_date = $3, gaps = $4::jsonb, positioned = true, updated_at = clock_timestamp()
-WHERE id = 1 AND token = $1 AND NOT positioned`, int64(token), start.LastEventID, lastDate, gaps)
+SET last_event_id = $2, last_event_date = $3, gaps_count = $4, gaps_sum = $5, positioned = true, updated_at = clock_timestamp()
+WHERE id = 1 AND token = $1 AND NOT positioned`, int64(token), start.LastEventID, lastDate, len(start.Gaps), int64(fsm.GapSum(start.Gaps)))
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() != 1 {
+			return fmt.Errorf("%w: the fence row was placed, or claimed by a newer token, before token %d placed it", ErrFenced, token)
+		}
+		return replaceGaps(ctx, tx, start.Gaps)
+	})
+	if errors.Is(err, ErrFenced) {
+		return Fence{}, err
+	}
 	if err != nil {
 		return Fence{}, dbErrorf("tracking", t.name, err, "place the fence row at event %d (token %d): %s", start.LastEventID, token, describe(err))
-	}
-	if tag.RowsAffected() != 1 {
-		return Fence{}, fmt.Errorf("%w: the fence row was placed, or claimed by a newer token, before token %d placed it", ErrFenced, token)
 	}
 	return Fence{Token: token, Position: start, Positioned: true}, nil
 }
@@ -127,7 +157,7 @@ func (t *Tracking) Fence(ctx context.Context) (Fence, error) {
 		positioned    bool
 	)
 	err := t.pool.QueryRow(ctx,
-		`SELECT token, last_event_id, last_event_date, gaps::text, positioned FROM geocursor_fence WHERE id = 1`).
+		`SELECT token, last_event_id, last_event_date, `+FenceGapsSQL+`, positioned FROM geocursor_fence WHERE id = 1`).
 		Scan(&token, &lastID, &lastDate, &gapsJSON, &positioned)
 	if err != nil {
 		return Fence{}, fmt.Errorf("read the fence row: %w", err)
@@ -160,9 +190,10 @@ func fenceFromRow(token, lastID int64, lastDate *time.Time, gapsJSON string) (Fe
 func checkFence(row pgx.Row, b Batch) error {
 	var (
 		token, lastID int64
-		gapsJSON      string
+		count         int
+		sum           *int64
 	)
-	if err := row.Scan(&token, &lastID, &gapsJSON); err != nil {
+	if err := row.Scan(&token, &lastID, &count, &sum); err != nil {
 		return fmt.Errorf("commit batch (token %d): lock the fence row: %w", b.Token, err)
 	}
 	if uint64(token) > b.Token {
@@ -171,15 +202,53 @@ func checkFence(row pgx.Row, b Batch) error {
 	if lastID != b.Start.LastEventID {
 		return fmt.Errorf("%w: batch starts at event %d but the tracking database is at %d", ErrFenced, b.Start.LastEventID, lastID)
 	}
-	gaps, err := decodeGaps(gapsJSON)
-	if err != nil {
-		return fmt.Errorf("commit batch (token %d): read the fence row: %w", b.Token, err)
+	if count != len(b.Start.Gaps) {
+		return fmt.Errorf("%w: batch starts at event %d with %d open gaps but the tracking database has %d",
+			ErrFenced, b.Start.LastEventID, len(b.Start.Gaps), count)
 	}
-	if id, differ := gapsDiffer(b.Start.Gaps, gaps); differ {
-		return fmt.Errorf("%w: batch starts at event %d with %d open gaps but the tracking database has %d (they differ at gap %d)",
-			ErrFenced, b.Start.LastEventID, len(b.Start.Gaps), len(gaps), id)
+	if want := int64(fsm.GapSum(b.Start.Gaps)); sum == nil || *sum != want {
+		return fmt.Errorf("%w: batch starts at event %d with %d open gaps but the tracking database has %d others (checksum %s, the batch's %x)",
+			ErrFenced, b.Start.LastEventID, len(b.Start.Gaps), count, describeSum(sum), uint64(want))
 	}
 	return nil
+}
+
+// describeSum shows the fence row's gap checksum, unset until the first
+// claim after an upgrade to schema 4.
+func describeSum(sum *int64) string {
+	if sum == nil {
+		return "not yet set"
+	}
+	return fmt.Sprintf("%x", uint64(*sum))
+}
+
+// checkFenceQuery locks the fence row and reads what checkFence compares.
+const checkFenceQuery = `SELECT token, last_event_id, gaps_count, gaps_sum FROM geocursor_fence WHERE id = 1 FOR UPDATE`
+
+// queueGapChanges adds to pb the changes to geocursor_fence_gaps from the
+// open gaps of from to those of to.
+func queueGapChanges(pb *pgx.Batch, from, to []fsm.Gap) {
+	closed, opened := gapDelta(from, to)
+	if len(closed) > 0 {
+		pb.Queue(`DELETE FROM geocursor_fence_gaps WHERE id = ANY($1)`, closed)
+	}
+	if len(opened) > 0 {
+		ids, first := make([]int64, len(opened)), make([]int64, len(opened))
+		for i, g := range opened {
+			ids[i], first[i] = g.ID, g.FirstSeen
+		}
+		pb.Queue(`INSERT INTO geocursor_fence_gaps (id, first_seen) SELECT * FROM unnest($1::bigint[], $2::bigint[])`, ids, first)
+	}
+}
+
+// replaceGaps makes geocursor_fence_gaps hold exactly gaps.
+func replaceGaps(ctx context.Context, tx pgx.Tx, gaps []fsm.Gap) error {
+	if _, err := tx.Exec(ctx, `DELETE FROM geocursor_fence_gaps`); err != nil {
+		return err
+	}
+	pb := &pgx.Batch{}
+	queueGapChanges(pb, nil, gaps)
+	return tx.SendBatch(ctx, pb).Close()
 }
 
 // decodeGaps reads the fence row's gaps column.
@@ -195,15 +264,6 @@ func decodeGaps(s string) ([]fsm.Gap, error) {
 	return gaps, nil
 }
 
-// encodeGaps is the fence row's gaps column for gaps: never null.
-func encodeGaps(gaps []fsm.Gap) (string, error) {
-	if gaps == nil {
-		gaps = []fsm.Gap{}
-	}
-	b, err := json.Marshal(gaps)
-	return string(b), err
-}
-
 // MoveFence is `cursor set` in the tracking database, under token (which
 // claimed the fence): in one transaction it checks that the fence row is
 // still at from, moves it to to with no open gap, keeps event_log_states
@@ -215,7 +275,7 @@ func (t *Tracking) MoveFence(ctx context.Context, token uint64, from, to Positio
 			cur, lastID int64
 			gapsJSON    string
 		)
-		if err := tx.QueryRow(ctx, `SELECT token, last_event_id, gaps::text FROM geocursor_fence WHERE id = 1 FOR UPDATE`).
+		if err := tx.QueryRow(ctx, `SELECT token, last_event_id, `+FenceGapsSQL+` FROM geocursor_fence WHERE id = 1 FOR UPDATE`).
 			Scan(&cur, &lastID, &gapsJSON); err != nil {
 			return fmt.Errorf("lock the fence row: %w", err)
 		}
@@ -247,9 +307,12 @@ func (t *Tracking) MoveFence(ctx context.Context, token uint64, from, to Positio
 			date = &d
 		}
 		if _, err := tx.Exec(ctx, `UPDATE geocursor_fence
-SET token = $1, last_event_id = $2, last_event_date = $3, gaps = '[]', positioned = true, updated_at = clock_timestamp()
-WHERE id = 1`, int64(token), to.LastEventID, date); err != nil {
+SET token = $1, last_event_id = $2, last_event_date = $3, gaps_count = 0, gaps_sum = $4, positioned = true, updated_at = clock_timestamp()
+WHERE id = 1`, int64(token), to.LastEventID, date, int64(fsm.GapSum(nil))); err != nil {
 			return fmt.Errorf("move the fence row: %w", err)
+		}
+		if err := replaceGaps(ctx, tx, nil); err != nil {
+			return fmt.Errorf("close the open gaps: %w", err)
 		}
 		if to.LastEventID > 0 {
 			if _, err := tx.Exec(ctx, saveEventLogState, to.LastEventID); err != nil {

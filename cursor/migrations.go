@@ -124,6 +124,30 @@ CREATE TABLE IF NOT EXISTS event_log_states (
 ALTER TABLE geocursor_fence ADD COLUMN positioned boolean NOT NULL DEFAULT false;
 UPDATE geocursor_fence SET positioned = true WHERE last_event_id > 0 OR token > 0;
 `},
+	{version: 4, name: "open gaps as rows", sql: `
+-- The fence row carried the whole gap set as JSON, rewritten by every
+-- batch: with 10,000 open gaps a few hundred kilobytes per commit. The set
+-- is now one row per gap, a batch inserts and deletes what changed, and
+-- the fence row keeps the count and a checksum (fsm.GapSum, set by the
+-- next claim) that a batch's start is checked against.
+CREATE TABLE geocursor_fence_gaps (
+    id bigint PRIMARY KEY,
+    first_seen bigint NOT NULL
+);
+INSERT INTO geocursor_fence_gaps (id, first_seen)
+SELECT (g->>'id')::bigint, (g->>'first_seen')::bigint
+FROM geocursor_fence f, jsonb_array_elements(f.gaps) g WHERE f.id = 1
+ON CONFLICT DO NOTHING;
+ALTER TABLE geocursor_fence ADD COLUMN gaps_count int NOT NULL DEFAULT 0;
+ALTER TABLE geocursor_fence ADD COLUMN gaps_sum bigint;
+UPDATE geocursor_fence SET gaps_count = jsonb_array_length(gaps), gaps = '[]';
+-- fsm.GapSum of no gaps (FNV-64a's offset basis); with gaps, the next
+-- claim computes it.
+UPDATE geocursor_fence SET gaps_sum = -3750763034362895579 WHERE gaps_count = 0;
+COMMENT ON COLUMN geocursor_fence.gaps IS 'unused since schema version 4: the open gaps are the rows of geocursor_fence_gaps';
+-- Room on the page for the one row's new versions: its updates stay HOT.
+ALTER TABLE geocursor_fence SET (fillfactor = 50);
+`},
 }
 
 // migrate brings the tracking schema up to the newest version. Each

@@ -133,14 +133,13 @@ type CommitResult struct {
 // holder inserts the next batch's rows while the last one commits. Exactly
 // one of Commit and Abort must be called.
 type Staged struct {
-	t        *Tracking
-	conn     *pgxpool.Conn
-	b        Batch
-	events   []Event
-	eff      effects
-	res      CommitResult
-	nextGaps string
-	began    time.Time
+	t      *Tracking
+	conn   *pgxpool.Conn
+	b      Batch
+	events []Event
+	eff    effects
+	res    CommitResult
+	began  time.Time
 }
 
 // Stage checks b, opens its transaction on a connection of its own and
@@ -153,11 +152,7 @@ func (t *Tracking) Stage(ctx context.Context, b Batch) (StagedBatch, error) {
 	if b.Token > math.MaxInt64 {
 		return nil, fmt.Errorf("commit batch (token %d): token does not fit in a bigint", b.Token)
 	}
-	nextGaps, err := encodeGaps(b.Next.Gaps)
-	if err != nil {
-		return nil, fmt.Errorf("commit batch (token %d): encode gaps: %w", b.Token, err)
-	}
-	s := &Staged{t: t, b: b, events: events, eff: classify(events), nextGaps: nextGaps, began: time.Now()}
+	s := &Staged{t: t, b: b, events: events, eff: classify(events), began: time.Now()}
 	if s.conn, err = t.pool.Acquire(ctx); err != nil {
 		return nil, s.errorf("%w", err)
 	}
@@ -207,16 +202,19 @@ func (s *Staged) Commit(ctx context.Context) (CommitResult, error) {
 	}
 	var fenceErr error
 	pb := &pgx.Batch{}
-	pb.Queue(`SELECT token, last_event_id, gaps::text FROM geocursor_fence WHERE id = 1 FOR UPDATE`).
+	pb.Queue(checkFenceQuery).
 		QueryRow(func(row pgx.Row) error {
 			fenceErr = checkFence(row, b)
 			return fenceErr
 		})
 	res := s.res
 	queueRegistry(pb, s.eff, b.Start.LastEventID, tombstoneFloor(b.Next), &res)
+	// The open gaps change by what this batch closed and opened; the row
+	// keeps their count and checksum, never the set.
+	queueGapChanges(pb, b.Start.Gaps, b.Next.Gaps)
 	pb.Queue(`UPDATE geocursor_fence
-SET token = $1, last_event_id = $2, last_event_date = $3, gaps = $4::jsonb, positioned = true, updated_at = clock_timestamp()
-WHERE id = 1`, int64(b.Token), b.Next.LastEventID, lastDate, s.nextGaps)
+SET token = $1, last_event_id = $2, last_event_date = $3, gaps_count = $4, gaps_sum = $5, positioned = true, updated_at = clock_timestamp()
+WHERE id = 1`, int64(b.Token), b.Next.LastEventID, lastDate, len(b.Next.Gaps), int64(fsm.GapSum(b.Next.Gaps)))
 	// GitLab's view of the site's cursor, in the same transaction: the
 	// safe cursor, never ahead of an open gap (design section 11).
 	if safe := fsm.SafeEventID(b.Next.LastEventID, b.Next.Gaps); safe > 0 {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/geocursor/geocursor/fsm"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 func openTestTracking(t *testing.T) (*Tracking, *pgx.Conn) {
@@ -216,6 +217,18 @@ func TestCommitWritesEffectsAndMovesTheFence(t *testing.T) {
 	}
 }
 
+// The migration to schema 4 writes the checksum of no gaps as a literal:
+// it must be fsm.GapSum's.
+func TestMigrationKnowsTheChecksumOfNoGaps(t *testing.T) {
+	lit := fmt.Sprintf("gaps_sum = %d WHERE gaps_count = 0", int64(fsm.GapSum(nil)))
+	for _, m := range migrations {
+		if m.version == 4 && strings.Contains(m.sql, lit) {
+			return
+		}
+	}
+	t.Errorf("migration 4 does not set %q", lit)
+}
+
 func TestCommitRefusesFencedBatchesAndWritesNothing(t *testing.T) {
 	tr, conn := openTestTracking(t)
 	_, at := commitAll(t, tr, 5, geo(1, "lfs_object", "created", `{"model_record_id": 1}`), geo(3, "lfs_object", "created", `{"model_record_id": 3}`))
@@ -251,7 +264,8 @@ func TestCommitRefusesFencedBatchesAndWritesNothing(t *testing.T) {
 		{
 			name:  "different gaps",
 			batch: Batch{Token: 6, Start: otherGaps, Next: next(otherGaps), Events: ev},
-			want:  "fenced: batch starts at event 3 with 1 open gaps but the tracking database has 1 (they differ at gap 1)",
+			want: fmt.Sprintf("fenced: batch starts at event 3 with 1 open gaps but the tracking database has 1 others (checksum %x, the batch's %x)",
+				fsm.GapSum(at.Gaps), fsm.GapSum(otherGaps.Gaps)),
 		},
 	}
 	for _, tt := range tests {
@@ -622,5 +636,56 @@ func TestStagingEventsAnotherHolderCommittedIsFenced(t *testing.T) {
 	}
 	if err := <-errs; !errors.Is(err, ErrFenced) {
 		t.Fatalf("second Stage = %v, want ErrFenced", err)
+	}
+}
+
+// A tracking database at schema 3 keeps its open gaps as JSON in the fence
+// row: the upgrade moves them into rows, the next claim sets the checksum,
+// and batches go on from there.
+func TestUpgradeMovesTheFenceGapsIntoRows(t *testing.T) {
+	dsn := newDatabase(t, "tracking")
+	pool, err := pgxpool.New(testContext(t), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
+	if _, err := appliedVersions(testContext(t), pool); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range migrations {
+		if m.version > 3 {
+			break
+		}
+		if _, err := apply(testContext(t), pool, m); err != nil {
+			t.Fatalf("migration %d: %v", m.version, err)
+		}
+	}
+	seen := time.Now().UnixNano()
+	if _, err := pool.Exec(testContext(t), `UPDATE geocursor_fence SET token = 7, last_event_id = 10, positioned = true,
+gaps = jsonb_build_array(jsonb_build_object('id', 8, 'first_seen', $1::bigint), jsonb_build_object('id', 4, 'first_seen', $1::bigint - 1))
+WHERE id = 1`, seen); err != nil {
+		t.Fatal(err)
+	}
+
+	tr, err := OpenTracking(testContext(t), dsn, nil)
+	if err != nil {
+		t.Fatalf("OpenTracking (the upgrade): %v", err)
+	}
+	defer tr.Close()
+	want := []fsm.Gap{{ID: 4, FirstSeen: seen - 1}, {ID: 8, FirstSeen: seen}}
+	f, err := tr.Claim(testContext(t), 8)
+	if err != nil {
+		t.Fatalf("Claim after the upgrade: %v", err)
+	}
+	if f.Position.LastEventID != 10 || !reflect.DeepEqual(f.Position.Gaps, want) {
+		t.Fatalf("fence after the upgrade = %+v, want at 10 with gaps %v", f.Position, want)
+	}
+	ev := []Event{geo(4, "lfs_object", "created", `{"model_record_id": 4}`), geo(11, "lfs_object", "created", `{"model_record_id": 11}`)}
+	next, _ := NextPosition(f.Position, ev, time.Now(), time.Hour, 1000)
+	if _, err := commitBatch(testContext(t), tr, Batch{Token: 8, Start: f.Position, Next: next, Events: ev}); err != nil {
+		t.Fatalf("a batch from the upgraded fence: %v", err)
+	}
+	if f, err = tr.Fence(testContext(t)); err != nil || f.Position.LastEventID != 11 || !reflect.DeepEqual(f.Position.Gaps, want[1:]) {
+		t.Errorf("fence after the batch = %+v, %v; want at 11 with gap 8 open", f.Position, err)
 	}
 }

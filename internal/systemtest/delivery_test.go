@@ -24,6 +24,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/geocursor/geocursor/api"
+	"github.com/geocursor/geocursor/cursor"
 	"github.com/geocursor/geocursor/internal/loadgen"
 	"github.com/geocursor/geocursor/internal/redisserver"
 	"github.com/geocursor/geocursor/internal/sidekiqserver"
@@ -593,7 +594,7 @@ func startSafeCursorSampler(t *testing.T, d *procDBs, interval time.Duration) *s
 			// what is processed below it are of the same moment.
 			err := d.Tracking.QueryRow(qctx, `
 WITH s AS (SELECT max(event_id) AS id, count(*) AS n FROM event_log_states)
-SELECT now(), s.id, s.n, f.last_event_id, f.gaps::text, jsonb_array_length(f.gaps),
+SELECT now(), s.id, s.n, f.last_event_id, `+cursor.FenceGapsSQL+`, f.gaps_count,
        (SELECT count(*) FROM geo_jobs WHERE event_id <= s.id) + (SELECT count(*) FROM geo_dead_letters WHERE event_id <= s.id)
 FROM s, geocursor_fence f WHERE f.id = 1 AND s.id IS NOT NULL`).
 				Scan(&x.dbTime, &x.safe, &x.rows, &x.last, &x.gaps, &x.openGaps, &x.processed)

@@ -20,6 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/geocursor/geocursor/api"
+	"github.com/geocursor/geocursor/cursor"
 	"github.com/geocursor/geocursor/internal/loadgen"
 	"github.com/geocursor/geocursor/internal/pgserver"
 	ts "github.com/geocursor/geocursor/internal/testsupport"
@@ -343,7 +344,7 @@ type fenceRow struct {
 
 func readFence(ctx context.Context, d *procDBs) (fenceRow, error) {
 	var f fenceRow
-	err := d.Tracking.QueryRow(ctx, `SELECT token, last_event_id, gaps::text FROM geocursor_fence WHERE id = 1`).
+	err := d.Tracking.QueryRow(ctx, `SELECT token, last_event_id, `+cursor.FenceGapsSQL+` FROM geocursor_fence WHERE id = 1`).
 		Scan(&f.Token, &f.LastEventID, &f.Gaps)
 	return f, err
 }

@@ -143,7 +143,7 @@ FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS u(replicable_name, model_
 ON CONFLICT (replicable_name, model_record_id) DO UPDATE
 SET state = 'pending', last_event_id = EXCLUDED.last_event_id, updated_at = EXCLUDED.updated_at
 WHERE geo_registry.last_event_id < EXCLUDED.last_event_id`, names, models, ids)
-	pb.Queue(`UPDATE geocursor_fence SET token = 1, last_event_id = $1, gaps = '[]', positioned = true, updated_at = clock_timestamp() WHERE id = 1`,
+	pb.Queue(`UPDATE geocursor_fence SET token = 1, last_event_id = $1, gaps_count = 0, positioned = true, updated_at = clock_timestamp() WHERE id = 1`,
 		batch[len(batch)-1].eventID)
 	if err := tx.SendBatch(ctx, pb).Close(); err != nil {
 		return err

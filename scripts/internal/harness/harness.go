@@ -22,6 +22,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/geocursor/geocursor/cursor"
 	"github.com/geocursor/geocursor/fsm"
 	"github.com/geocursor/geocursor/internal/pgserver"
 )
@@ -89,7 +90,7 @@ func ReadFence(ctx context.Context, tracking *pgxpool.Pool) (Fence, error) {
 		f    Fence
 		gaps string
 	)
-	err := tracking.QueryRow(ctx, `SELECT token, last_event_id, gaps::text, updated_at FROM geocursor_fence WHERE id = 1`).
+	err := tracking.QueryRow(ctx, `SELECT token, last_event_id, `+cursor.FenceGapsSQL+`, updated_at FROM geocursor_fence WHERE id = 1`).
 		Scan(&f.Token, &f.LastEventID, &gaps, &f.UpdatedAt)
 	if err != nil {
 		if strings.Contains(err.Error(), "does not exist") || strings.Contains(err.Error(), "no rows") {
