@@ -163,7 +163,7 @@ func (n *Node) authorize(c caller, need access) error {
 func (n *Node) authorizeCommand(c caller, cmd fsm.Command) error {
 	operator := n.cfg.ACL == nil || c.right == rightOperator
 	switch cmd.Op {
-	case fsm.OpAcquire, fsm.OpRenew, fsm.OpRelease, fsm.OpAdvance, fsm.OpSetCursor, fsm.OpRestore:
+	case fsm.OpAcquire, fsm.OpRenew, fsm.OpRelease, fsm.OpAdvance, fsm.OpSetCursor, fsm.OpRestore, fsm.OpReserve:
 		// set_cursor and restore are an operator's, checked where the
 		// operator asked; the peer that carries them out sends them in
 		// its own name, set_cursor under its own grant.

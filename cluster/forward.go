@@ -179,7 +179,7 @@ func (n *Node) checkClock(stamp int64) {
 // would stop processing until it expired.
 func (n *Node) admit(cmd fsm.Command) error {
 	switch cmd.Op {
-	case fsm.OpAcquire, fsm.OpRenew, fsm.OpRelease, fsm.OpAdvance, fsm.OpSetCursor, fsm.OpRestore:
+	case fsm.OpAcquire, fsm.OpRenew, fsm.OpRelease, fsm.OpAdvance, fsm.OpSetCursor, fsm.OpRestore, fsm.OpReserve:
 	default:
 		return nil
 	}

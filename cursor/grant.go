@@ -150,7 +150,8 @@ func (g *grant) run() error {
 		// Keep the lease for the next batch only while there is more to do
 		// and nobody asked to pause.
 		st, _ := l.coord.Watch()
-		keep := len(events) >= l.cfg.BatchSize && !st.Cursor.Paused
+		yield := st.Cursor.Paused || l.yieldWanted(st)
+		keep := len(events) >= l.cfg.BatchSize && !yield
 		if keep {
 			g.prefetch = l.fetchAsync(g.ctx, next)
 		}
@@ -183,7 +184,7 @@ func (g *grant) run() error {
 		// advance every AdvanceInterval instead of an acquire and a
 		// release per batch; after a quiet spell it releases with a last
 		// advance.
-		hold := !st.Cursor.Paused && l.cfg.QuietSpell > 0
+		hold := !yield && l.cfg.QuietSpell > 0
 		p.keep = hold
 		again, err := g.commitOrAdopt(p)
 		if err != nil {
@@ -227,7 +228,7 @@ func (g *grant) awaitWork() (bool, error) {
 		if _, err := g.pollProgress(); err != nil {
 			return false, err
 		}
-		if st, _ := l.coord.Watch(); st.Cursor.Paused {
+		if st, _ := l.coord.Watch(); st.Cursor.Paused || l.yieldWanted(st) {
 			return false, nil
 		}
 		st := fsm.State{Cursor: fsm.Cursor{LastEventID: g.pos.LastEventID}, Gaps: g.pos.Gaps}

@@ -196,6 +196,12 @@ func (l *Loop) waitAndAcquire(ctx context.Context, yield bool) (*fsm.Result, err
 			waitChange(ctx, changed, time.Second)
 			continue
 		}
+		// An operator's request has reserved the next grant (on this peer
+		// or another): the loop leaves it to that request.
+		if r := st.Reservation; st.ReservedFor(now.UnixNano()) != "" {
+			waitChange(ctx, changed, fsm.Time(r.Until).Sub(now)+time.Millisecond)
+			continue
+		}
 		// A standby never proposes while someone else's lease is live: it
 		// waits for the local replica to show it freed, or for its expiry.
 		if st.Lease.HeldAt(now.UnixNano()) && st.Lease.Holder != me {

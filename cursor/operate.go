@@ -111,12 +111,18 @@ func (l *Loop) Restore(ctx context.Context, snap api.Snapshot, who string) (api.
 	if snap.Format != api.SnapshotFormat {
 		return resp, fmt.Errorf("%w: snapshot format %d, this agent reads format %d", api.ErrBadRequest, snap.Format, api.SnapshotFormat)
 	}
-	l.turn.Lock()
+	// The lease of its own keeps the other peers' grants out while the
+	// state is replaced; the restore frees it.
+	held, err := l.takeTurn(ctx)
+	if err != nil {
+		return resp, err
+	}
 	defer l.turn.Unlock()
 	octx, cancel := context.WithTimeout(ctx, opTimeout)
 	defer cancel()
 	fence, err := l.tracking.Fence(octx)
 	if err != nil {
+		_ = l.release(octx, held)
 		return resp, fmt.Errorf("read the fence row: %w", err)
 	}
 	token := max(snap.Token, fence.Token)
@@ -126,6 +132,7 @@ func (l *Loop) Restore(ctx context.Context, snap api.Snapshot, who string) (api.
 		err = res.Err
 	}
 	if err != nil {
+		_ = l.release(octx, held)
 		return resp, fmt.Errorf("restore: %w", err)
 	}
 	resp.Token = res.Lease.Token
@@ -181,11 +188,16 @@ func (l *Loop) FenceState(ctx context.Context) (api.Fence, error) {
 }
 
 // takeTurn waits for this peer's turn and the lease, and returns the
-// token with the turn held. It competes for the lease like the loop, so
-// it waits while another peer works through a batch.
+// token with the turn held. It reserves the next grant first (OpReserve):
+// a holder that keeps its lease while work arrives hands it over at its
+// next batch, and no other peer's loop takes it meanwhile. A holder that
+// died is waited out: its lease expires.
 func (l *Loop) takeTurn(ctx context.Context) (uint64, error) {
 	backoff := api.Backoff{Min: 50 * time.Millisecond, Max: time.Second}
 	for {
+		if err := l.reserve(ctx); err != nil {
+			return 0, err
+		}
 		l.turn.Lock()
 		res, err := l.coord.Apply(ctx, fsm.Command{Op: fsm.OpAcquire, Node: l.coord.ID(), TTL: max(l.cfg.LeaseTTL, opTimeout)})
 		if err == nil && res.Err == nil {
@@ -202,4 +214,35 @@ func (l *Loop) takeTurn(ctx context.Context) (uint64, error) {
 			return 0, fmt.Errorf("take the lease: %w (held by %s)", res.Err, res.Lease.Holder)
 		}
 	}
+}
+
+// reserveTTL is how long an operator's reservation holds the next grant:
+// long enough for a holder to finish its batch, or for a dead holder's
+// lease to run out, and short enough that a request given up on does not
+// stop processing for long.
+func (l *Loop) reserveTTL() time.Duration { return max(2*l.cfg.LeaseTTL, 5*time.Second) }
+
+// reserve makes sure the next grant is reserved for this peer, renewing a
+// reservation that has less than half its time left.
+func (l *Loop) reserve(ctx context.Context) error {
+	st, _ := l.coord.Watch()
+	ttl := l.reserveTTL()
+	if r := st.Reservation; r != nil && r.Node == l.coord.ID() && time.Until(fsm.Time(r.Until)) > ttl/2 {
+		return nil
+	}
+	res, err := l.coord.Apply(ctx, fsm.Command{Op: fsm.OpReserve, Node: l.coord.ID(), TTL: ttl})
+	if err == nil {
+		err = res.Err
+	}
+	if err != nil {
+		return fmt.Errorf("reserve the lease: %w", err)
+	}
+	return nil
+}
+
+// yieldWanted reports whether an operator's request (on this peer or
+// another) has reserved the next grant: a holder then releases at its
+// next batch instead of keeping the lease.
+func (l *Loop) yieldWanted(st fsm.State) bool {
+	return st.ReservedFor(time.Now().UnixNano()) != ""
 }

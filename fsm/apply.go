@@ -99,6 +99,11 @@ func (s *State) effect(c Command) {
 		s.Lease = Lease{Holder: c.Node, Token: s.Lease.Token + 1, ExpiresAt: c.Now + int64(c.TTL)}
 		s.LastHolder = c.Node
 		s.RevokedFrom = ""
+		// The grant refused nobody it was reserved for: the reservation
+		// was this node's, or has run out.
+		s.Reservation = nil
+	case OpReserve:
+		s.Reservation = &Reservation{Node: c.Node, Until: c.Now + int64(c.TTL)}
 	case OpRenew:
 		s.Lease.ExpiresAt = c.Now + int64(c.TTL)
 	case OpRelease:
@@ -138,6 +143,7 @@ func (s *State) effect(c Command) {
 		s.Stats = r.Stats
 		s.Lease = Lease{Token: max(s.Lease.Token, r.Token)}
 		s.RevokedFrom = ""
+		s.Reservation = nil
 		s.Clock = max(s.Clock, r.Clock)
 	}
 }
@@ -149,6 +155,10 @@ func (s *State) acquireRefusal(c Command) error {
 	if s.Lease.HeldAt(c.Now) && s.Lease.Holder != c.Node {
 		return refuse(ErrLeaseHeld, "held by %s (token %d) for another %s",
 			s.Lease.Holder, s.Lease.Token, time.Duration(s.Lease.ExpiresAt-c.Now))
+	}
+	if r := s.ReservedFor(c.Now); r != "" && r != c.Node {
+		return refuse(ErrLeaseHeld, "the next grant is reserved for an operator's request on %s for another %s",
+			r, time.Duration(s.Reservation.Until-c.Now))
 	}
 	return nil
 }

@@ -211,6 +211,64 @@ func TestAcquireRefusedWhileLeaseUnexpired(t *testing.T) {
 	})
 }
 
+// reservedFor is given() with the next grant reserved for node until until.
+func reservedFor(node string, until int64, given func() State) func() State {
+	return func() State {
+		s := given()
+		s.Reservation = &Reservation{Node: node, Until: until}
+		return s
+	}
+}
+
+func TestReservationHoldsTheNextGrantForOneNode(t *testing.T) {
+	runApplyCases(t, []applyCase{
+		{
+			name:  "reserve while another peer holds the lease",
+			given: heldBy("a", t0+3*sec),
+			cmd:   Command{Op: OpReserve, Node: "op", TTL: 10 * time.Second, Now: t0},
+			change: func(s *State) {
+				s.Reservation = &Reservation{Node: "op", Until: t0 + 10*sec}
+			},
+		},
+		{
+			name:    "another node's acquire of a free lease is refused",
+			given:   reservedFor("op", t0+sec, free),
+			cmd:     Command{Op: OpAcquire, Node: "b", TTL: ttl, Now: t0},
+			wantErr: ErrLeaseHeld,
+		},
+		{
+			name:  "the reserving node's acquire is granted and ends the reservation",
+			given: reservedFor("op", t0+sec, heldBy("a", t0-sec)),
+			cmd:   Command{Op: OpAcquire, Node: "op", TTL: ttl, Now: t0},
+			change: func(s *State) {
+				s.Lease = Lease{Holder: "op", Token: s.Lease.Token + 1, ExpiresAt: t0 + int64(ttl)}
+				s.LastHolder, s.Reservation = "op", nil
+			},
+		},
+		{
+			name:  "a reservation that ran out holds nothing",
+			given: reservedFor("op", t0, free),
+			cmd:   Command{Op: OpAcquire, Node: "b", TTL: ttl, Now: t0},
+			change: func(s *State) {
+				s.Lease = Lease{Holder: "b", Token: s.Lease.Token + 1, ExpiresAt: t0 + int64(ttl)}
+				s.LastHolder, s.Reservation = "b", nil
+			},
+		},
+		{
+			name:    "the reserving node still waits for the current holder",
+			given:   reservedFor("op", t0+sec, heldBy("a", t0+sec)),
+			cmd:     Command{Op: OpAcquire, Node: "op", TTL: ttl, Now: t0},
+			wantErr: ErrLeaseHeld,
+		},
+		{
+			name:    "a reservation needs a TTL",
+			given:   free,
+			cmd:     Command{Op: OpReserve, Node: "op", Now: t0},
+			wantErr: ErrBadCommand,
+		},
+	})
+}
+
 func TestAcquireRefusedWhilePaused(t *testing.T) {
 	runApplyCases(t, []applyCase{
 		{

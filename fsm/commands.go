@@ -78,6 +78,14 @@ const (
 	// with ErrNotFresh once the group has processed events, and with
 	// ErrLeaseHeld while another peer holds the lease.
 	OpRestore Op = "restore"
+
+	// OpReserve reserves the next grant for Node until Now+TTL: an
+	// operator's request (cursor set, snapshot restore) that needs the
+	// lease asks the holder to hand it over. While the reservation lasts,
+	// an acquire from any other node is refused with ErrLeaseHeld, and a
+	// holder that sees it releases at its next batch instead of keeping
+	// the lease. Node's own grant ends the reservation. Never refused.
+	OpReserve Op = "reserve"
 )
 
 // MaxTTL bounds a lease's TTL, so that Now+TTL cannot overflow and a typo
@@ -239,7 +247,7 @@ func (c Command) Validate() error {
 		return bad("reason is %d bytes long, more than %d", len(c.Reason), MaxReasonLen)
 	}
 	switch c.Op {
-	case OpAcquire, OpRenew:
+	case OpAcquire, OpRenew, OpReserve:
 		if c.Node == "" {
 			return bad("node is required")
 		}

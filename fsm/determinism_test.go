@@ -15,7 +15,7 @@ import (
 // through raft.FSM.Apply: they must return the same results and end in the
 // same state, which must also be what the pure State.Apply computes.
 func TestReplicasApplyingSameLogAgree(t *testing.T) {
-	const n = 5000
+	const n = 10000
 	r := rand.New(rand.NewSource(20261125))
 	ch := randChooser{r}
 	garbage := [][]byte{
@@ -106,7 +106,7 @@ func TestReplicasApplyingSameLogAgree(t *testing.T) {
 	}
 
 	// The log must have exercised every rule, or agreement proves little.
-	for _, op := range []Op{OpAcquire, OpRenew, OpRelease, OpAdvance, OpRevoke, OpSetMember, OpRemoveMember, OpSetPaused, OpSetCursor} {
+	for _, op := range []Op{OpAcquire, OpRenew, OpRelease, OpAdvance, OpRevoke, OpSetMember, OpRemoveMember, OpSetPaused, OpSetCursor, OpReserve} {
 		if accepted[op] < 5 {
 			t.Errorf("only %d accepted %s commands in the log", accepted[op], op)
 		}

@@ -87,7 +87,7 @@ func genCommand(ch chooser, s State, now *int64) Command {
 	}
 	c := Command{Node: node, Token: token, TTL: time.Duration(ch.intn(4)) * time.Second, Now: *now}
 
-	switch k := ch.intn(22); {
+	switch k := ch.intn(23); {
 	case k < 5:
 		c.Op = OpAcquire
 	case k < 8:
@@ -121,6 +121,12 @@ func genCommand(ch chooser, s State, now *int64) Command {
 			Stats: Stats{EventsProcessed: uint64(last), Batches: uint64(ch.intn(3))}}
 		if last > 3 && ch.intn(2) == 0 {
 			c.Restore.Gaps = []Gap{{ID: last - 2, FirstSeen: *now}}
+		}
+	case k < 22:
+		// Rare: a reservation refuses every other node's acquire for TTL.
+		c.Op = OpAcquire
+		if ch.intn(4) == 0 {
+			c.Op = OpReserve
 		}
 	default:
 		switch ch.intn(3) {
@@ -268,6 +274,12 @@ func checkStep(t *testing.T, step int, c Command, prev, s State, res Result, gra
 		}
 		if prev.Cursor.Paused {
 			fail("granted while paused")
+		}
+		if r := prev.ReservedFor(at); r != "" && r != c.Node {
+			fail("granted to %s while reserved for %s", c.Node, r)
+		}
+		if s.Reservation != nil {
+			fail("a grant left reservation %+v", *s.Reservation)
 		}
 		if s.Lease.Holder != c.Node || s.Lease.ExpiresAt != at+int64(c.TTL) {
 			fail("grant is %+v", s.Lease)

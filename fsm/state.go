@@ -117,6 +117,25 @@ type State struct {
 	// new leader's clock can be behind the old one's. Lease expiry is
 	// decided on this clock, never on a stamp alone.
 	Clock int64 `json:"clock,omitempty"`
+	// Reservation, when set, holds the next grant for an operator's
+	// request on one node (OpReserve).
+	Reservation *Reservation `json:"reservation,omitempty"`
+}
+
+// Reservation is the next grant held for Node until Until (Unix
+// nanoseconds, state clock).
+type Reservation struct {
+	Node  string `json:"node"`
+	Until int64  `json:"until"`
+}
+
+// ReservedFor returns the node the next grant is reserved for at now, or
+// "" when there is no reservation or it has run out.
+func (s State) ReservedFor(now int64) string {
+	if r := s.Reservation; r != nil && now < r.Until {
+		return r.Node
+	}
+	return ""
 }
 
 // Clone returns a deep copy of s.
