@@ -35,6 +35,8 @@ type LoopConfig struct {
 	// backlog records its progress in Raft; 0 means DefaultAdvanceInterval.
 	// The last batch of a grant is always recorded at once.
 	AdvanceInterval time.Duration
+	// Metrics records what the loop does (nil: nothing).
+	Metrics *Metrics
 }
 
 // DefaultAdvanceInterval spaces the advances of a holder that keeps its
@@ -229,6 +231,7 @@ func (l *Loop) waitAndAcquire(ctx context.Context, yield bool) (*fsm.Result, err
 			return nil, fmt.Errorf("acquire lease: %w", res.Err)
 		}
 		l.clock.observe(res.Now)
+		l.cfg.Metrics.granted(st.LastHolder != "" && st.LastHolder != me)
 		l.logger.Info(msgLeaseObtained, "token", res.Lease.Token, "raft_ms", ms(time.Since(start)))
 		return &res, nil
 	}
