@@ -379,6 +379,7 @@ func (l *Loop) watchHead(ctx context.Context) {
 		qctx, cancel := context.WithTimeout(ctx, l.cfg.HeadInterval+time.Second)
 		id, date, err := l.source.Head(qctx)
 		terr := l.tracking.Ping(qctx)
+		l.readSafeDate(qctx)
 		cancel()
 		if ctx.Err() != nil {
 			return
