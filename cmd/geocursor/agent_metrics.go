@@ -2,8 +2,6 @@ package main
 
 import (
 	"fmt"
-	"runtime"
-	"runtime/debug"
 	"sync"
 	"time"
 
@@ -17,11 +15,12 @@ import (
 // cursor add theirs.
 func newMetrics() (*prometheus.Registry, error) {
 	reg := prometheus.NewRegistry()
+	b := buildInfo()
 	build := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "geocursor_build_info",
 		Help: "Always 1; its labels say what this agent was built from: the release (version), the commit and the Go version.",
 		ConstLabels: prometheus.Labels{
-			"version": version, "commit": vcsRevision(), "go_version": runtime.Version(),
+			"version": b.Version, "commit": b.Commit, "go_version": b.GoVersion,
 		},
 	})
 	build.Set(1)
@@ -32,32 +31,6 @@ func newMetrics() (*prometheus.Registry, error) {
 		return nil, err
 	}
 	return reg, nil
-}
-
-// vcsRevision is the commit the binary was built from, as `go build` in a
-// git checkout stamps it, "unknown" without the stamp (go run, or
-// -buildvcs=false).
-func vcsRevision() string {
-	info, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	rev, dirty := "", false
-	for _, s := range info.Settings {
-		switch s.Key {
-		case "vcs.revision":
-			rev = s.Value
-		case "vcs.modified":
-			dirty = s.Value == "true"
-		}
-	}
-	switch {
-	case rev == "":
-		return "unknown"
-	case dirty:
-		return rev + "-dirty"
-	}
-	return rev
 }
 
 // raftMetricsOnce guards the one global of the process: see
