@@ -106,6 +106,11 @@ type Cursor struct {
 	// SafeEventID is the safe cursor: every event at or below it is
 	// processed or given up. It is what GitLab's event_log_states holds.
 	SafeEventID int64 `json:"safe_event_id"`
+	// SafeEventDate is the created_at of the event at the safe cursor (of
+	// the newest one below it, when that ID is not in the source): the
+	// last_event_date while no gap is open, else as the answering node
+	// last read it from the source; null where it cannot know.
+	SafeEventDate *time.Time `json:"safe_event_date"`
 }
 
 // Databases says whether the answering node can reach its databases: "ok"

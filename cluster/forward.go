@@ -124,11 +124,18 @@ func (n *Node) applyRecorded(cmd fsm.Command) (fsm.Result, error) {
 	return res, err
 }
 
-// applyLocal stamps the leader's clock into the command and proposes it,
+// applyLocal is proposeLocal, with its answer counted in the metrics.
+func (n *Node) applyLocal(cmd fsm.Command) (fsm.Result, error) {
+	res, err := n.proposeLocal(cmd)
+	n.metrics.answered(cmd, res, err)
+	return res, err
+}
+
+// proposeLocal stamps the leader's clock into the command and proposes it,
 // unless it can already see the command refused: a lease command for a
 // node that is not a member, or one the state machine would refuse (then
 // the refusal is answered with index 0, and nothing reaches the log).
-func (n *Node) applyLocal(cmd fsm.Command) (fsm.Result, error) {
+func (n *Node) proposeLocal(cmd fsm.Command) (fsm.Result, error) {
 	cmd.Now = time.Now().UnixNano()
 	n.checkClock(cmd.Now)
 	if err := n.admit(cmd); err != nil {

@@ -38,6 +38,7 @@ func (n *Node) routes() http.Handler {
 		{"GET " + api.PathHealth, accessOpen, 0, n.handleHealth},
 		{"GET " + api.PathReady, accessOpen, 0, n.handleReady},
 		{"GET " + api.PathStatus, accessRead, 0, n.handleStatus},
+		{"GET " + api.PathMetrics, accessRead, 0, n.handleMetrics},
 		{"POST " + api.PathJoin, accessPeer, maxSmallBody, n.handleJoin},
 		{"POST " + api.PathRemove, accessRead, maxSmallBody, n.handleRemove},
 		{"GET " + api.PathPeerInfo, accessPeer, 0, n.handlePeerInfo},
@@ -85,6 +86,10 @@ func (n *Node) wrap(rt route) http.HandlerFunc {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="geocursor"`)
 			}
 			writeJSON(w, api.HTTPStatus(err), map[string]any{"error": api.ErrorOf(err)})
+			return
+		}
+		if h, ok := v.(http.Handler); ok { // a reply in another format than JSON
+			h.ServeHTTP(w, r)
 			return
 		}
 		status := http.StatusOK

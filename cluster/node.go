@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/bbolt"
 	"golang.org/x/net/netutil"
 
@@ -55,6 +56,9 @@ type Config struct {
 	// BootstrapExpect and LeaveOnTerminate are config's (see there).
 	BootstrapExpect  int
 	LeaveOnTerminate bool
+	// Metrics is the registry GET /v1/metrics serves, in which the node
+	// registers its own collectors (nil: a registry of the node's own).
+	Metrics *prometheus.Registry
 }
 
 // HTTP server limits: a request gets its headers in 5s and its body in
@@ -90,6 +94,7 @@ type Node struct {
 
 	statusSource atomic.Pointer[StatusSource]
 	operator     atomic.Pointer[Operator]
+	metrics      *nodeMetrics
 	history      history
 	// lastClockWarning is the stamp of the last warning that this leader's
 	// clock is behind the state's (see checkClock).
@@ -137,6 +142,10 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		clientOpts.Token = cfg.OperatorToken
 	}
 	n.client = api.NewClient(clientOpts)
+	var err error
+	if n.metrics, err = newNodeMetrics(n, cfg.Metrics); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
 		return nil, fmt.Errorf("create data_dir %s: %w", cfg.DataDir, err)
 	}
@@ -209,6 +218,9 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	rc.SnapshotThreshold = cfg.Raft.SnapshotThreshold
 	rc.SnapshotInterval = cfg.Raft.SnapshotInterval
 	rc.TrailingLogs = cfg.Raft.TrailingLogs
+	// Raft's metrics with the peer as a label only, not also with the
+	// peer's ID in the metric's name.
+	rc.NoLegacyTelemetry = true
 	if err := raft.ValidateConfig(rc); err != nil {
 		return nil, fmt.Errorf("raft configuration: %w", err)
 	}

@@ -25,6 +25,9 @@ type DeliveryConfig struct {
 	// PollInterval is how often a deliverer looks for jobs when no
 	// notification woke it; 0 means one second.
 	PollInterval time.Duration
+	// Metrics records what is delivered and Redis's failures (nil:
+	// nothing).
+	Metrics *Metrics
 }
 
 func (c DeliveryConfig) withDefaults() DeliveryConfig {
@@ -230,6 +233,7 @@ func (d *Deliverer) round(ctx context.Context) (int, error) {
 		d.setTracking(err)
 		return 0, err
 	}
+	d.cfg.Metrics.jobsDelivered(out)
 	last := r.jobs[len(r.jobs)-1]
 	row := r.row
 	row.lastJobID, row.lastEventID = last.id, last.eventID
@@ -297,7 +301,7 @@ func (d *Deliverer) deliver(ctx context.Context, r *deliveryRound) (roundOutcome
 		if err != nil {
 			return out, err
 		}
-		out.delivered = append(out.delivered, keyJobs...)
+		out.delivered, out.cacheJobs = append(out.delivered, keyJobs...), len(keyJobs)
 	}
 	if s := d.cfg.Sidekiq; s != nil && len(events) > 0 {
 		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -308,7 +312,7 @@ func (d *Deliverer) deliver(ctx context.Context, r *deliveryRound) (roundOutcome
 			return out, err
 		}
 		out.pushedTop = events[len(events)-1].id
-		out.delivered = append(out.delivered, eventIDs...)
+		out.delivered, out.sidekiqJobs = append(out.delivered, eventIDs...), len(eventIDs)
 		if last := r.row.lastPushedJobID; res.before < last {
 			// Redis acknowledged jobs up to last and has forgotten them:
 			// it restarted without its data, or failed over to a replica
@@ -339,12 +343,14 @@ func (d *Deliverer) setSidekiq(err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.status.sidekiq = errText(err)
+	d.cfg.Metrics.redisCall(targetSidekiq, err)
 }
 
 func (d *Deliverer) setCache(err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.status.cache = errText(err)
+	d.cfg.Metrics.redisCall(targetCache, err)
 }
 
 // AddStatus adds the delivery object to the status document.

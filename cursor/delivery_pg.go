@@ -150,6 +150,8 @@ type roundOutcome struct {
 	pushedTop int64
 	// lostInRedis counts jobs Redis acknowledged once and has forgotten.
 	lostInRedis int64
+	// sidekiqJobs and cacheJobs count the delivered jobs by target.
+	sidekiqJobs, cacheJobs int
 }
 
 // commit records the round: its jobs' delivered_at, and the row moved past

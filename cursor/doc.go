@@ -26,6 +26,8 @@
 //	source.go      reading the event log
 //	pg.go          PostgreSQL plumbing: connecting, errors that say what to fix
 //	health.go      the databases' health for the status document
+//	safedate.go    the safe cursor's date (GitLab's geo_cursor_last_event_timestamp)
+//	metrics.go     the Prometheus collectors of the holder and the deliverer
 //	clock.go       the state machine's clock, as this peer knows it
 //	ports.go       the interfaces the loop needs
 package cursor

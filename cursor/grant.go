@@ -322,6 +322,7 @@ func (g *grant) commit(p *pendingBatch) error {
 	var res CommitResult
 	if p.staged != nil {
 		qctx, cancel := g.l.dbContext(g.ctx)
+		began := time.Now()
 		var err error
 		res, err = p.staged.Commit(qctx)
 		cancel()
@@ -332,6 +333,7 @@ func (g *grant) commit(p *pendingBatch) error {
 			return err
 		}
 		g.l.health.Tracking(nil)
+		g.l.cfg.Metrics.batchCommitted(p, began)
 		p.log(g.l.logger, g.token, res, time.Now())
 	}
 	return g.record(p, res)

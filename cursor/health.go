@@ -17,6 +17,9 @@ type Health struct {
 	source   string // "" when the last call answered, else why not
 	tracking string
 	head     sourceHead
+	// safe is the safe cursor's date as last read while a gap held it
+	// below the replicated cursor (safedate.go).
+	safe safeDate
 }
 
 // sourceHead is the newest event in the source, as last read.
@@ -64,6 +67,7 @@ func (h *Health) AddStatus(st *api.Status) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	st.Databases = &api.Databases{Source: okOr(h.source), Tracking: okOr(h.tracking)}
+	h.safe.addStatus(&st.Cursor)
 	if !h.head.ok {
 		return
 	}

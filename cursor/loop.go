@@ -39,6 +39,8 @@ type LoopConfig struct {
 	// backlog records its progress in Raft; 0 means DefaultAdvanceInterval.
 	// The last batch of a grant is always recorded at once.
 	AdvanceInterval time.Duration
+	// Metrics records what the loop does (nil: nothing).
+	Metrics *Metrics
 }
 
 // DefaultQuietSpell: a holder that has found no work for a second lets the
@@ -253,6 +255,7 @@ func (l *Loop) waitAndAcquire(ctx context.Context, yield bool) (*fsm.Result, err
 			return nil, fmt.Errorf("acquire lease: %w", res.Err)
 		}
 		l.clock.observe(res.Now)
+		l.cfg.Metrics.granted(st.LastHolder != "" && st.LastHolder != me)
 		l.logger.Info(msgLeaseObtained, "token", res.Lease.Token, "raft_ms", ms(time.Since(start)))
 		return &res, nil
 	}
@@ -400,6 +403,7 @@ func (l *Loop) watchHead(ctx context.Context) {
 		qctx, cancel := context.WithTimeout(ctx, l.cfg.HeadInterval+time.Second)
 		id, date, err := l.source.Head(qctx)
 		terr := l.tracking.Ping(qctx)
+		l.readSafeDate(qctx)
 		cancel()
 		if ctx.Err() != nil {
 			return

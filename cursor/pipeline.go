@@ -53,6 +53,7 @@ type fetchResult struct {
 func (l *Loop) fetch(ctx context.Context, pos Position) ([]Event, error) {
 	qctx, cancel := l.dbContext(ctx)
 	defer cancel()
+	defer l.cfg.Metrics.fetchStarted()()
 	return l.source.Fetch(qctx, pos.LastEventID, pos.GapIDs(), l.cfg.BatchSize)
 }
 

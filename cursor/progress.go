@@ -59,6 +59,7 @@ func (g *grant) record(p *pendingBatch, res CommitResult) error {
 // failed, the next holder adopts the position from the fence row.
 func (g *grant) settle(a *progressCall) error {
 	g.inflight = nil
+	g.l.cfg.Metrics.advanced(a)
 	if a.err == nil {
 		g.l.clock.observe(a.res.Now)
 	}

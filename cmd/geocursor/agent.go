@@ -135,8 +135,12 @@ func agent(ctx context.Context, cfg *config.Config, sec *security, lg logs) erro
 		logger.Warn("insecure = true: this node listens without tls and acl, and anyone who reaches its ports can change the cluster",
 			"http_addr", cfg.HTTPAddr, "raft_addr", cfg.RaftAddr)
 	}
+	reg, err := newMetrics()
+	if err != nil {
+		return err
+	}
 	node, err := cluster.Open(ctx, cluster.Config{
-		NodeID: cfg.NodeID, DataDir: cfg.DataDir, HTTPAddr: cfg.HTTPAddr, RaftAddr: cfg.RaftAddr,
+		NodeID: cfg.NodeID, DataDir: cfg.DataDir, HTTPAddr: cfg.HTTPAddr, RaftAddr: cfg.RaftAddr, Metrics: reg,
 		Raft: cfg.Raft, Logger: logger, RaftLogger: lg.raft,
 		TLS: sec.tls, ACL: sec.acl, OperatorToken: sec.operatorToken,
 		Join: cfg.Join, JoinTimeout: cfg.JoinTimeout, BootstrapExpect: cfg.BootstrapExpect, LeaveOnTerminate: cfg.LeaveOnTerminate,
@@ -167,7 +171,7 @@ func agent(ctx context.Context, cfg *config.Config, sec *security, lg logs) erro
 		"witness", cfg.Source == nil, "tls", cfg.TLS != nil, "acl", cfg.ACL != nil, "version", buildInfo().Version, "commit", buildInfo().Commit)
 
 	if cfg.Source != nil {
-		if err := runCursor(ctx, cfg, node, logger); err != nil && !errors.Is(err, context.Canceled) {
+		if err := runCursor(ctx, cfg, node, reg, logger); err != nil && !errors.Is(err, context.Canceled) {
 			return fmt.Errorf("cursor: %w", err)
 		}
 		return nil

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/cluster"
@@ -18,7 +19,11 @@ import (
 // node keeps serving as a voter meanwhile); a mistake that retrying cannot
 // fix, such as a wrong password or a missing table, stops the agent with
 // that error.
-func runCursor(ctx context.Context, cfg *config.Config, node *cluster.Node, logger hclog.Logger) error {
+func runCursor(ctx context.Context, cfg *config.Config, node *cluster.Node, reg prometheus.Registerer, logger hclog.Logger) error {
+	metrics, err := cursor.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
 	health := cursor.NewHealth()
 	node.SetStatusSource(health)
 	source, err := connect(ctx, logger, "source", func(ctx context.Context) (*cursor.Source, error) {
@@ -36,7 +41,7 @@ func runCursor(ctx context.Context, cfg *config.Config, node *cluster.Node, logg
 	}
 	defer tracking.Close()
 
-	deliverer, err := newDeliverer(cfg.Delivery, tracking, logger.Named("delivery"))
+	deliverer, err := newDeliverer(cfg.Delivery, tracking, metrics, logger.Named("delivery"))
 	if err != nil {
 		return err
 	}
@@ -61,6 +66,7 @@ func runCursor(ctx context.Context, cfg *config.Config, node *cluster.Node, logg
 		LeaseTTL:     cfg.Lease.TTL,
 		RetryMin:     cfg.Lease.RetryMin,
 		RetryMax:     cfg.Lease.RetryMax,
+		Metrics:      metrics,
 	}, node, source, tracking, health, logger.Named("cursor"))
 	node.SetOperator(loop)
 	logger.Info("cursor started", "batch_size", cfg.Source.BatchSize, "poll_interval", cfg.Source.PollInterval.String(),
@@ -79,11 +85,11 @@ func (s statusSources) AddStatus(st *api.Status) {
 
 // newDeliverer sets up delivery to GitLab from the delivery block (nil
 // without one).
-func newDeliverer(dc *config.DeliveryConfig, tracking *cursor.Tracking, logger hclog.Logger) (*cursor.Deliverer, error) {
+func newDeliverer(dc *config.DeliveryConfig, tracking *cursor.Tracking, metrics *cursor.Metrics, logger hclog.Logger) (*cursor.Deliverer, error) {
 	if dc == nil {
 		return nil, nil
 	}
-	cfg := cursor.DeliveryConfig{RateLimit: dc.RateLimit}
+	cfg := cursor.DeliveryConfig{RateLimit: dc.RateLimit, Metrics: metrics}
 	if s := dc.Sidekiq; s != nil {
 		client, name, err := cursor.OpenRedis(s.RedisURL)
 		if err != nil {
