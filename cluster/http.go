@@ -38,6 +38,7 @@ func (n *Node) routes() http.Handler {
 		{"GET " + api.PathHealth, accessOpen, 0, n.handleHealth},
 		{"GET " + api.PathReady, accessOpen, 0, n.handleReady},
 		{"GET " + api.PathStatus, accessRead, 0, n.handleStatus},
+		{"GET " + api.PathRecent, accessRead, 0, n.handleRecent},
 		{"POST " + api.PathJoin, accessPeer, maxSmallBody, n.handleJoin},
 		{"POST " + api.PathRemove, accessRead, maxSmallBody, n.handleRemove},
 		{"GET " + api.PathPeerInfo, accessPeer, 0, n.handlePeerInfo},

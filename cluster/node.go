@@ -90,6 +90,7 @@ type Node struct {
 
 	statusSource atomic.Pointer[StatusSource]
 	operator     atomic.Pointer[Operator]
+	recent       recorder
 	history      history
 	// lastClockWarning is the stamp of the last warning that this leader's
 	// clock is behind the state's (see checkClock).
@@ -277,6 +278,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	}
 
 	n.startLeaderDuties()
+	n.startRecent()
 	ok = true
 	return n, nil
 }

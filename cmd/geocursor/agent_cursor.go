@@ -35,6 +35,7 @@ func runCursor(ctx context.Context, cfg *config.Config, node *cluster.Node, logg
 		return err
 	}
 	defer tracking.Close()
+	node.SetDeadLetterSource(tracking)
 
 	deliverer, err := newDeliverer(cfg.Delivery, tracking, logger.Named("delivery"))
 	if err != nil {
