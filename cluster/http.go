@@ -55,6 +55,7 @@ func (n *Node) routes() http.Handler {
 	for _, rt := range table {
 		mux.HandleFunc(rt.pattern, n.wrap(rt))
 	}
+	mux.Handle("GET "+api.PathUI, uiHandler()) // static: its data comes through the table
 	return mux
 }
 

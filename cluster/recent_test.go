@@ -136,3 +136,45 @@ func TestRecentNeedsTheReadTokenAndKeepsTheLastMinutes(t *testing.T) {
 		t.Errorf("after a failed read: %+v, want the error and the last reading", r.DeadLetters)
 	}
 }
+
+func TestStatusPageIsServedWithoutATokenAndLoadsNothingFromOutside(t *testing.T) {
+	n := startHTTPTestNode(t)
+	h := n.routes()
+	for _, tc := range []struct {
+		path, contentType, contains string
+	}{
+		{api.PathUI, "text/html", `<script src="app.js"`},
+		{api.PathUI + "app.js", "javascript", "sessionStorage"},
+		{api.PathUI + "style.css", "text/css", ":root"},
+	} {
+		res := serveHTTP(t, h, http.MethodGet, tc.path, "", nil)
+		if res.code != http.StatusOK {
+			t.Errorf("GET %s without a token: %d, want 200", tc.path, res.code)
+			continue
+		}
+		if ct := res.header.Get("Content-Type"); !strings.Contains(ct, tc.contentType) {
+			t.Errorf("GET %s: Content-Type %q, want %s", tc.path, ct, tc.contentType)
+		}
+		if !strings.Contains(string(res.body), tc.contains) {
+			t.Errorf("GET %s: body lacks %q", tc.path, tc.contains)
+		}
+		csp := res.header.Get("Content-Security-Policy")
+		for _, want := range []string{"default-src 'none'", "script-src 'self'", "connect-src 'self'", "frame-ancestors 'none'"} {
+			if !strings.Contains(csp, want) {
+				t.Errorf("GET %s: Content-Security-Policy %q lacks %q", tc.path, csp, want)
+			}
+		}
+		// Nothing the page loads comes from another host.
+		for _, ref := range []string{"http://", "https://", "//fonts", "cdn"} {
+			if strings.Contains(strings.ReplaceAll(string(res.body), "http://www.w3.org/2000/svg", ""), ref) {
+				t.Errorf("GET %s: the file refers to %q", tc.path, ref)
+			}
+		}
+	}
+	if res := serveHTTP(t, h, http.MethodGet, "/ui", "", nil); res.code != http.StatusTemporaryRedirect && res.code != http.StatusMovedPermanently {
+		t.Errorf("GET /ui: %d, want a redirect to /ui/", res.code)
+	}
+	if res := serveHTTP(t, h, http.MethodPost, api.PathUI, "", nil); res.code != http.StatusMethodNotAllowed {
+		t.Errorf("POST /ui/: %d, want 405", res.code)
+	}
+}
