@@ -642,7 +642,7 @@
     const total = [...held.values()].reduce((a, b) => a + b, 0) || 1;
     const legend = [...held.entries()].sort((a, b) => b[1] - a[1]).map(([id, ms]) =>
       el('span', {}, el('i', { style: id ? 'background:' + colorOf(id) : 'background:' + NONE_COLOR }), id || 'no holder',
-        el('b', {}, Math.round((100 * ms) / total) + '%')));
+        el('b', {}, share(ms / total))));
     if (rc.failovers.some((f) => Date.parse(f.lost_at) >= t0)) {
       legend.push(el('span', {}, el('i', { style: 'background:' + NONE_COLOR + ';clip-path:polygon(50% 0,100% 100%,0 100%)' }), 'failover'));
     }
@@ -651,6 +651,11 @@
 
   // niceTop is the top of a chart's scale: four steps of a round size
   // (1, 2, 2.5 or 5 times a power of ten) that reach v, and at least floor.
+  function share(f) {
+    const pc = 100 * f;
+    return pc > 0 && pc < 1 ? '<1%' : Math.round(pc) + '%';
+  }
+
   function niceTop(v, floor) {
     const raw = Math.max(v, floor) / 4;
     const p = Math.pow(10, Math.floor(Math.log10(raw)));
