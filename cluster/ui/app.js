@@ -829,7 +829,9 @@
         el('td', {}, nodeLabel(f.from), el('div', { class: 'self' }, 'token ' + nf.format(f.from_token))),
         el('td', {}, f.to ? nodeLabel(f.to) : el('span', { class: 'value-amber' }, 'nobody yet'),
           f.to ? el('div', { class: 'self' }, 'token ' + nf.format(f.to_token)) : null),
-        el('td', { class: 'num' }, (taken === null ? '… ' : '') + duration(Math.max(0, gap))));
+        f.kind === 'gone'
+          ? el('td', { class: 'num', title: 'not known: the holder stopped between two batches, some time after its last release' }, '—')
+          : el('td', { class: 'num' }, (taken === null ? '… ' : '') + duration(Math.max(0, gap))));
     });
     fill('failovers', ...(rows.length ? rows : [el('tr', {}, el('td', { class: 'empty', colspan: 5 }, 'none recorded'))]));
   }
