@@ -448,3 +448,29 @@ func TestRawSendsAndReturnsAsIs(t *testing.T) {
 		t.Errorf("Raw: HTTP %d %s, %v; want the 400 answer as it came", status, body, err)
 	}
 }
+
+func TestRecentAsksForTheSamplesSinceATime(t *testing.T) {
+	since := time.Date(2026, 11, 25, 10, 0, 0, 123456789, time.UTC)
+	var query, auth string
+	addr := serve(t, func(w http.ResponseWriter, r *http.Request) {
+		query, auth = r.URL.Query().Get("since"), r.Header.Get("Authorization")
+		if r.URL.Path != PathRecent {
+			t.Errorf("path %s, want %s", r.URL.Path, PathRecent)
+		}
+		answer(t, w, http.StatusOK, Recent{NodeID: "node2", IntervalSeconds: 1, Samples: []Sample{{At: since.Add(time.Second), Token: 7}}})
+	})
+	c := NewClient(ClientOptions{Token: "read-token-0123456789"})
+	r, err := c.Recent(context.Background(), addr, since)
+	if err != nil {
+		t.Fatalf("Recent: %v", err)
+	}
+	if query != since.Format(time.RFC3339Nano) || auth != "Bearer read-token-0123456789" {
+		t.Errorf("since %q, Authorization %q: want %s and the token", query, auth, since.Format(time.RFC3339Nano))
+	}
+	if r.NodeID != "node2" || len(r.Samples) != 1 || r.Samples[0].Token != 7 {
+		t.Errorf("Recent = %+v", r)
+	}
+	if _, err := c.Recent(context.Background(), addr, time.Time{}); err != nil || query != "" {
+		t.Errorf("Recent without since: %v, since %q, want none", err, query)
+	}
+}

@@ -39,6 +39,7 @@ func (n *Node) routes() http.Handler {
 		{"GET " + api.PathReady, accessOpen, 0, n.handleReady},
 		{"GET " + api.PathStatus, accessRead, 0, n.handleStatus},
 		{"GET " + api.PathMetrics, accessRead, 0, n.handleMetrics},
+		{"GET " + api.PathRecent, accessRead, 0, n.handleRecent},
 		{"POST " + api.PathJoin, accessPeer, maxSmallBody, n.handleJoin},
 		{"POST " + api.PathRemove, accessRead, maxSmallBody, n.handleRemove},
 		{"GET " + api.PathPeerInfo, accessPeer, 0, n.handlePeerInfo},
@@ -55,6 +56,7 @@ func (n *Node) routes() http.Handler {
 	for _, rt := range table {
 		mux.HandleFunc(rt.pattern, n.wrap(rt))
 	}
+	mux.Handle("GET "+api.PathUI, uiHandler()) // static: its data comes through the table
 	return mux
 }
 

@@ -95,6 +95,7 @@ type Node struct {
 	statusSource atomic.Pointer[StatusSource]
 	operator     atomic.Pointer[Operator]
 	metrics      *nodeMetrics
+	recent       recorder
 	history      history
 	// lastClockWarning is the stamp of the last warning that this leader's
 	// clock is behind the state's (see checkClock).
@@ -289,6 +290,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	}
 
 	n.startLeaderDuties()
+	n.startRecent()
 	ok = true
 	return n, nil
 }

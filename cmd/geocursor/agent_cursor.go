@@ -40,6 +40,7 @@ func runCursor(ctx context.Context, cfg *config.Config, node *cluster.Node, reg 
 		return err
 	}
 	defer tracking.Close()
+	node.SetDeadLetterSource(tracking)
 
 	deliverer, err := newDeliverer(cfg.Delivery, tracking, metrics, logger.Named("delivery"))
 	if err != nil {
