@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"cmp"
 	"slices"
 	"time"
 )
@@ -128,7 +129,7 @@ func (s *State) effect(c Command) {
 		if c.SetCursor.LastEventDate != 0 {
 			s.Cursor.LastEventDate = c.SetCursor.LastEventDate
 		}
-		s.Gaps = nil
+		s.Gaps, s.GapsSum = nil, 0
 		s.Lease.Holder, s.Lease.ExpiresAt = "", 0
 		s.RevokedFrom = ""
 	case OpRestore:
@@ -140,6 +141,7 @@ func (s *State) effect(c Command) {
 		if len(s.Gaps) == 0 {
 			s.Gaps = nil
 		}
+		s.GapsSum = GapSum(s.Gaps)
 		s.Stats = r.Stats
 		s.Lease = Lease{Token: max(s.Lease.Token, r.Token)}
 		s.RevokedFrom = ""
@@ -216,7 +218,7 @@ func (s *State) advanceRefusal(c Command) error {
 		}
 		return nil
 	}
-	if sum := GapSum(s.Gaps); a.GapsBase != sum {
+	if sum := s.GapsSum; a.GapsBase != sum {
 		return refuse(ErrGapBase, "the delta was made for open gaps with sum %x, the state's %d open gaps have sum %x", a.GapsBase, len(s.Gaps), sum)
 	}
 	for _, g := range a.GapsOpened {
@@ -224,9 +226,11 @@ func (s *State) advanceRefusal(c Command) error {
 			return refuse(ErrBadCommand, "opened gap %d is at or below the cursor (%d)", g.ID, s.Cursor.LastEventID)
 		}
 	}
+	// Looked up in the open set, so that the check costs what the delta
+	// carries, not what is open.
 	closed := 0
-	for _, g := range s.Gaps {
-		if _, found := slices.BinarySearch(a.GapsClosed, g.ID); found {
+	for _, id := range a.GapsClosed {
+		if _, found := slices.BinarySearchFunc(s.Gaps, id, func(g Gap, id int64) int { return cmp.Compare(g.ID, id) }); found {
 			closed++
 		}
 	}
@@ -247,9 +251,10 @@ func (s *State) advanceEffect(c Command) {
 		s.Cursor.LastEventDate = a.LastEventDate
 	}
 	if a.GapsDelta {
-		s.Gaps = applyGapDelta(s.Gaps, a.GapsClosed, a.GapsOpened)
+		s.Gaps, s.GapsSum = applyGapDelta(s.Gaps, s.GapsSum, a.GapsClosed, a.GapsOpened)
 	} else {
 		s.Gaps = append([]Gap(nil), a.Gaps...)
+		s.GapsSum = GapSum(s.Gaps)
 	}
 	s.Stats.EventsProcessed += a.Events
 	s.Stats.DeadLetters += a.DeadLetters
@@ -269,15 +274,29 @@ func (s *State) advanceEffect(c Command) {
 	}
 }
 
-// applyGapDelta returns open without closed, with opened merged in; all
-// three are sorted by ID, and every opened ID is above every open one (it
-// is above the cursor), so the result is too.
-func applyGapDelta(open []Gap, closed []int64, opened []Gap) []Gap {
+// applyGapDelta returns open without closed, with opened merged in, and
+// the set's GapSum moved from sum by what changed; all three are sorted by
+// ID, and every opened ID is above every open one (it is above the
+// cursor), so the result is too. With nothing closed it appends in place:
+// the state owns its gap slice (Clone copies it), and an append leaves
+// what a shallow copy sees as it was.
+func applyGapDelta(open []Gap, sum uint64, closed []int64, opened []Gap) ([]Gap, uint64) {
+	for _, g := range opened {
+		sum += mixGapID(g.ID)
+	}
+	if len(closed) == 0 {
+		if len(opened) == 0 {
+			return open, sum
+		}
+		return append(open, opened...), sum
+	}
 	var next []Gap // nil when empty, as a full set of none decodes
 	for _, g := range open {
-		if _, found := slices.BinarySearch(closed, g.ID); !found {
+		if _, found := slices.BinarySearch(closed, g.ID); found {
+			sum -= mixGapID(g.ID)
+		} else {
 			next = append(next, g)
 		}
 	}
-	return append(next, opened...)
+	return append(next, opened...), sum
 }

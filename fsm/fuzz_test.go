@@ -237,6 +237,10 @@ func checkStep(t *testing.T, step int, c Command, prev, s State, res Result, gra
 	if res.Lease != s.Lease || res.Cursor != s.Cursor {
 		fail("result reports lease %+v cursor %+v", res.Lease, res.Cursor)
 	}
+	// The checksum kept by deltas is the set's.
+	if sum := GapSum(s.Gaps); s.GapsSum != sum {
+		fail("gaps_sum %x, the %d open gaps sum to %x", s.GapsSum, len(s.Gaps), sum)
+	}
 
 	// The state's clock never goes backwards: a valid command is applied at
 	// the later of its stamp and the clock, granted or not; one that does

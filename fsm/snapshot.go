@@ -32,5 +32,7 @@ func ReadSnapshot(r io.Reader) (State, error) {
 	if f.Version != snapshotVersion {
 		return State{}, fmt.Errorf("read snapshot: version %d is not supported (this build reads version %d)", f.Version, snapshotVersion)
 	}
+	// The checksum is derived: computed afresh, whatever was written.
+	f.State.GapsSum = GapSum(f.State.Gaps)
 	return f.State, nil
 }

@@ -90,13 +90,15 @@ func wantRichState() State {
 		Stats:      Stats{EventsProcessed: 497, Batches: 1, DeadLetters: 4, GapsDropped: 1},
 		LastHolder: "b",
 		// The pause carries no stamp: it is applied at the clock.
-		Clock: t0 + 2,
+		Clock:   t0 + 2,
+		GapsSum: GapSum([]Gap{{ID: 17}, {ID: 498}}),
 	}
 }
 
 func TestWriteReadSnapshotRoundTrip(t *testing.T) {
 	revoked := rich()
 	revoked.RevokedFrom = "a"
+	revoked.GapsSum = GapSum(revoked.Gaps)
 	for name, s := range map[string]State{
 		"fresh":   {},
 		"rich":    wantRichState(),

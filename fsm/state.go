@@ -1,8 +1,6 @@
 package fsm
 
 import (
-	"encoding/binary"
-	"hash/fnv"
 	"time"
 )
 
@@ -40,15 +38,25 @@ type Gap struct {
 
 // GapSum is a checksum of the IDs of gaps (first-seen times are left
 // out: they are the holders' notes, not the position). A gap delta names
-// the sum of the set it was made from.
+// the sum of the set it was made from. It is the sum of a 64-bit mix of
+// each ID, so that it is the same in any order and the state can move it
+// by what a delta changes (gapSumOf) instead of hashing 10,000 gaps on
+// every advance. The sum of no gaps is 0.
 func GapSum(gaps []Gap) uint64 {
-	h := fnv.New64a()
-	var b [8]byte
+	var sum uint64
 	for _, g := range gaps {
-		binary.LittleEndian.PutUint64(b[:], uint64(g.ID))
-		h.Write(b[:])
+		sum += mixGapID(g.ID)
 	}
-	return h.Sum64()
+	return sum
+}
+
+// mixGapID is SplitMix64's finalizer: every bit of the ID moves every bit
+// of the result, so that sums of different sets rarely agree.
+func mixGapID(id int64) uint64 {
+	x := uint64(id) + 0x9e3779b97f4a7c15
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9
+	x = (x ^ (x >> 27)) * 0x94d049bb133111eb
+	return x ^ (x >> 31)
 }
 
 // SafeEventID is the safe cursor of a position: the highest event ID at
@@ -117,6 +125,9 @@ type State struct {
 	// new leader's clock can be behind the old one's. Lease expiry is
 	// decided on this clock, never on a stamp alone.
 	Clock int64 `json:"clock,omitempty"`
+	// GapsSum is GapSum(Gaps), kept as the gaps change so that checking a
+	// delta's base costs nothing however many gaps are open.
+	GapsSum uint64 `json:"gaps_sum,omitempty"`
 	// Reservation, when set, holds the next grant for an operator's
 	// request on one node (OpReserve).
 	Reservation *Reservation `json:"reservation,omitempty"`
