@@ -126,6 +126,8 @@ type Loop struct {
 	// clock is the state machine's time as this peer knows it; gaps are
 	// stamped and aged on it.
 	clock stateClock
+	// batchProbe spaces a grant's probes of a large gap set.
+	batchProbe gapProbe
 	// horizon is the source's oldest event ID as read at horizonRead (by
 	// the grants, one at a time).
 	horizon     int64

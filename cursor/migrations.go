@@ -141,9 +141,8 @@ ON CONFLICT DO NOTHING;
 ALTER TABLE geocursor_fence ADD COLUMN gaps_count int NOT NULL DEFAULT 0;
 ALTER TABLE geocursor_fence ADD COLUMN gaps_sum bigint;
 UPDATE geocursor_fence SET gaps_count = jsonb_array_length(gaps), gaps = '[]';
--- fsm.GapSum of no gaps (FNV-64a's offset basis); with gaps, the next
--- claim computes it.
-UPDATE geocursor_fence SET gaps_sum = -3750763034362895579 WHERE gaps_count = 0;
+-- fsm.GapSum of no gaps is 0; with gaps, the next claim computes it.
+UPDATE geocursor_fence SET gaps_sum = 0 WHERE gaps_count = 0;
 COMMENT ON COLUMN geocursor_fence.gaps IS 'unused since schema version 4: the open gaps are the rows of geocursor_fence_gaps';
 -- Room on the page for the one row's new versions: its updates stay HOT.
 ALTER TABLE geocursor_fence SET (fillfactor = 50);

@@ -201,14 +201,49 @@ func TestGapDeltaRebuildsTheSet(t *testing.T) {
 	}
 	for _, c := range cases {
 		closed, opened := gapDelta(c.from, c.to)
-		st := fsm.State{Lease: fsm.Lease{Holder: "a", Token: 1, ExpiresAt: 1e18}, Cursor: fsm.Cursor{LastEventID: 100}, Gaps: c.from}
+		st := fsm.State{Lease: fsm.Lease{Holder: "a", Token: 1, ExpiresAt: 1e18}, Cursor: fsm.Cursor{LastEventID: 100}, Gaps: c.from, GapsSum: fsm.GapSum(c.from)}
 		res := st.Apply(fsm.Command{Op: fsm.OpAdvance, Node: "a", Token: 1, Now: 1, Advance: &fsm.Advance{
 			LastEventID: 200, GapsDelta: true, GapsBase: fsm.GapSum(c.from), GapsClosed: closed, GapsOpened: opened}})
 		if res.Err != nil {
 			t.Fatalf("delta %v -> %v (closed %v, opened %v) refused: %v", c.from, c.to, closed, opened, res.Err)
 		}
+		if st.GapsSum != fsm.GapSum(c.to) {
+			t.Errorf("delta %v -> %v: the state's checksum is not the new set's", c.from, c.to)
+		}
 		if !reflect.DeepEqual(st.Gaps, c.to) {
 			t.Errorf("delta %v -> %v (closed %v, opened %v) gives %v", c.from, c.to, closed, opened, st.Gaps)
+		}
+	}
+}
+
+// A few open gaps are probed by every batch; a large set at most every
+// manyGapsProbeInterval.
+func TestBatchesProbeALargeGapSetLessOften(t *testing.T) {
+	few := Position{LastEventID: 100, Gaps: []fsm.Gap{{ID: 5}, {ID: 7}}}
+	many := Position{LastEventID: 10 * manyGaps}
+	for id := int64(1); id <= manyGaps+1; id++ {
+		many.Gaps = append(many.Gaps, fsm.Gap{ID: id})
+	}
+	var p gapProbe
+	t0 := time.Unix(1_764_000_000, 0)
+	for i := range 3 {
+		if got := p.ids(few, t0.Add(time.Duration(i)*time.Millisecond)); len(got) != 2 {
+			t.Fatalf("batch %d probes %v of 2 open gaps", i, got)
+		}
+	}
+	steps := []struct {
+		at   time.Duration
+		want int
+	}{
+		{0, manyGaps + 1},
+		{10 * time.Millisecond, 0},
+		{manyGapsProbeInterval - time.Millisecond, 0},
+		{manyGapsProbeInterval, manyGaps + 1},
+		{manyGapsProbeInterval + time.Millisecond, 0},
+	}
+	for _, s := range steps {
+		if got := p.ids(many, t0.Add(s.at)); len(got) != s.want {
+			t.Errorf("at +%s: probes %d of %d open gaps, want %d", s.at, len(got), len(many.Gaps), s.want)
 		}
 	}
 }
