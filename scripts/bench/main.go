@@ -10,6 +10,9 @@
 //   - delivery: agents delivering to Sidekiq's Redis drain the backlog
 //     again into a fresh tracking database (push rate beside drain rate),
 //     then the lag from the source commit to the perform in a real Sidekiq;
+//   - gaps: a backlog with 10,000 open gaps beside the same backlog
+//     without, each drained by fresh agents: the rate, the advance
+//     entries' size in the Raft log and their Raft cost;
 //   - the Raft cost per batch (from the agents' debug logs) and the peak RSS
 //     of each agent; an exactly-once check at the end.
 //
@@ -49,7 +52,7 @@ import (
 // harness.ExitUsage.
 const exitFailure = 1
 
-var allParts = []string{"drain", "lag", "failover", "delivery"}
+var allParts = []string{"drain", "lag", "failover", "delivery", "gaps"}
 
 // The cluster's security: TLS and tokens, or neither.
 const (
@@ -115,7 +118,7 @@ func run(args []string) int {
 func parseFlags(args []string) (options, error) {
 	o := options{}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	only := fs.String("only", strings.Join(allParts, ","), "comma-separated parts to run: drain, lag, failover, delivery")
+	only := fs.String("only", strings.Join(allParts, ","), "comma-separated parts to run: drain, lag, failover, delivery, gaps")
 	fs.IntVar(&o.events, "events", 1_000_000, "backlog size for the drain")
 	fs.IntVar(&o.failoverRuns, "failover-runs", 20, "failover runs of each kind (holder is a follower / holder is the leader)")
 	fs.Float64Var(&o.lagRate, "lag-rate", 1000, "events per second during the lag measurement")
@@ -235,6 +238,13 @@ func describeSecurity(sec string) string {
 // runParts runs the chosen parts on the current variant's cluster and
 // checks everything it processed.
 func (b *bench) runParts(ctx context.Context) error {
+	// The gap drain first: it runs agents of its own on databases of its
+	// own, and the drain needs to start the main cluster itself.
+	if b.opts.has("gaps") {
+		if err := b.gaps(ctx); err != nil {
+			return fmt.Errorf("gaps: %w", err)
+		}
+	}
 	if b.opts.has("drain") {
 		if err := b.drain(ctx); err != nil {
 			return fmt.Errorf("drain: %w", err)

@@ -15,6 +15,8 @@ type report struct {
 	LagSteady []*lagReport    `json:"lag_steady,omitempty"`
 	Failover  *failoverReport `json:"failover,omitempty"`
 	Delivery  *deliveryReport `json:"delivery,omitempty"`
+	// Gaps is the drain with 10,000 open gaps beside the one without.
+	Gaps *gapsReport `json:"gaps,omitempty"`
 	// RaftCostPerBatch is per phase (drain, lag), from the agents' logs.
 	RaftCostPerBatch map[string]raftCost `json:"raft_cost_per_batch,omitempty"`
 	// PeakRSSMB is the highest VmHWM of each node's processes (a killed
@@ -80,6 +82,7 @@ type variantReport struct {
 	LagSteady        []*lagReport        `json:"lag_steady,omitempty"`
 	Failover         *failoverReport     `json:"failover,omitempty"`
 	Delivery         *deliveryReport     `json:"delivery,omitempty"`
+	Gaps             *gapsReport         `json:"gaps,omitempty"`
 	RaftCostPerBatch map[string]raftCost `json:"raft_cost_per_batch,omitempty"`
 }
 
@@ -88,7 +91,7 @@ func (r *report) stash(sec string) {
 	if r.Variants == nil {
 		r.Variants = map[string]*variantReport{}
 	}
-	r.Variants[sec] = &variantReport{Drain: r.Drain, Lag: r.Lag, LagSteady: r.LagSteady, Failover: r.Failover, Delivery: r.Delivery, RaftCostPerBatch: r.RaftCostPerBatch}
+	r.Variants[sec] = &variantReport{Drain: r.Drain, Lag: r.Lag, LagSteady: r.LagSteady, Failover: r.Failover, Delivery: r.Delivery, Gaps: r.Gaps, RaftCostPerBatch: r.RaftCostPerBatch}
 	r.RaftCostPerBatch, r.LagSteady = nil, nil
 }
 

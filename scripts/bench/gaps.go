@@ -1,0 +1,294 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/geocursor/geocursor/fsm"
+	"github.com/geocursor/geocursor/internal/loadgen"
+	"github.com/geocursor/geocursor/scripts/internal/harness"
+)
+
+// Gap targets (issue 13, target 4): with 10,000 open gaps an advance
+// entry is at most 4 KB, its Raft cost p50 at most 3 ms, and the drain at
+// least 0.8 of the drain without gaps.
+const (
+	gapsOpen            = 10_000
+	gapsEvents          = 150_000
+	targetGapEntryBytes = 4096
+	targetGapRaftP50MS  = 3
+	targetGapDrainRatio = 0.8
+)
+
+type gapsReport struct {
+	Events   int `json:"events"`
+	OpenGaps int `json:"open_gaps"`
+	// Without and With are the same backlog drained by three fresh agents,
+	// without and then with gapsOpen holes among its first IDs.
+	Without gapRun `json:"without_gaps"`
+	With    gapRun `json:"with_gaps"`
+	// Ratio is With.Drain.EventsPerS / Without.Drain.EventsPerS.
+	Ratio  float64 `json:"ratio_with_to_without"`
+	Method string  `json:"method"`
+}
+
+type gapRun struct {
+	Drain drainRun `json:"drain"`
+	// Raft is the cost of each advance through Raft (agents' debug logs).
+	Raft summary `json:"raft_advance_ms"`
+	// AdvanceBytes are the sizes of the advance entries in the Raft log
+	// (the longest of the three), read from raft.db once the agents have
+	// stopped, except those that open gaps; OpeningBytes are those, which
+	// carry each gap they open (the change itself).
+	AdvanceBytes sizeSummary `json:"advance_entry_bytes"`
+	OpeningBytes sizeSummary `json:"gap_opening_entry_bytes"`
+	Advances     int         `json:"advance_entries"`
+	// RaftDirBytes is the largest data directory of the three.
+	RaftDirBytes int64 `json:"raft_dir_bytes"`
+}
+
+const gapsMethod = "A source of its own gets the same bulk-loaded backlog twice over: the first drain runs on it as loaded, " +
+	"then the rows of every second ID among the first 20,000 are deleted (10,000 IDs that never appear: holes that stay " +
+	"open gaps for gap_timeout, 1 h) and a fresh cluster drains it into a fresh tracking database. The rate is measured " +
+	"as in the drain; advance entry sizes are read from each stopped agent's raft.db."
+
+// gaps drains a backlog with 10,000 open gaps beside the same backlog
+// without, on databases and agents of its own.
+func (b *bench) gaps(ctx context.Context) error {
+	r := &gapsReport{Events: gapsEvents, OpenGaps: gapsOpen, Method: gapsMethod}
+	b.report.Gaps = r
+	if b.cluster != nil {
+		return fmt.Errorf("the gap drain needs agents of its own, but agents are running")
+	}
+	saved := [4]any{b.sourceDSN, b.source, b.trackingDSN, b.tracking}
+	defer func() {
+		b.sourceDSN, b.source = saved[0].(string), saved[1].(*pgxpool.Pool)
+		b.trackingDSN, b.tracking = saved[2].(string), saved[3].(*pgxpool.Pool)
+	}()
+	run := func(name string, holes bool) (gapRun, error) {
+		srcDSN, err := b.pg.CreateDatabase(ctx, "source_"+name+"_"+b.security)
+		if err != nil {
+			return gapRun{}, err
+		}
+		src, err := harness.OpenPool(ctx, srcDSN, 16)
+		if err != nil {
+			return gapRun{}, err
+		}
+		defer src.Close()
+		if err := loadgen.CreateSourceSchema(ctx, src); err != nil {
+			return gapRun{}, err
+		}
+		if err := loadgen.BulkLoad(ctx, src, gapsEvents, 1); err != nil {
+			return gapRun{}, err
+		}
+		if holes {
+			tag, err := src.Exec(ctx, `DELETE FROM geo_event_log WHERE id <= $1 AND id % 2 = 0`, 2*gapsOpen)
+			if err != nil {
+				return gapRun{}, fmt.Errorf("make the holes: %w", err)
+			}
+			if tag.RowsAffected() != gapsOpen {
+				return gapRun{}, fmt.Errorf("made %d holes, want %d", tag.RowsAffected(), gapsOpen)
+			}
+		}
+		if err := settle(ctx, src); err != nil {
+			return gapRun{}, err
+		}
+		head, err := harness.SourceHead(ctx, src)
+		if err != nil {
+			return gapRun{}, err
+		}
+		trDSN, err := b.pg.CreateDatabase(ctx, "tracking_"+name+"_"+b.security)
+		if err != nil {
+			return gapRun{}, err
+		}
+		tr, err := harness.OpenPool(ctx, trDSN, 4)
+		if err != nil {
+			return gapRun{}, err
+		}
+		defer tr.Close()
+		b.sourceDSN, b.source, b.trackingDSN, b.tracking = srcDSN, src, trDSN, tr
+
+		var g gapRun
+		started := time.Now()
+		type measured struct {
+			run drainRun
+			err error
+		}
+		mctx, stop := context.WithCancel(ctx)
+		defer stop()
+		done := make(chan measured, 1)
+		go func() {
+			run, err := measureDrain(mctx, tr, head, started, b.logf, "cluster "+name)
+			done <- measured{run, err}
+		}()
+		if err := b.startCluster(ctx); err != nil {
+			return g, err
+		}
+		m := <-done
+		if m.err != nil {
+			return g, m.err
+		}
+		g.Drain = m.run
+		agents := b.cluster.Agents
+		t := b.report.raftCost("gaps_"+name, agents, logMarks{}, markLogs(agents))
+		g.Drain.Batches = t.batchTimes()
+		g.Raft = t.batchTimes().Raft
+		if err := b.waitStatusAt(ctx, head); err != nil {
+			return g, err
+		}
+		o, err := harness.CheckExactlyOnce(ctx, src, tr)
+		if err != nil {
+			return g, err
+		}
+		if !o.OK() || o.Pending > 0 {
+			return g, fmt.Errorf("exactly-once after the %s drain: %s", name, o)
+		}
+		if holes {
+			f, err := harness.ReadFence(ctx, tr)
+			if err != nil {
+				return g, err
+			}
+			if len(f.Gaps) != gapsOpen {
+				return g, fmt.Errorf("the fence shows %d open gaps after the drain, want %d", len(f.Gaps), gapsOpen)
+			}
+		}
+		b.sampleRSS()
+		dirs := make([]string, 0, len(agents))
+		for _, a := range agents {
+			dirs = append(dirs, a.DataDir)
+		}
+		if err := b.cluster.Close(); err != nil {
+			b.logf("stop the agents: %v", err)
+		}
+		b.cluster = nil
+		for _, d := range dirs {
+			size, err := dirSize(d)
+			if err != nil {
+				return g, err
+			}
+			g.RaftDirBytes = max(g.RaftDirBytes, size)
+			steady, opening, err := advanceSizes(filepath.Join(d, "raft.db"), filepath.Join(b.dir, "raft-copy.db"))
+			if err != nil {
+				return g, err
+			}
+			if n := len(steady) + len(opening); n > g.Advances {
+				g.Advances = n
+				g.AdvanceBytes, g.OpeningBytes = summarizeSizes(steady), summarizeSizes(opening)
+			}
+		}
+		b.logf("gaps: %s: %.0f events/s, %d advances, entry p50 %.0f B max %.0f B (%d opening gaps, max %.0f B), raft p50 %.1f ms",
+			name, g.Drain.EventsPerS, g.Advances, g.AdvanceBytes.P50, g.AdvanceBytes.Max, g.OpeningBytes.Count, g.OpeningBytes.Max, g.Raft.P50)
+		return g, nil
+	}
+	var err error
+	b.logf("gaps: draining %d events without gaps ...", gapsEvents)
+	if r.Without, err = run("nogaps", false); err != nil {
+		return fmt.Errorf("without gaps: %w", err)
+	}
+	b.logf("gaps: draining %d events with %d holes among the first IDs ...", gapsEvents-gapsOpen, gapsOpen)
+	if r.With, err = run("gaps", true); err != nil {
+		return fmt.Errorf("with gaps: %w", err)
+	}
+	if r.Without.Drain.EventsPerS > 0 {
+		r.Ratio = round3(r.With.Drain.EventsPerS / r.Without.Drain.EventsPerS)
+	}
+	b.report.check("gaps: advance entry bytes (max) with 10,000 open gaps", r.With.AdvanceBytes.Max, fmt.Sprintf("<= %d", targetGapEntryBytes), r.With.AdvanceBytes.Max <= targetGapEntryBytes)
+	b.report.check("gaps: raft advance p50 ms with 10,000 open gaps", r.With.Raft.P50, fmt.Sprintf("<= %d", targetGapRaftP50MS), r.With.Raft.P50 <= targetGapRaftP50MS)
+	b.report.check("gaps: drain ratio with/without gaps", r.Ratio, fmt.Sprintf(">= %.1f", targetGapDrainRatio), r.Ratio >= targetGapDrainRatio)
+	return nil
+}
+
+// sizeSummary describes sizes in bytes.
+type sizeSummary struct {
+	Count int     `json:"count"`
+	P50   float64 `json:"p50"`
+	P99   float64 `json:"p99"`
+	Max   float64 `json:"max"`
+}
+
+func summarizeSizes(sizes []float64) sizeSummary {
+	s := summarize(sizes)
+	return sizeSummary{Count: s.Count, P50: s.P50, P99: s.P99, Max: s.Max}
+}
+
+// advanceSizes copies a stopped agent's raft.db (opening it writes) and
+// returns the size in bytes of every advance entry in its log: those that
+// open gaps apart. An advance that carries the whole gap set (not a delta)
+// counts as steady: it is what the target is about.
+func advanceSizes(path, scratch string) (steady, opening []float64, err error) {
+	if err := copyFile(path, scratch); err != nil {
+		return nil, nil, err
+	}
+	defer os.Remove(scratch)
+	store, err := raftboltdb.New(raftboltdb.Options{Path: scratch})
+	if err != nil {
+		return nil, nil, fmt.Errorf("open %s: %w", path, err)
+	}
+	defer store.Close()
+	first, err := store.FirstIndex()
+	if err != nil {
+		return nil, nil, err
+	}
+	last, err := store.LastIndex()
+	if err != nil {
+		return nil, nil, err
+	}
+	for i := first; i <= last && i > 0; i++ {
+		var l raft.Log
+		if err := store.GetLog(i, &l); err != nil {
+			return nil, nil, fmt.Errorf("%s: entry %d: %w", path, i, err)
+		}
+		if l.Type != raft.LogCommand {
+			continue
+		}
+		c, err := fsm.DecodeCommand(l.Data)
+		if err != nil || c.Op != fsm.OpAdvance {
+			continue
+		}
+		if c.Advance.GapsDelta && len(c.Advance.GapsOpened) > 0 {
+			opening = append(opening, float64(len(l.Data)))
+		} else {
+			steady = append(steady, float64(len(l.Data)))
+		}
+	}
+	sort.Float64s(steady)
+	sort.Float64s(opening)
+	return steady, opening, nil
+}
+
+func copyFile(from, to string) error {
+	in, err := os.Open(from)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.Create(to)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+func dirSize(dir string) (int64, error) {
+	var total int64
+	err := filepath.Walk(dir, func(_ string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			total += fi.Size()
+		}
+		return err
+	})
+	return total, err
+}
