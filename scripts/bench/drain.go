@@ -102,7 +102,7 @@ func (b *bench) drain(ctx context.Context) error {
 		return err
 	}
 	plain := func(n int) error {
-		dsn, err := b.pg.CreateDatabase(ctx, fmt.Sprintf("tracking_plain_%d", n))
+		dsn, err := b.pg.CreateDatabase(ctx, fmt.Sprintf("tracking_plain_%d_%s", n, b.security))
 		if err != nil {
 			return err
 		}
@@ -150,28 +150,10 @@ func (b *bench) drain(ctx context.Context) error {
 	}
 
 	// The cluster. Its agents' logs are new: the whole drain is in them.
-	// The fence is watched from before the agents start, so that the
-	// first commit is seen within one poll.
-	type measured struct {
-		run drainRun
-		err error
-	}
-	mctx, stopMeasuring := context.WithCancel(ctx)
-	defer stopMeasuring()
-	done := make(chan measured, 1)
-	started := time.Now()
-	go func() {
-		run, err := measureDrain(mctx, b.tracking, head, started, b.logf, "cluster")
-		done <- measured{run, err}
-	}()
-	if err := b.startCluster(ctx); err != nil {
+	r.Cluster, err = b.clusterDrain(ctx, head, "cluster")
+	if err != nil {
 		return err
 	}
-	m := <-done
-	if m.err != nil {
-		return m.err
-	}
-	r.Cluster = m.run
 	from := logMarks{}
 	r.Cluster.Batches = b.report.raftCost("drain", b.cluster.Agents, from, markLogs(b.cluster.Agents)).batchTimes()
 	b.sampleRSS()
@@ -212,6 +194,29 @@ func (b *bench) drain(ctx context.Context) error {
 	b.logf("drain: ceiling %.0f events/s (mean of the first and last runs): cluster/ceiling %.3f", r.CeilingEventsPerS, r.RatioToCeiling)
 	b.report.check("drain: ratio cluster/ceiling", r.RatioToCeiling, fmt.Sprintf(">= %.2f", targetCeilingRatio), r.RatioToCeiling >= targetCeilingRatio)
 	return nil
+}
+
+// clusterDrain starts the agents on a backlog up to head and measures
+// their drain. The fence is watched from before they start, so that the
+// first commit is seen within one poll.
+func (b *bench) clusterDrain(ctx context.Context, head int64, what string) (drainRun, error) {
+	type measured struct {
+		run drainRun
+		err error
+	}
+	mctx, stopMeasuring := context.WithCancel(ctx)
+	defer stopMeasuring()
+	done := make(chan measured, 1)
+	started := time.Now()
+	go func() {
+		run, err := measureDrain(mctx, b.tracking, head, started, b.logf, what)
+		done <- measured{run, err}
+	}()
+	if err := b.startCluster(ctx); err != nil {
+		return drainRun{}, err
+	}
+	m := <-done
+	return m.run, m.err
 }
 
 // drainPlain runs the cursor loop in this process with coordination turned

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"time"
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
@@ -118,26 +117,9 @@ func (b *bench) gaps(ctx context.Context) error {
 		b.sourceDSN, b.source, b.trackingDSN, b.tracking = srcDSN, src, trDSN, tr
 
 		var g gapRun
-		started := time.Now()
-		type measured struct {
-			run drainRun
-			err error
-		}
-		mctx, stop := context.WithCancel(ctx)
-		defer stop()
-		done := make(chan measured, 1)
-		go func() {
-			run, err := measureDrain(mctx, tr, head, started, b.logf, "cluster "+name)
-			done <- measured{run, err}
-		}()
-		if err := b.startCluster(ctx); err != nil {
+		if g.Drain, err = b.clusterDrain(ctx, head, "cluster "+name); err != nil {
 			return g, err
 		}
-		m := <-done
-		if m.err != nil {
-			return g, m.err
-		}
-		g.Drain = m.run
 		agents := b.cluster.Agents
 		t := b.report.raftCost("gaps_"+name, agents, logMarks{}, markLogs(agents))
 		g.Drain.Batches = t.batchTimes()
