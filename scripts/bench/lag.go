@@ -137,7 +137,7 @@ func (b *bench) lagRun(ctx context.Context, rate float64, perTx int) (*lagReport
 	if _, err := b.waitCaughtUp(ctx, 2*time.Minute); err != nil {
 		return r, err
 	}
-	times := b.report.raftCost(fmt.Sprintf("lag_%.0f", rate), b.cluster.Agents, from, markLogs(b.cluster.Agents))
+	times := b.report.raftCost(lagPhase(rate), b.cluster.Agents, from, markLogs(b.cluster.Agents))
 	r.Batches = times.batchTimes()
 	r.Acquisitions, r.HolderChanges = len(times.acquisitions), times.holderChanges()
 	b.sampleRSS()
@@ -213,3 +213,6 @@ func commitTimes(ctx context.Context, pool *pgxpool.Pool, table, column string, 
 	}
 	return times, nil
 }
+
+// lagPhase names the Raft cost of the lag run at rate events/s.
+func lagPhase(rate float64) string { return fmt.Sprintf("lag_%.0f", rate) }

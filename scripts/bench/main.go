@@ -224,7 +224,7 @@ func (b *bench) run(ctx context.Context) error {
 			b.report.stash(sec)
 		}
 	}
-	b.report.compareSecurity()
+	b.report.compareSecurity(lagPhase(b.opts.lagRate))
 	return nil
 }
 

@@ -110,15 +110,16 @@ type securityOverhead struct {
 	DrainRatioTLSToPlain float64    `json:"drain_ratio_tls_to_plain"`
 }
 
-// compareSecurity fills in SecurityOverhead when both variants ran.
-func (r *report) compareSecurity() {
+// compareSecurity fills in SecurityOverhead when both variants ran; the
+// Raft cost is that of the lag phase lagPhase.
+func (r *report) compareSecurity(lagPhase string) {
 	plain, tls := r.Variants[securityPlain], r.Variants[securityTLS]
 	if plain == nil || tls == nil {
 		return
 	}
 	o := &securityOverhead{}
 	for i, v := range []*variantReport{plain, tls} {
-		if c, ok := v.RaftCostPerBatch["lag"]; ok {
+		if c, ok := v.RaftCostPerBatch[lagPhase]; ok {
 			o.RaftAdvanceP50MS[i], o.RaftAdvanceP99MS[i] = c.Advance.P50, c.Advance.P99
 		}
 		if v.Drain != nil {
