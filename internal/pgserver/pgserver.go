@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/geocursor/geocursor/internal/childproc"
 	"net"
 	"net/url"
 	"os"
@@ -37,8 +38,6 @@ const (
 	// startAttempts covers the small race between picking a free port and
 	// the server binding it: another process may take the port in between.
 	startAttempts = 3
-	// logTailBytes is how much of the server log an error carries.
-	logTailBytes = 4096
 	// superuser is the role initdb creates and every DSN connects as.
 	superuser = "postgres"
 )
@@ -142,7 +141,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	}
 
 	for attempt := 1; ; attempt++ {
-		s.Port, err = freePort()
+		s.Port, err = childproc.FreePort()
 		if err != nil {
 			return nil, err
 		}
@@ -272,27 +271,7 @@ func (s *Server) LogTail() string {
 	return s.logTail()
 }
 
-func (s *Server) logTail() string {
-	f, err := os.Open(s.logFile)
-	if err != nil {
-		return fmt.Sprintf("(cannot read %s: %v)", s.logFile, err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return fmt.Sprintf("(cannot stat %s: %v)", s.logFile, err)
-	}
-	off := fi.Size() - logTailBytes
-	if off < 0 {
-		off = 0
-	}
-	buf := make([]byte, fi.Size()-off)
-	n, err := f.ReadAt(buf, off)
-	if err != nil && n == 0 {
-		return fmt.Sprintf("(cannot read %s: %v)", s.logFile, err)
-	}
-	return string(buf[:n])
-}
+func (s *Server) logTail() string { return childproc.LogTail(s.logFile) }
 
 // writeConfig appends our settings to postgresql.conf; later lines win, so
 // rewriting for a new port on a retry is just another append.
@@ -413,18 +392,4 @@ func lookupUser(name string) (uid, gid int, err error) {
 		return -1, -1, fmt.Errorf("parse gid of user %q: %w", name, err)
 	}
 	return uid, gid, nil
-}
-
-// freePort asks the kernel for a free loopback port. Another process can
-// take it before the server binds it; Start retries in that case.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port on 127.0.0.1: %w", err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	if err := l.Close(); err != nil {
-		return 0, fmt.Errorf("release probe port %d: %w", port, err)
-	}
-	return port, nil
 }

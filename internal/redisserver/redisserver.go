@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/geocursor/geocursor/internal/childproc"
 	"net"
 	"os"
 	"os/exec"
@@ -19,7 +20,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -39,8 +39,6 @@ const (
 	// startAttempts covers the small race between picking a free port and
 	// the server binding it: another process may take the port in between.
 	startAttempts = 3
-	// logTailBytes is how much of the server log an error carries.
-	logTailBytes = 4096
 )
 
 // Options configures a server.
@@ -68,7 +66,7 @@ type Server struct {
 	logf     func(format string, args ...any)
 
 	mu   sync.Mutex
-	proc *process // nil when stopped
+	proc *childproc.Process // nil when stopped
 }
 
 // Start writes a configuration in a new temporary directory and starts
@@ -110,7 +108,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	s.logFile = filepath.Join(s.Dir, "redis.log")
 
 	for attempt := 1; ; attempt++ {
-		s.Port, err = freePort()
+		s.Port, err = childproc.FreePort()
 		if err != nil {
 			return nil, err
 		}
@@ -149,17 +147,17 @@ func (s *Server) URL() string {
 func (s *Server) StartAgain(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.proc != nil && !s.proc.exited() {
+	if s.proc != nil && !s.proc.Exited() {
 		return nil
 	}
 	s.proc = nil // it may have died by itself
 	s.logf("redisserver: starting %s %s on port %d", s.bin, s.confFile, s.Port)
-	p, err := startProcess(s.bin, []string{s.confFile}, s.Dir, s.logFile)
+	p, err := childproc.Start(s.bin, []string{s.confFile}, nil, s.Dir, s.logFile)
 	if err != nil {
 		return fmt.Errorf("start redis-server on port %d: %w", s.Port, err)
 	}
 	if err := s.waitReady(ctx, p); err != nil {
-		_ = p.kill()
+		_ = p.Kill()
 		return fmt.Errorf("start redis-server on port %d: %w\nserver log (tail):\n%s", s.Port, err, s.logTail())
 	}
 	s.proc = p
@@ -168,19 +166,19 @@ func (s *Server) StartAgain(ctx context.Context) error {
 
 // waitReady polls PING until our process answers it with PONG, exits,
 // or startTimeout or ctx runs out.
-func (s *Server) waitReady(ctx context.Context, p *process) error {
+func (s *Server) waitReady(ctx context.Context, p *childproc.Process) error {
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 	var last error
 	for {
-		if last = s.ping(ctx, p.cmd.Process.Pid); last == nil {
+		if last = s.ping(ctx, p.Pid()); last == nil {
 			return nil
 		}
 		t := time.NewTimer(20 * time.Millisecond)
 		select {
-		case <-p.done:
+		case <-p.Done():
 			t.Stop()
-			return fmt.Errorf("redis-server exited before answering PING: %w", p.err)
+			return fmt.Errorf("redis-server exited before answering PING: %w", p.Err())
 		case <-ctx.Done():
 			t.Stop()
 			return fmt.Errorf("no PONG within %s: %w (last: %v)", startTimeout, ctx.Err(), last)
@@ -221,7 +219,7 @@ func (s *Server) Kill() error {
 		return nil
 	}
 	s.logf("redisserver: killing the server on port %d", s.Port)
-	err := s.proc.kill()
+	err := s.proc.Kill()
 	s.proc = nil
 	if err != nil {
 		return fmt.Errorf("kill redis-server on port %d: %w", s.Port, err)
@@ -240,7 +238,7 @@ func (s *Server) Stop() error {
 		return nil
 	}
 	s.logf("redisserver: stopping the server on port %d", s.Port)
-	err := s.proc.stop(stopTimeout)
+	err := s.proc.Stop(stopTimeout)
 	s.proc = nil
 	if err != nil {
 		return fmt.Errorf("stop redis-server on port %d: %w\nserver log (tail):\n%s", s.Port, err, s.logTail())
@@ -263,9 +261,7 @@ func (s *Server) LogTail() string {
 	return s.logTail()
 }
 
-func (s *Server) logTail() string {
-	return logTail(s.logFile)
-}
+func (s *Server) logTail() string { return childproc.LogTail(s.logFile) }
 
 // writeConfig (re)writes the configuration for the current port.
 func (s *Server) writeConfig(dataDir, fsync string) error {
@@ -299,7 +295,7 @@ func quote(s string) string {
 // /usr/bin/redis-server.
 func findBinary() (string, error) {
 	if p := os.Getenv("REDIS_SERVER"); p != "" {
-		if !isExecutable(p) {
+		if !childproc.IsExecutable(p) {
 			return "", fmt.Errorf("REDIS_SERVER=%s is not an executable file: %w", p, ErrNotInstalled)
 		}
 		return p, nil
@@ -307,119 +303,8 @@ func findBinary() (string, error) {
 	if p, err := exec.LookPath("redis-server"); err == nil {
 		return p, nil
 	}
-	if p := "/usr/bin/redis-server"; isExecutable(p) {
+	if p := "/usr/bin/redis-server"; childproc.IsExecutable(p) {
 		return p, nil
 	}
 	return "", ErrNotInstalled
-}
-
-func isExecutable(path string) bool {
-	fi, err := os.Stat(path)
-	return err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0
-}
-
-// freePort asks the kernel for a free loopback port. Another process can
-// take it before the server binds it; Start retries in that case.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find a free port on 127.0.0.1: %w", err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	if err := l.Close(); err != nil {
-		return 0, fmt.Errorf("release probe port %d: %w", port, err)
-	}
-	return port, nil
-}
-
-// process is one run of the server binary.
-type process struct {
-	cmd  *exec.Cmd
-	done chan struct{} // closed when the process has exited
-	err  error         // Wait's result, set before done is closed
-}
-
-// startProcess starts bin with args in dir, its stdout and stderr appended
-// to logFile.
-func startProcess(bin string, args []string, dir, logFile string) (*process, error) {
-	logf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open log %s: %w", logFile, err)
-	}
-	defer logf.Close() // the child has its own copy
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = dir
-	cmd.Stdout = logf
-	cmd.Stderr = logf
-	// Its own process group: a Ctrl-C meant for the test run should not
-	// reach the server before Cleanup does.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("run %s: %w", bin, err)
-	}
-	p := &process{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-// exited reports whether the process has ended.
-func (p *process) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// kill sends SIGKILL and waits for the process to end.
-func (p *process) kill() error {
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("send SIGKILL to pid %d: %w", p.cmd.Process.Pid, err)
-	}
-	<-p.done
-	return nil
-}
-
-// stop sends SIGTERM and waits up to timeout for a clean exit, then kills
-// the process. An exit other than a clean one is an error.
-func (p *process) stop(timeout time.Duration) error {
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		_ = p.kill()
-		return fmt.Errorf("send SIGTERM to pid %d: %w", p.cmd.Process.Pid, err)
-	}
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-p.done:
-	case <-t.C:
-		_ = p.kill()
-		return fmt.Errorf("pid %d did not exit within %s of SIGTERM; killed it", p.cmd.Process.Pid, timeout)
-	}
-	if p.err != nil {
-		return fmt.Errorf("pid %d exited after SIGTERM: %w", p.cmd.Process.Pid, p.err)
-	}
-	return nil
-}
-
-func logTail(path string) string {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Sprintf("(cannot read %s: %v)", path, err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return fmt.Sprintf("(cannot stat %s: %v)", path, err)
-	}
-	off := max(fi.Size()-logTailBytes, 0)
-	buf := make([]byte, fi.Size()-off)
-	n, err := f.ReadAt(buf, off)
-	if err != nil && n == 0 {
-		return fmt.Sprintf("(cannot read %s: %v)", path, err)
-	}
-	return string(buf[:n])
 }

@@ -18,13 +18,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/geocursor/geocursor/internal/childproc"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -50,8 +50,6 @@ const (
 	// stopTimeout bounds Stop's wait for the process to exit after TERM,
 	// shutdownSeconds included, before it kills it.
 	stopTimeout = (shutdownSeconds + 7) * time.Second
-	// logTailBytes is how much of the log an error carries.
-	logTailBytes = 4096
 )
 
 //go:embed worker.rb
@@ -109,7 +107,7 @@ type Server struct {
 	logf         func(format string, args ...any)
 
 	mu   sync.Mutex
-	proc *process // nil when stopped
+	proc *childproc.Process // nil when stopped
 }
 
 // Start writes the worker file in a new temporary directory and starts
@@ -118,7 +116,7 @@ type Server struct {
 // when done.
 func Start(ctx context.Context, opts Options) (*Server, error) {
 	for _, p := range []string{sidekiqBin, rubyBin} {
-		if !isExecutable(p) {
+		if !childproc.IsExecutable(p) {
 			return nil, ErrNotInstalled
 		}
 	}
@@ -176,7 +174,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 func (s *Server) StartAgain(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.proc != nil && !s.proc.exited() {
+	if s.proc != nil && !s.proc.Exited() {
 		return nil
 	}
 	s.proc = nil // it may have died by itself
@@ -192,12 +190,12 @@ func (s *Server) StartAgain(ctx context.Context) error {
 		"GEOCURSOR_SIDEKIQ_RECORD="+s.recordFile,
 	)
 	s.logf("sidekiqserver: starting %s %s against %s", sidekiqBin, strings.Join(args, " "), s.opts.RedisURL)
-	p, err := startProcess(sidekiqBin, args, env, s.Dir, s.logFile)
+	p, err := childproc.Start(sidekiqBin, args, env, s.Dir, s.logFile)
 	if err != nil {
 		return fmt.Errorf("start sidekiq: %w", err)
 	}
 	if err := s.waitReady(ctx, p); err != nil {
-		_ = p.kill()
+		_ = p.Kill()
 		return fmt.Errorf("start sidekiq against %s: %w\nsidekiq log (tail):\n%s", s.opts.RedisURL, err, s.logTail())
 	}
 	s.proc = p
@@ -208,10 +206,10 @@ func (s *Server) StartAgain(ctx context.Context) error {
 // this process, whose identity is hostname:pid:nonce. The first heartbeat
 // comes as the processor threads start fetching. A stale entry of an
 // earlier, killed process has another pid.
-func (s *Server) waitReady(ctx context.Context, p *process) error {
+func (s *Server) waitReady(ctx context.Context, p *childproc.Process) error {
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
-	pid := strconv.Itoa(p.cmd.Process.Pid)
+	pid := strconv.Itoa(p.Pid())
 	var last error
 	for {
 		var up bool
@@ -221,9 +219,9 @@ func (s *Server) waitReady(ctx context.Context, p *process) error {
 		}
 		t := time.NewTimer(50 * time.Millisecond)
 		select {
-		case <-p.done:
+		case <-p.Done():
 			t.Stop()
-			return fmt.Errorf("sidekiq exited before its first heartbeat: %w", p.err)
+			return fmt.Errorf("sidekiq exited before its first heartbeat: %w", p.Err())
 		case <-ctx.Done():
 			t.Stop()
 			return fmt.Errorf("no heartbeat of pid %s in %s within %s: %w (last: %v)", pid, s.processesKey, startTimeout, ctx.Err(), last)
@@ -264,8 +262,8 @@ func (s *Server) Stop() error {
 	if s.proc == nil {
 		return nil
 	}
-	s.logf("sidekiqserver: stopping pid %d", s.proc.cmd.Process.Pid)
-	err := s.proc.stop(stopTimeout)
+	s.logf("sidekiqserver: stopping pid %d", s.proc.Pid())
+	err := s.proc.Stop(stopTimeout)
 	s.proc = nil
 	if err != nil {
 		return fmt.Errorf("stop sidekiq: %w\nsidekiq log (tail):\n%s", err, s.logTail())
@@ -282,8 +280,8 @@ func (s *Server) Kill() error {
 	if s.proc == nil {
 		return nil
 	}
-	s.logf("sidekiqserver: killing pid %d", s.proc.cmd.Process.Pid)
-	err := s.proc.kill()
+	s.logf("sidekiqserver: killing pid %d", s.proc.Pid())
+	err := s.proc.Kill()
 	s.proc = nil
 	if err != nil {
 		return fmt.Errorf("kill sidekiq: %w", err)
@@ -338,24 +336,7 @@ func (s *Server) LogTail() string {
 	return s.logTail()
 }
 
-func (s *Server) logTail() string {
-	f, err := os.Open(s.logFile)
-	if err != nil {
-		return fmt.Sprintf("(cannot read %s: %v)", s.logFile, err)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return fmt.Sprintf("(cannot stat %s: %v)", s.logFile, err)
-	}
-	off := max(fi.Size()-logTailBytes, 0)
-	buf := make([]byte, fi.Size()-off)
-	n, err := f.ReadAt(buf, off)
-	if err != nil && n == 0 {
-		return fmt.Sprintf("(cannot read %s: %v)", s.logFile, err)
-	}
-	return string(buf[:n])
-}
+func (s *Server) logTail() string { return childproc.LogTail(s.logFile) }
 
 // checkNamespaceGem makes sure ruby can load redis-namespace: without it
 // Sidekiq would log an error and exit at its first Redis connection.
@@ -381,83 +362,4 @@ func withoutRedisVars(env []string) []string {
 		out = append(out, kv)
 	}
 	return out
-}
-
-func isExecutable(path string) bool {
-	fi, err := os.Stat(path)
-	return err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0
-}
-
-// process is one run of Sidekiq.
-type process struct {
-	cmd  *exec.Cmd
-	done chan struct{} // closed when the process has exited
-	err  error         // Wait's result, set before done is closed
-}
-
-// startProcess starts bin with args and env in dir, its stdout and stderr
-// appended to logFile.
-func startProcess(bin string, args, env []string, dir, logFile string) (*process, error) {
-	logf, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("open log %s: %w", logFile, err)
-	}
-	defer logf.Close() // the child has its own copy
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = dir
-	cmd.Env = env
-	cmd.Stdout = logf
-	cmd.Stderr = logf
-	// Its own process group: a Ctrl-C meant for the test run should not
-	// reach Sidekiq before Cleanup does.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("run %s: %w", bin, err)
-	}
-	p := &process{cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-// exited reports whether the process has ended.
-func (p *process) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// kill sends SIGKILL and waits for the process to end.
-func (p *process) kill() error {
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		return fmt.Errorf("send SIGKILL to pid %d: %w", p.cmd.Process.Pid, err)
-	}
-	<-p.done
-	return nil
-}
-
-// stop sends SIGTERM and waits up to timeout for a clean exit, then kills
-// the process. An exit other than a clean one is an error.
-func (p *process) stop(timeout time.Duration) error {
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		_ = p.kill()
-		return fmt.Errorf("send SIGTERM to pid %d: %w", p.cmd.Process.Pid, err)
-	}
-	t := time.NewTimer(timeout)
-	defer t.Stop()
-	select {
-	case <-p.done:
-	case <-t.C:
-		_ = p.kill()
-		return fmt.Errorf("pid %d did not exit within %s of SIGTERM; killed it", p.cmd.Process.Pid, timeout)
-	}
-	if p.err != nil {
-		return fmt.Errorf("pid %d exited after SIGTERM: %w", p.cmd.Process.Pid, p.err)
-	}
-	return nil
 }
