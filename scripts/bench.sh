@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # bench.sh: geocursor's figures on this machine, as one JSON document on
-# stdout (progress on stderr): drain rate (three agents vs the plain loop),
-# lag under 1,000 events/s, failover after SIGKILL of the lease holder (as a
-# follower and as the Raft leader), Raft cost per batch, peak RSS, and an
-# exactly-once check. About 15 minutes with the defaults on 2 cores.
+# stdout (progress on stderr): drain rate (three agents vs the plain loop
+# and the database's ceiling), lag under 1,000 events/s and Raft writes at
+# steady 200 and 5,000 events/s, failover after SIGKILL of the lease holder
+# (as a follower and as the Raft leader), delivery into a real Sidekiq, the
+# drain with 10,000 open gaps, Raft cost per batch, peak RSS, and an
+# exactly-once check. About 7 minutes with the defaults on 2 cores;
+# -security both runs every part twice.
 #
-#   scripts/bench.sh [-only drain,lag,failover] [-events 1000000] [-failover-runs 20] > bench.json
+#   scripts/bench.sh [-only drain,lag,failover,delivery,gaps] [-events 1000000] [-failover-runs 20] [-security tls|plain|both] > bench.json
 #
-# Needs Go and Debian's PostgreSQL server package (apt-get install -y postgresql).
+# Needs Go and Debian's postgresql, redis-server, ruby-sidekiq and
+# ruby-redis-namespace packages (the delivery part; .ci/run installs them).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 command -v go >/dev/null || { echo "bench: needs Go (https://go.dev/dl/) on PATH" >&2; exit 1; }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -254,29 +253,10 @@ func measureDelivery(ctx context.Context, tracking *pgxpool.Pool, logf func(stri
 // event's time from its source commit to its perform in Sidekiq.
 func (b *bench) deliveryLag(ctx context.Context, sk *sidekiqserver.Server) (*deliveryLag, error) {
 	r := &deliveryLag{Rate: b.opts.lagRate}
-	var (
-		mu        sync.Mutex
-		committed []int64
-	)
 	b.logf("delivery lag: writing %.0f events/s for %s through a real Sidekiq ...", r.Rate, b.opts.lagFor)
-	lctx, cancel := context.WithTimeout(ctx, b.opts.lagFor)
-	stats, err := loadgen.Run(lctx, b.source, loadgen.Config{
-		Writers: lagWriters, Rate: r.Rate, Seed: 3,
-		OnCommit: func(ids []int64, _ time.Time) {
-			mu.Lock()
-			committed = append(committed, ids...)
-			mu.Unlock()
-		},
-	})
-	cancel()
-	if ctx.Err() != nil {
-		return r, ctx.Err()
-	}
+	committed, stats, err := b.writeLoad(ctx, loadgen.Config{Writers: lagWriters, Rate: r.Rate, Seed: 3})
 	if err != nil {
-		return r, fmt.Errorf("load generator: %w", err)
-	}
-	if len(committed) == 0 {
-		return r, errors.New("the load generator committed nothing")
+		return r, err
 	}
 	r.Events = stats.Committed
 	r.AchievedRate = round(float64(stats.Committed) / stats.Elapsed.Seconds())

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -98,35 +99,16 @@ func (b *bench) lag(ctx context.Context) error {
 func (b *bench) lagRun(ctx context.Context, rate float64, perTx int) (*lagReport, error) {
 	r := &lagReport{Rate: rate, Writers: lagWriters, EventsPerTx: perTx, Method: lagMethod}
 
-	var (
-		mu sync.Mutex
-		// committed are the IDs of the events the load generator wrote.
-		committed []int64
-	)
 	from := markLogs(b.cluster.Agents)
 	index0, at0, err := b.raftIndex(ctx)
 	if err != nil {
 		return r, err
 	}
 	b.logf("lag: writing %.0f events/s (%d per transaction) with %d writers for %s ...", r.Rate, perTx, lagWriters, b.opts.lagFor)
-	lctx, cancel := context.WithTimeout(ctx, b.opts.lagFor)
-	stats, err := loadgen.Run(lctx, b.source, loadgen.Config{
-		Writers:     lagWriters,
-		Rate:        r.Rate / float64(perTx),
-		EventsPerTx: perTx,
-		Seed:        2,
-		OnCommit: func(ids []int64, _ time.Time) {
-			mu.Lock()
-			committed = append(committed, ids...)
-			mu.Unlock()
-		},
-	})
-	cancel()
-	if ctx.Err() != nil {
-		return r, ctx.Err()
-	}
+	committed, stats, err := b.writeLoad(ctx, loadgen.Config{
+		Writers: lagWriters, Rate: r.Rate / float64(perTx), EventsPerTx: perTx, Seed: 2})
 	if err != nil {
-		return r, fmt.Errorf("load generator: %w", err)
+		return r, err
 	}
 	if index1, at1, err := b.raftIndex(ctx); err == nil && at1.After(at0) {
 		r.RaftEntriesPerS = round(float64(index1-index0) / at1.Sub(at0).Seconds())
@@ -142,9 +124,6 @@ func (b *bench) lagRun(ctx context.Context, rate float64, perTx int) (*lagReport
 	r.Acquisitions, r.HolderChanges = len(times.acquisitions), times.holderChanges()
 	b.sampleRSS()
 
-	if len(committed) == 0 {
-		return r, fmt.Errorf("the load generator committed nothing")
-	}
 	lo, hi := slices.Min(committed), slices.Max(committed)
 	inSource, err := commitTimes(ctx, b.source, `geo_event_log`, `id`, lo, hi)
 	if err != nil {
@@ -216,3 +195,30 @@ func commitTimes(ctx context.Context, pool *pgxpool.Pool, table, column string, 
 
 // lagPhase names the Raft cost of the lag run at rate events/s.
 func lagPhase(rate float64) string { return fmt.Sprintf("lag_%.0f", rate) }
+
+// writeLoad runs the load generator with cfg for -lag-duration and returns
+// the IDs of the events it committed (at least one) and its figures.
+func (b *bench) writeLoad(ctx context.Context, cfg loadgen.Config) ([]int64, loadgen.Stats, error) {
+	var (
+		mu        sync.Mutex
+		committed []int64
+	)
+	cfg.OnCommit = func(ids []int64, _ time.Time) {
+		mu.Lock()
+		committed = append(committed, ids...)
+		mu.Unlock()
+	}
+	lctx, cancel := context.WithTimeout(ctx, b.opts.lagFor)
+	stats, err := loadgen.Run(lctx, b.source, cfg)
+	cancel()
+	if ctx.Err() != nil {
+		return nil, stats, ctx.Err()
+	}
+	if err != nil {
+		return nil, stats, fmt.Errorf("load generator: %w", err)
+	}
+	if len(committed) == 0 {
+		return nil, stats, errors.New("the load generator committed nothing")
+	}
+	return committed, stats, nil
+}
