@@ -152,7 +152,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		if err == nil {
 			break
 		}
-		if attempt >= startAttempts || ctx.Err() != nil || !strings.Contains(s.logTail(), "could not bind") {
+		if attempt >= startAttempts || ctx.Err() != nil || !strings.Contains(s.LogTail(), "could not bind") {
 			return nil, err
 		}
 		s.logf("pgserver: port %d was taken before the server bound it; retrying", s.Port)
@@ -200,7 +200,7 @@ func (s *Server) StartAgain(ctx context.Context) error {
 		// pg_ctl may have given up while the postmaster still runs; make
 		// sure no half-started server outlives the error.
 		_ = s.run(context.WithoutCancel(ctx), "pg_ctl", "stop", "-m", "immediate", "-w", "-D", s.dataDir)
-		return fmt.Errorf("start postgres on port %d: %w\nserver log (tail):\n%s", s.Port, err, s.logTail())
+		return fmt.Errorf("start postgres on port %d: %w\nserver log (tail):\n%s", s.Port, err, s.LogTail())
 	}
 	s.running = true
 	return nil
@@ -267,11 +267,7 @@ func (s *Server) Cleanup() error {
 }
 
 // LogTail returns the end of the server log, for diagnosing failures.
-func (s *Server) LogTail() string {
-	return s.logTail()
-}
-
-func (s *Server) logTail() string { return childproc.LogTail(s.logFile) }
+func (s *Server) LogTail() string { return childproc.LogTail(s.logFile) }
 
 // writeConfig appends our settings to postgresql.conf; later lines win, so
 // rewriting for a new port on a retry is just another append.

@@ -119,7 +119,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 		if err == nil {
 			break
 		}
-		if attempt >= startAttempts || ctx.Err() != nil || !strings.Contains(s.logTail(), "Address already in use") {
+		if attempt >= startAttempts || ctx.Err() != nil || !strings.Contains(s.LogTail(), "Address already in use") {
 			return nil, err
 		}
 		s.logf("redisserver: port %d was taken before the server bound it; retrying", s.Port)
@@ -158,7 +158,7 @@ func (s *Server) StartAgain(ctx context.Context) error {
 	}
 	if err := s.waitReady(ctx, p); err != nil {
 		_ = p.Kill()
-		return fmt.Errorf("start redis-server on port %d: %w\nserver log (tail):\n%s", s.Port, err, s.logTail())
+		return fmt.Errorf("start redis-server on port %d: %w\nserver log (tail):\n%s", s.Port, err, s.LogTail())
 	}
 	s.proc = p
 	return nil
@@ -241,7 +241,7 @@ func (s *Server) Stop() error {
 	err := s.proc.Stop(stopTimeout)
 	s.proc = nil
 	if err != nil {
-		return fmt.Errorf("stop redis-server on port %d: %w\nserver log (tail):\n%s", s.Port, err, s.logTail())
+		return fmt.Errorf("stop redis-server on port %d: %w\nserver log (tail):\n%s", s.Port, err, s.LogTail())
 	}
 	return nil
 }
@@ -257,11 +257,7 @@ func (s *Server) Cleanup() error {
 }
 
 // LogTail returns the end of the server log, for diagnosing failures.
-func (s *Server) LogTail() string {
-	return s.logTail()
-}
-
-func (s *Server) logTail() string { return childproc.LogTail(s.logFile) }
+func (s *Server) LogTail() string { return childproc.LogTail(s.logFile) }
 
 // writeConfig (re)writes the configuration for the current port.
 func (s *Server) writeConfig(dataDir, fsync string) error {

@@ -196,7 +196,7 @@ func (s *Server) StartAgain(ctx context.Context) error {
 	}
 	if err := s.waitReady(ctx, p); err != nil {
 		_ = p.Kill()
-		return fmt.Errorf("start sidekiq against %s: %w\nsidekiq log (tail):\n%s", s.opts.RedisURL, err, s.logTail())
+		return fmt.Errorf("start sidekiq against %s: %w\nsidekiq log (tail):\n%s", s.opts.RedisURL, err, s.LogTail())
 	}
 	s.proc = p
 	return nil
@@ -266,7 +266,7 @@ func (s *Server) Stop() error {
 	err := s.proc.Stop(stopTimeout)
 	s.proc = nil
 	if err != nil {
-		return fmt.Errorf("stop sidekiq: %w\nsidekiq log (tail):\n%s", err, s.logTail())
+		return fmt.Errorf("stop sidekiq: %w\nsidekiq log (tail):\n%s", err, s.LogTail())
 	}
 	return nil
 }
@@ -332,11 +332,7 @@ func (s *Server) Cleanup() error {
 }
 
 // LogTail returns the end of Sidekiq's log, for diagnosing failures.
-func (s *Server) LogTail() string {
-	return s.logTail()
-}
-
-func (s *Server) logTail() string { return childproc.LogTail(s.logFile) }
+func (s *Server) LogTail() string { return childproc.LogTail(s.logFile) }
 
 // checkNamespaceGem makes sure ruby can load redis-namespace: without it
 // Sidekiq would log an error and exit at its first Redis connection.
