@@ -15,9 +15,10 @@ log_level    = "info"             # trace, debug, info, warn, error
 log_format   = "json"             # json (one object per line) or text
 
 lease {
-  ttl       = "5s"      # fallback only: the leader revokes a dead holder's lease as soon as heartbeats to it fail
-  retry_min = "100ms"   # a standby waits a random delay in [retry_min, retry_max] before it competes
-  retry_max = "300ms"   # for a lease left free, so the last holder keeps its turn
+  ttl             = "5s"    # fallback only: the leader revokes a dead holder's lease as soon as heartbeats to it fail
+  retry_min       = "100ms" # a standby waits a random delay in [retry_min, retry_max] before it competes
+  retry_max       = "300ms" # for a lease left free, so the last holder keeps its turn
+  prefer_follower = true    # keep the holder off the Raft leader: the leader's death then stops no batch
 }
 
 # Without a source block this node is a witness: a voter that never processes.

@@ -19,7 +19,7 @@ func (n *Node) startLeaderDuties() {
 	events := make(chan raft.Observation, 64)
 	n.observer = raft.NewObserver(events, false, func(o *raft.Observation) bool {
 		switch o.Data.(type) {
-		case raft.RaftState, raft.FailedHeartbeatObservation, raft.LeaderObservation:
+		case raft.RaftState, raft.FailedHeartbeatObservation, raft.ResumedHeartbeatObservation, raft.LeaderObservation:
 			return true
 		}
 		return false
@@ -30,6 +30,12 @@ func (n *Node) startLeaderDuties() {
 	go func() {
 		defer n.wg.Done()
 		n.runPromoter()
+	}()
+
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.runHandoff()
 	}()
 
 	n.wg.Add(1)
@@ -48,10 +54,14 @@ func (n *Node) startLeaderDuties() {
 				switch d := o.Data.(type) {
 				case raft.RaftState:
 					if d == raft.Leader {
+						n.peers.reset()
 						n.onElected()
 					}
 				case raft.FailedHeartbeatObservation:
+					n.peers.failed(d.PeerID)
 					n.onHeartbeatFailed(d)
+				case raft.ResumedHeartbeatObservation:
+					n.peers.resumed(d.PeerID)
 				case raft.LeaderObservation:
 					if d.LeaderID != "" && string(d.LeaderID) != n.cfg.NodeID {
 						n.publishSelf()

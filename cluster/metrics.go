@@ -26,6 +26,7 @@ type nodeMetrics struct {
 	handler     http.Handler
 	refusals    *prometheus.CounterVec
 	revocations prometheus.Counter
+	handoffs    prometheus.Counter
 }
 
 // newNodeMetrics registers n's collectors with reg, a registry of the
@@ -46,6 +47,10 @@ func newNodeMetrics(n *Node, reg *prometheus.Registry) (*nodeMetrics, error) {
 			Name: "geocursor_lease_revocations_total",
 			Help: "Leases revoked because the leader could not reach their holder, or the holder left the cluster." + leader,
 		}),
+		handoffs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "geocursor_leadership_handoffs_total",
+			Help: "Times this node, leading while it held the lease, handed Raft leadership to a follower, since its start.",
+		}),
 	}
 	// The refusals a healthy cluster sees, at 0 from the start.
 	for _, op := range []fsm.Op{fsm.OpAcquire, fsm.OpRenew, fsm.OpAdvance} {
@@ -54,7 +59,7 @@ func newNodeMetrics(n *Node, reg *prometheus.Registry) (*nodeMetrics, error) {
 		}
 	}
 	for _, c := range []prometheus.Collector{
-		m.refusals, m.revocations, newStateCollector(n),
+		m.refusals, m.revocations, m.handoffs, newStateCollector(n),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	} {

@@ -53,6 +53,9 @@ type Config struct {
 	// node finds no Raft state; JoinTimeout bounds the attempt.
 	Join        []string
 	JoinTimeout time.Duration
+	// PreferFollower is lease.prefer_follower: keep the lease holder off
+	// the Raft leader (handoff.go).
+	PreferFollower bool
 	// BootstrapExpect and LeaveOnTerminate are config's (see there).
 	BootstrapExpect  int
 	LeaveOnTerminate bool
@@ -105,6 +108,9 @@ type Node struct {
 	// then does its local state show every command answered before, and
 	// may it refuse a command from that state without proposing it.
 	caughtUpTerm atomic.Uint64
+
+	// peers is what this node's heartbeats, as leader, say of the others.
+	peers peerHealth
 
 	observer *raft.Observer
 	stop     chan struct{}

@@ -102,6 +102,12 @@ type LeaseConfig struct {
 	// competes for a free lease, so the last holder keeps its turn.
 	RetryMin time.Duration
 	RetryMax time.Duration
+	// PreferFollower keeps the lease holder off the Raft leader: the
+	// leader lets a follower take a free lease first, and hands Raft
+	// leadership to a follower while it holds the lease itself. A holder
+	// that leads costs an election when it dies; one that follows does
+	// not, and the leader's death then costs processing nothing.
+	PreferFollower bool
 }
 
 // RaftConfig tunes the consensus timers. The defaults suit a LAN.
@@ -168,7 +174,7 @@ func defaults() Config {
 		JoinTimeout: DefaultJoinTimeout,
 		LogLevel:    DefaultLogLevel,
 		LogFormat:   DefaultLogFormat,
-		Lease:       LeaseConfig{TTL: DefaultLeaseTTL, RetryMin: DefaultRetryMin, RetryMax: DefaultRetryMax},
+		Lease:       LeaseConfig{TTL: DefaultLeaseTTL, RetryMin: DefaultRetryMin, RetryMax: DefaultRetryMax, PreferFollower: true},
 		Raft: RaftConfig{
 			HeartbeatTimeout:  DefaultHeartbeatTimeout,
 			ElectionTimeout:   DefaultElectionTimeout,

@@ -82,7 +82,7 @@ func TestExampleConfigLoadsAsNode1(t *testing.T) {
 		JoinTimeout: 60 * time.Second,
 		LogLevel:    "info",
 		LogFormat:   "json",
-		Lease:       config.LeaseConfig{TTL: 5 * time.Second, RetryMin: 100 * time.Millisecond, RetryMax: 300 * time.Millisecond},
+		Lease:       config.LeaseConfig{TTL: 5 * time.Second, RetryMin: 100 * time.Millisecond, RetryMax: 300 * time.Millisecond, PreferFollower: true},
 		Raft:        defaultRaft(),
 	}
 	if !reflect.DeepEqual(cfg, want) {
@@ -103,7 +103,7 @@ func TestDefaultsWhenKeysAreAbsent(t *testing.T) {
 				NodeID: "n1", DataDir: "data/n1",
 				HTTPAddr: config.DefaultHTTPAddr, RaftAddr: config.DefaultRaftAddr,
 				JoinTimeout: config.DefaultJoinTimeout, LogLevel: config.DefaultLogLevel, LogFormat: config.DefaultLogFormat,
-				Lease: config.LeaseConfig{TTL: config.DefaultLeaseTTL, RetryMin: config.DefaultRetryMin, RetryMax: config.DefaultRetryMax},
+				Lease: config.LeaseConfig{TTL: config.DefaultLeaseTTL, RetryMin: config.DefaultRetryMin, RetryMax: config.DefaultRetryMax, PreferFollower: true},
 				Raft:  defaultRaft(),
 			},
 		},
@@ -124,7 +124,7 @@ tracking {
 				NodeID: "n1", DataDir: "data/n1",
 				HTTPAddr: config.DefaultHTTPAddr, RaftAddr: config.DefaultRaftAddr,
 				JoinTimeout: config.DefaultJoinTimeout, LogLevel: config.DefaultLogLevel, LogFormat: config.DefaultLogFormat,
-				Lease: config.LeaseConfig{TTL: config.DefaultLeaseTTL, RetryMin: config.DefaultRetryMin, RetryMax: config.DefaultRetryMax},
+				Lease: config.LeaseConfig{TTL: config.DefaultLeaseTTL, RetryMin: config.DefaultRetryMin, RetryMax: config.DefaultRetryMax, PreferFollower: true},
 				Raft:  defaultRaft(),
 				Source: &config.SourceConfig{
 					DSN: "postgres://src", BatchSize: config.DefaultBatchSize,
@@ -154,6 +154,7 @@ lease {
   ttl       = "10s"
   retry_min = "0s"
   retry_max = "2s"
+  prefer_follower = false
 }
 raft {
   heartbeat_timeout  = "1s"
@@ -189,7 +190,7 @@ tracking {
 				HTTPAddr: "10.0.0.2:9470", RaftAddr: "10.0.0.2:9471",
 				Join:        []string{"10.0.0.1:8470", "10.0.0.3:8470"},
 				JoinTimeout: 2 * time.Minute, LogLevel: "debug", LogFormat: "text",
-				Lease: config.LeaseConfig{TTL: 10 * time.Second, RetryMin: 0, RetryMax: 2 * time.Second},
+				Lease: config.LeaseConfig{TTL: 10 * time.Second, RetryMin: 0, RetryMax: 2 * time.Second, PreferFollower: false},
 				Raft: config.RaftConfig{
 					HeartbeatTimeout: time.Second, ElectionTimeout: 2 * time.Second,
 					SnapshotThreshold: 100, SnapshotInterval: time.Minute, TrailingLogs: 50,

@@ -111,7 +111,7 @@ var topSchema = &hcl.BodySchema{
 }
 
 var blockSchemas = map[string]*hcl.BodySchema{
-	"lease": {Attributes: []hcl.AttributeSchema{{Name: "ttl"}, {Name: "retry_min"}, {Name: "retry_max"}}},
+	"lease": {Attributes: []hcl.AttributeSchema{{Name: "ttl"}, {Name: "retry_min"}, {Name: "retry_max"}, {Name: "prefer_follower"}}},
 	"source": {Attributes: []hcl.AttributeSchema{
 		{Name: "dsn"}, {Name: "batch_size"}, {Name: "poll_interval"}, {Name: "gap_timeout"}, {Name: "start"},
 	}},
@@ -344,6 +344,7 @@ func parse(src []byte, path string, env map[string]string) (*Config, origins, er
 			d.duration("lease.ttl", ba["ttl"], &cfg.Lease.TTL)
 			d.duration("lease.retry_min", ba["retry_min"], &cfg.Lease.RetryMin)
 			d.duration("lease.retry_max", ba["retry_max"], &cfg.Lease.RetryMax)
+			d.boolean("lease.prefer_follower", ba["prefer_follower"], &cfg.Lease.PreferFollower)
 		case "raft":
 			d.duration("raft.heartbeat_timeout", ba["heartbeat_timeout"], &cfg.Raft.HeartbeatTimeout)
 			d.duration("raft.election_timeout", ba["election_timeout"], &cfg.Raft.ElectionTimeout)

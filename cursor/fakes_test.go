@@ -36,6 +36,18 @@ func newMemSource(n int) *memSource {
 	return s
 }
 
+// add appends n events after the last one.
+func (s *memSource) add(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	last := int64(len(s.events))
+	for id := last + 1; id <= last+int64(n); id++ {
+		geoID := id
+		s.events = append(s.events, Event{ID: id, CreatedAt: time.Unix(0, id).UTC(), GeoEventID: &geoID,
+			GeoEvent: &GeoEvent{ID: id, ReplicableName: "lfs_object", EventName: "updated", Payload: []byte(fmt.Sprintf(`{"model_record_id": %d}`, id))}})
+	}
+}
+
 func (s *memSource) Fetch(ctx context.Context, after int64, gaps []int64, limit int) ([]Event, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err

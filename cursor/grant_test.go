@@ -214,17 +214,17 @@ func TestGrantKeepsTheLeaseThroughABacklogAndReleasesItAtTheEnd(t *testing.T) {
 	}
 }
 
-// The answer to an advance is lost, whether or not it was applied. The
-// grant ends with the unknown outcome; the next grant finds the fence row
-// ahead of (or at) the replicated cursor, goes on from there, and every
-// event is written once.
-func TestGrantAdvanceWithUnknownOutcomeIsAdoptedByTheNextGrant(t *testing.T) {
+// The answer to an advance that releases the lease is lost, whether or
+// not it was applied. The grant ends with the unknown outcome; the next
+// grant finds the fence row ahead of (or at) the replicated cursor, goes
+// on from there, and every event is written once.
+func TestGrantReleasingAdvanceWithUnknownOutcomeIsAdoptedByTheNextGrant(t *testing.T) {
 	for _, applied := range []bool{false, true} {
 		t.Run(fmt.Sprintf("applied=%t", applied), func(t *testing.T) {
-			f := newGrantFixture(t, 30, LoopConfig{AdvanceInterval: time.Nanosecond})
+			f := newGrantFixture(t, 35, LoopConfig{AdvanceInterval: time.Nanosecond, QuietSpell: -1})
 			lost := false
 			f.coord.setIntercept(func(cmd fsm.Command) (fsm.Result, error, bool) {
-				if cmd.Op != fsm.OpAdvance || lost {
+				if cmd.Op != fsm.OpAdvance || cmd.Advance.Keep || lost {
 					return fsm.Result{}, nil, false
 				}
 				lost = true
@@ -237,12 +237,52 @@ func TestGrantAdvanceWithUnknownOutcomeIsAdoptedByTheNextGrant(t *testing.T) {
 			if _, err := f.hold(ctx); !errors.Is(err, api.ErrUnknownOutcome) {
 				t.Fatalf("first grant ended with %v, want the unknown outcome", err)
 			}
+			f.source.add(10)
 			if _, err := f.hold(ctx); err != nil {
 				t.Fatalf("second grant: %v", err)
 			}
+			wantCommitted(t, f.tracking, 45)
+			if st := f.state(); st.Cursor.LastEventID != 45 || st.Lease.Holder != "" {
+				t.Errorf("after both grants: cursor %d, lease %+v; want 45 and free", st.Cursor.LastEventID, st.Lease)
+			}
+		})
+	}
+}
+
+// The leader dies while it applies an advance that keeps the lease: its
+// answer is lost, whether or not it was applied. The grant does not end: a
+// renew tells whether the advance was applied (it counts the advances of
+// the token), the advance is sent again only if it was not, and every
+// event and batch is counted once.
+func TestGrantKeepingAdvanceWithUnknownOutcomeGoesOn(t *testing.T) {
+	for _, applied := range []bool{false, true} {
+		t.Run(fmt.Sprintf("applied=%t", applied), func(t *testing.T) {
+			f := newGrantFixture(t, 30, LoopConfig{AdvanceInterval: time.Nanosecond, QuietSpell: -1})
+			lost := false
+			f.coord.setIntercept(func(cmd fsm.Command) (fsm.Result, error, bool) {
+				if cmd.Op != fsm.OpAdvance || !cmd.Advance.Keep || lost {
+					return fsm.Result{}, nil, false
+				}
+				lost = true
+				if applied {
+					_, _ = f.coord.Coordinator.Apply(context.Background(), cmd)
+				}
+				return fsm.Result{}, fmt.Errorf("%w: the leader died while applying it", api.ErrUnknownOutcome), true
+			})
+			if _, err := f.hold(grantContext(t)); err != nil {
+				t.Fatalf("grant ended with %v, want it to go on through the lost answer", err)
+			}
+			if !lost {
+				t.Fatal("no advance kept the lease: the test lost nothing")
+			}
 			wantCommitted(t, f.tracking, 30)
-			if st := f.state(); st.Cursor.LastEventID != 30 || st.Lease.Holder != "" {
-				t.Errorf("after both grants: cursor %d, lease %+v; want 30 and free", st.Cursor.LastEventID, st.Lease)
+			st := f.state()
+			if st.Cursor.LastEventID != 30 || st.Lease.Holder != "" || st.Stats.EventsProcessed != 30 || st.Stats.Batches != 3 {
+				t.Errorf("after the grant: cursor %d, lease %+v, %d events in %d batches; want 30, free, 30 in 3",
+					st.Cursor.LastEventID, st.Lease, st.Stats.EventsProcessed, st.Stats.Batches)
+			}
+			if n := countOps(f.coord.log, fsm.OpRenew); n < 1 {
+				t.Errorf("%d renews sent, want one to settle the lost answer", n)
 			}
 		})
 	}

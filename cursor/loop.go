@@ -347,14 +347,23 @@ func (l *Loop) gapsToProbe(gaps []fsm.Gap, now time.Time) []int64 {
 	return ids
 }
 
+// turnDelay is how long this peer lets the others go first before it
+// competes for a free lease: none for the last holder, a retry delay for a
+// standby, more than any standby waits for a peer that just failed or that
+// leads the Raft group while a follower could hold the lease instead (see
+// leaseDeferrer).
 func (l *Loop) turnDelay(st fsm.State, yield bool) time.Duration {
+	var delay time.Duration
 	switch {
 	case yield:
-		return l.cfg.RetryMax + l.retryDelay()
+		delay = l.cfg.RetryMax + l.retryDelay()
 	case st.LastHolder != l.coord.ID() && st.LastHolder != "":
-		return l.retryDelay()
+		delay = l.retryDelay()
 	}
-	return 0
+	if d, ok := l.coord.(leaseDeferrer); ok && d.DeferLease() {
+		delay += l.cfg.RetryMax + l.retryDelay()
+	}
+	return delay
 }
 
 func (l *Loop) retryDelay() time.Duration {

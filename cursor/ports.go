@@ -19,6 +19,14 @@ type Coordinator interface {
 	Watch() (fsm.State, <-chan struct{})
 }
 
+// leaseDeferrer is a Coordinator that knows whether this peer should let
+// the others take a free lease first: a holder that also leads the Raft
+// group costs an election when it dies, and stops Raft for all (see
+// cluster.Node.DeferLease). A Coordinator without it never defers.
+type leaseDeferrer interface {
+	DeferLease() bool
+}
+
 // EventSource is the event log the loop reads.
 type EventSource interface {
 	Fetch(ctx context.Context, after int64, gaps []int64, limit int) ([]Event, error)

@@ -8,6 +8,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
 )
 
@@ -121,7 +122,10 @@ type progressCall struct {
 	applied time.Time
 	res     fsm.Result
 	err     error
-	done    chan *progressCall
+	// resolved says the answer came from a renew after the advance's own
+	// answer was lost (see apply).
+	resolved bool
+	done     chan *progressCall
 }
 
 // start applies the advance in the background; done delivers the call once
@@ -129,11 +133,44 @@ type progressCall struct {
 func (a *progressCall) start(ctx context.Context, coord Coordinator) *progressCall {
 	a.done = make(chan *progressCall, 1)
 	go func() {
-		a.res, a.err = coord.Apply(ctx, a.cmd)
+		a.res, a.err = a.apply(ctx, coord)
 		a.applied = time.Now()
 		a.done <- a
 	}()
 	return a
+}
+
+// apply applies the advance. When its outcome is unknown (the leader died
+// or lost leadership while applying it) and it keeps the lease, the holder
+// finds out with a renew, whose answer counts the advances applied under
+// the token: an advance that was applied is done, one that was not is sent
+// again (its Seq makes that safe either way). So the death of a leader
+// that does not hold the lease ends no grant: the holder's batches went on
+// committing in the tracking database meanwhile, folded into the next
+// advance, and its progress is recorded once a leader is back. An advance
+// that releases the lease ends the grant anyway, and the next holder
+// adopts its position from the fence row.
+func (a *progressCall) apply(ctx context.Context, coord Coordinator) (fsm.Result, error) {
+	res, err := coord.Apply(ctx, a.cmd)
+	for a.cmd.Advance.Keep && errors.Is(err, api.ErrUnknownOutcome) && ctx.Err() == nil {
+		renew := fsm.Command{Op: fsm.OpRenew, Node: a.cmd.Node, Token: a.cmd.Token, TTL: a.cmd.TTL}
+		r, rerr := coord.Apply(ctx, renew)
+		switch {
+		case errors.Is(rerr, api.ErrUnknownOutcome):
+			continue
+		case rerr != nil:
+			return res, errors.Join(err, rerr)
+		case r.Err != nil:
+			// The lease is gone, whatever became of the advance: the next
+			// holder adopts the position from the fence row.
+			return r, nil
+		case r.Lease.Advances >= a.cmd.Advance.Seq:
+			a.resolved = true
+			return r, nil
+		}
+		res, err = coord.Apply(ctx, a.cmd)
+	}
+	return res, err
 }
 
 // check is the call's outcome for the grant: nil when recorded.
@@ -161,5 +198,5 @@ func (a *progressCall) check() error {
 // log records the advance's time through Raft.
 func (a *progressCall) log(logger hclog.Logger) {
 	logger.Debug(msgProgressRecorded, "token", a.cmd.Token, "last_id", a.lastID, "events", a.cmd.Advance.Events,
-		"open_gaps", len(a.gaps), "delta", a.cmd.Advance.GapsDelta, "keep", a.cmd.Advance.Keep, "raft_ms", ms(a.applied.Sub(a.sent)))
+		"open_gaps", len(a.gaps), "delta", a.cmd.Advance.GapsDelta, "keep", a.cmd.Advance.Keep, "resolved", a.resolved, "raft_ms", ms(a.applied.Sub(a.sent)))
 }

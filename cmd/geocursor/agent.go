@@ -141,7 +141,7 @@ func agent(ctx context.Context, cfg *config.Config, sec *security, lg logs) erro
 	}
 	node, err := cluster.Open(ctx, cluster.Config{
 		NodeID: cfg.NodeID, DataDir: cfg.DataDir, HTTPAddr: cfg.HTTPAddr, RaftAddr: cfg.RaftAddr, Metrics: reg,
-		Raft: cfg.Raft, Logger: logger, RaftLogger: lg.raft,
+		Raft: cfg.Raft, Logger: logger, RaftLogger: lg.raft, PreferFollower: cfg.Lease.PreferFollower,
 		TLS: sec.tls, ACL: sec.acl, OperatorToken: sec.operatorToken,
 		Join: cfg.Join, JoinTimeout: cfg.JoinTimeout, BootstrapExpect: cfg.BootstrapExpect, LeaveOnTerminate: cfg.LeaveOnTerminate,
 		Version: buildInfo().Version, Commit: buildInfo().Commit,

@@ -96,6 +96,9 @@ type procConfig struct {
 	Start string
 	// Delivery, if set, adds a delivery block.
 	Delivery *procDelivery
+	// LeaderMayHold turns lease.prefer_follower off, so that the Raft
+	// leader holds the lease as often as a follower does.
+	LeaderMayHold bool
 }
 
 // procDelivery is the agents' delivery block. The Redis URLs reach the
@@ -126,13 +129,18 @@ func (p procConfig) env() []string {
 // HCL is the part of the agent configuration after the addresses.
 func (p procConfig) HCL() string {
 	var b strings.Builder
+	if p.FastTimers || p.LeaderMayHold {
+		b.WriteString("lease {\n")
+		if p.FastTimers {
+			b.WriteString("  ttl       = \"2s\"\n  retry_min = \"50ms\"\n  retry_max = \"200ms\"\n")
+		}
+		if p.LeaderMayHold {
+			b.WriteString("  prefer_follower = false\n")
+		}
+		b.WriteString("}\n")
+	}
 	if p.FastTimers {
 		b.WriteString(`
-lease {
-  ttl       = "2s"
-  retry_min = "50ms"
-  retry_max = "200ms"
-}
 raft {
   heartbeat_timeout = "300ms"
   election_timeout  = "300ms"

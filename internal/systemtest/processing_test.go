@@ -63,7 +63,9 @@ func TestThreeAgentsProcessConcurrentWritersExactlyOnce(t *testing.T) {
 func TestHolderKilledMidBatchExactlyOnce(t *testing.T) {
 	clk := newClock(t)
 	d := newProcDBs(t, false)
-	c := startProcessing(t, d, procConfig{FastTimers: true, BatchSize: 50})
+	// The test kills a holder that leads as well as one that follows: with
+	// lease.prefer_follower on, a holder rarely leads for long.
+	c := startProcessing(t, d, procConfig{FastTimers: true, BatchSize: 50, LeaderMayHold: true})
 	clk.Logf("three agents up and connected")
 	bg := startLoad(t, d, loadgen.Config{
 		Writers: 8, Rate: 800,
@@ -108,6 +110,68 @@ func TestHolderKilledMidBatchExactlyOnce(t *testing.T) {
 	clk.Logf("checking the outcome")
 	checkOutcome(t, d, c)
 	clk.Logf("outcome checked")
+}
+
+// With lease.prefer_follower on (the default) the lease holder is a
+// follower, and SIGKILL of the leader stops no batch: the holder goes on
+// committing under the same grant through the election, its progress is
+// recorded once a new leader is there, and if it won the election itself,
+// it hands leadership on. Every event is processed once.
+func TestLeaderKillDoesNotStopTheHolder(t *testing.T) {
+	clk := newClock(t)
+	d := newProcDBs(t, false)
+	c := startProcessing(t, d, procConfig{})
+	bg := startLoad(t, d, loadgen.Config{Writers: 4, Rate: 300, Seed: 5})
+
+	var before api.Status
+	ts.WaitFor(t, 30*time.Second, "a follower to hold the lease", func() (bool, string) {
+		var err error
+		before, err = anyStatus(c.Live())
+		switch {
+		case err != nil:
+			return false, err.Error()
+		case before.Lease.Holder == nil || before.Leader == nil:
+			return false, "lease " + leaseString(before)
+		}
+		return *before.Lease.Holder != before.Leader.ID, fmt.Sprintf("lease %s, leader %s", leaseString(before), before.Leader.ID)
+	})
+	leader, holder := c.Agent(t, before.Leader.ID), c.Agent(t, *before.Lease.Holder)
+	clk.Logf("%s holds token %d at cursor %d; killing the leader %s", holder.ID, before.Lease.Token, before.Cursor.LastEventID, leader.ID)
+	leader.Kill(t)
+
+	var after api.Status
+	ts.WaitFor(t, 30*time.Second, "a new leader and the cursor 300 events further", func() (bool, string) {
+		var err error
+		after, err = statusOf(holder)
+		switch {
+		case err != nil:
+			return false, err.Error()
+		case after.Leader == nil || after.Leader.ID == leader.ID:
+			return false, fmt.Sprintf("leader %+v", after.Leader)
+		}
+		return after.Cursor.LastEventID >= before.Cursor.LastEventID+300, fmt.Sprintf("cursor %d, lease %s", after.Cursor.LastEventID, leaseString(after))
+	})
+	if after.Lease.Holder == nil || *after.Lease.Holder != holder.ID || after.Lease.Token != before.Lease.Token {
+		t.Errorf("after the leader's death the lease is %s, want %s still holding token %d: the grant did not survive the election",
+			leaseString(after), holder.ID, before.Lease.Token)
+	}
+	clk.Logf("new leader %s; %s still holds token %d, cursor %d", after.Leader.ID, holder.ID, after.Lease.Token, after.Cursor.LastEventID)
+	ts.WaitFor(t, 30*time.Second, "the holder to be a follower again", func() (bool, string) {
+		st, err := statusOf(holder)
+		if err != nil {
+			return false, err.Error()
+		}
+		if st.Leader == nil || st.Lease.Holder == nil {
+			return false, fmt.Sprintf("lease %s, leader %+v", leaseString(st), st.Leader)
+		}
+		return *st.Lease.Holder != st.Leader.ID, fmt.Sprintf("lease %s, leader %s", leaseString(st), st.Leader.ID)
+	})
+
+	leader.Restart(t)
+	c.WaitFormed(t, 30*time.Second)
+	stats := bg.stop(t)
+	clk.Logf("load: %d events committed", stats.Committed)
+	checkOutcome(t, d, c)
 }
 
 // holderInBacklog gives the peers a backlog of small batches and returns
