@@ -487,19 +487,25 @@ func (g *grant) readHorizon(ctx context.Context) error {
 }
 
 // nextPosition is NextPosition from the grant's position, first moved past
-// the pruning horizon; the gaps below it are given up with the others.
+// the pruning horizon when the log was pruned past it by more than the gap
+// set holds; the IDs given up below the horizon count as pruned.
 func (g *grant) nextPosition(events []Event) (Position, []int64, pruned) {
 	l := g.l
-	start, p := pastHorizon(g.pos, l.horizon)
+	start, p := pastHorizon(g.pos, l.horizon, l.cfg.MaxGaps-len(g.pos.Gaps))
 	next, dropped := NextPosition(start, events, l.clock.now(), l.cfg.GapTimeout, l.cfg.MaxGaps)
 	if p.count > 0 {
 		l.logger.Error("the primary pruned events from its log before this site processed them: they are skipped",
 			"first_id", p.unseenFirst, "last_id", p.unseenLast, "count", p.count, "oldest_id", l.horizon, "token", g.token)
 	}
-	if len(p.gaps) > 0 {
-		l.logger.Warn("gave up on open gaps below the oldest event the primary keeps (pruned, or rolled back)",
-			"count", len(p.gaps), "first_id", p.gaps[0], "last_id", p.gaps[len(p.gaps)-1], "oldest_id", l.horizon, "token", g.token)
-		dropped = append(p.gaps, dropped...)
+	below, dropped := belowHorizon(dropped, l.horizon)
+	if below.count > 0 {
+		l.logger.Error("the primary pruned events from its log before this site processed them (or they were rolled back): given up after source.gap_timeout",
+			"first_id", below.unseenFirst, "last_id", below.unseenLast, "count", below.count, "oldest_id", l.horizon, "token", g.token)
+		if p.count == 0 {
+			p = below
+		} else {
+			p.unseenFirst, p.unseenLast, p.count = min(p.unseenFirst, below.unseenFirst), max(p.unseenLast, below.unseenLast), p.count+below.count
+		}
 	}
 	return next, dropped, p
 }

@@ -182,42 +182,50 @@ func gapDelta(from, to []fsm.Gap) (closed []int64, opened []fsm.Gap) {
 	return closed, opened
 }
 
-// pruned is what pastHorizon found: IDs the primary pruned from its log
-// before this site processed them.
+// pruned is what the horizon check found: IDs the primary pruned from its
+// log before this site processed them.
 type pruned struct {
 	// unseenFirst..unseenLast were never reached by the cursor; count is
 	// their number (0: none).
 	unseenFirst, unseenLast int64
 	count                   int64
-	// gaps are the open gaps below the horizon: they can never appear.
-	gaps []int64
 }
 
 // pastHorizon moves start past the source's oldest retained event ID,
-// oldest (0: unknown, or an empty log). The IDs between the cursor and
-// oldest were pruned unseen: the cursor moves to oldest-1. Open gaps
-// below oldest can never become visible (pruned, or rolled back: the two
-// cannot be told apart), so they are closed and reported as given up, not
-// as unseen events.
-func pastHorizon(start Position, oldest int64) (Position, pruned) {
+// oldest (0: unknown, or an empty log), when the IDs between the cursor
+// and oldest are more than room, the gap set's room: the cursor moves to
+// oldest-1 and they count as pruned unseen, since no writer holds that many
+// IDs in flight. Fewer are left to become open gaps, like any ID the
+// cursor passes unseen: an ID below the oldest visible one may have been
+// pruned, or rolled back, or it may belong to a transaction that took it
+// before the oldest visible event took its ID and has not committed yet
+// (a fresh log's first events, or a prune up to a recent ID). The three
+// cannot be told apart until it shows, or source.gap_timeout passes; then
+// it is given up, and counted pruned (belowHorizon).
+func pastHorizon(start Position, oldest int64, room int) (Position, pruned) {
 	var p pruned
-	if oldest <= 0 {
+	if oldest <= 0 || oldest-1 <= start.LastEventID || oldest-1-start.LastEventID <= int64(room) {
 		return start, p
 	}
-	if oldest-1 > start.LastEventID {
-		p.unseenFirst, p.unseenLast, p.count = start.LastEventID+1, oldest-1, oldest-1-start.LastEventID
-		start.LastEventID = oldest - 1
-	}
-	var kept []fsm.Gap
-	for _, g := range start.Gaps {
-		if g.ID < oldest {
-			p.gaps = append(p.gaps, g.ID)
-		} else {
-			kept = append(kept, g)
-		}
-	}
-	if len(p.gaps) > 0 {
-		start.Gaps = kept
-	}
+	p.unseenFirst, p.unseenLast, p.count = start.LastEventID+1, oldest-1, oldest-1-start.LastEventID
+	start.LastEventID = oldest - 1
 	return start, p
+}
+
+// belowHorizon splits the IDs given up on into those below oldest (0:
+// unknown), which the primary no longer keeps and which count as pruned
+// unseen, and the rest, given up as rolled back.
+func belowHorizon(ids []int64, oldest int64) (below pruned, rest []int64) {
+	for _, id := range ids {
+		if oldest <= 0 || id >= oldest {
+			rest = append(rest, id)
+			continue
+		}
+		if below.count == 0 || id < below.unseenFirst {
+			below.unseenFirst = id
+		}
+		below.unseenLast = max(below.unseenLast, id)
+		below.count++
+	}
+	return below, rest
 }

@@ -1,6 +1,7 @@
 package cursor
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
@@ -18,8 +19,13 @@ import (
 
 func startTestLoop(t *testing.T, start string, src *Source, tr *Tracking, coord Coordinator, logs *syncBuffer) *Loop {
 	t.Helper()
+	return startTestLoopGapTimeout(t, start, src, tr, coord, logs, time.Hour)
+}
+
+func startTestLoopGapTimeout(t *testing.T, start string, src *Source, tr *Tracking, coord Coordinator, logs *syncBuffer, gapTimeout time.Duration) *Loop {
+	t.Helper()
 	return NewLoop(LoopConfig{Start: start,
-		BatchSize: 100, PollInterval: 10 * time.Millisecond, GapTimeout: time.Hour,
+		BatchSize: 100, PollInterval: 10 * time.Millisecond, GapTimeout: gapTimeout,
 		LeaseTTL: 5 * time.Second, RetryMin: time.Millisecond, RetryMax: 5 * time.Millisecond,
 	}, coord, src, tr, nil, hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Info}))
 }
@@ -189,31 +195,41 @@ func TestPastHorizon(t *testing.T) {
 		name         string
 		start        Position
 		oldest       int64
+		room         int
 		wantLast     int64
 		wantGaps     string
 		wantUnseen   string
-		wantGivenUp  string
 		wantUnseenNo int64
 	}{
-		{name: "unknown horizon", start: Position{LastEventID: 10, Gaps: gaps(4)}, oldest: 0, wantLast: 10, wantGaps: "[4]", wantUnseen: "0..0", wantGivenUp: "[]"},
-		{name: "horizon below the cursor", start: Position{LastEventID: 10, Gaps: gaps(4)}, oldest: 3, wantLast: 10, wantGaps: "[4]", wantUnseen: "0..0", wantGivenUp: "[]"},
-		{name: "a gap below the horizon is given up, not counted unseen", start: Position{LastEventID: 10, Gaps: gaps(4, 8)}, oldest: 6, wantLast: 10, wantGaps: "[8]", wantUnseen: "0..0", wantGivenUp: "[4]"},
-		{name: "horizon past the cursor: the IDs between were pruned unseen", start: Position{LastEventID: 10, Gaps: gaps(4)}, oldest: 51, wantLast: 50, wantGaps: "[]", wantUnseen: "11..50", wantGivenUp: "[4]", wantUnseenNo: 40},
-		{name: "horizon right after the cursor", start: Position{LastEventID: 10}, oldest: 11, wantLast: 10, wantGaps: "[]", wantUnseen: "0..0", wantGivenUp: "[]"},
+		{name: "unknown horizon", start: Position{LastEventID: 10, Gaps: gaps(4)}, oldest: 0, room: 100, wantLast: 10, wantGaps: "[4]", wantUnseen: "0..0"},
+		{name: "horizon below the cursor", start: Position{LastEventID: 10, Gaps: gaps(4)}, oldest: 3, room: 100, wantLast: 10, wantGaps: "[4]", wantUnseen: "0..0"},
+		{name: "a gap below the horizon stays open: it may be in flight", start: Position{LastEventID: 10, Gaps: gaps(4, 8)}, oldest: 6, room: 100, wantLast: 10, wantGaps: "[4 8]", wantUnseen: "0..0"},
+		{name: "a pruned range the gap set has room for is left to become gaps", start: Position{LastEventID: 10, Gaps: gaps(4)}, oldest: 51, room: 40, wantLast: 10, wantGaps: "[4]", wantUnseen: "0..0"},
+		{name: "a pruned range too large for the gap set is skipped unseen", start: Position{LastEventID: 10, Gaps: gaps(4)}, oldest: 51, room: 39, wantLast: 50, wantGaps: "[4]", wantUnseen: "11..50", wantUnseenNo: 40},
+		{name: "horizon right after the cursor", start: Position{LastEventID: 10}, oldest: 11, room: 0, wantLast: 10, wantGaps: "[]", wantUnseen: "0..0"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			next, p := pastHorizon(tc.start, tc.oldest)
+			next, p := pastHorizon(tc.start, tc.oldest, tc.room)
 			var ids []int64
 			for _, g := range next.Gaps {
 				ids = append(ids, g.ID)
 			}
 			if next.LastEventID != tc.wantLast || fmt.Sprint(idsOrEmpty(ids)) != tc.wantGaps ||
-				fmt.Sprintf("%d..%d", p.unseenFirst, p.unseenLast) != tc.wantUnseen || p.count != tc.wantUnseenNo ||
-				fmt.Sprint(idsOrEmpty(p.gaps)) != tc.wantGivenUp {
-				t.Errorf("pastHorizon = last %d gaps %v, unseen %d..%d (%d), given up %v; want last %d gaps %s, unseen %s (%d), given up %s",
-					next.LastEventID, ids, p.unseenFirst, p.unseenLast, p.count, p.gaps, tc.wantLast, tc.wantGaps, tc.wantUnseen, tc.wantUnseenNo, tc.wantGivenUp)
+				fmt.Sprintf("%d..%d", p.unseenFirst, p.unseenLast) != tc.wantUnseen || p.count != tc.wantUnseenNo {
+				t.Errorf("pastHorizon = last %d gaps %v, unseen %d..%d (%d); want last %d gaps %s, unseen %s (%d)",
+					next.LastEventID, ids, p.unseenFirst, p.unseenLast, p.count, tc.wantLast, tc.wantGaps, tc.wantUnseen, tc.wantUnseenNo)
 			}
 		})
+	}
+}
+
+func TestBelowHorizonCountsTheGivenUpIDsTheLogNoLongerKeeps(t *testing.T) {
+	below, rest := belowHorizon([]int64{3, 5, 9, 12}, 10)
+	if below.count != 3 || below.unseenFirst != 3 || below.unseenLast != 9 || fmt.Sprint(rest) != "[12]" {
+		t.Errorf("belowHorizon = %+v, rest %v; want 3..9 (3), rest [12]", below, rest)
+	}
+	if below, rest := belowHorizon([]int64{3, 5}, 0); below.count != 0 || len(rest) != 2 {
+		t.Errorf("with no horizon known: %+v, rest %v; want nothing below, both given up as rolled back", below, rest)
 	}
 }
 
@@ -226,7 +242,8 @@ func idsOrEmpty(ids []int64) []int64 {
 
 // A site that was away while the primary pruned its log past the cursor:
 // the pruned range is reported once, counted in the replicated stats, and
-// processing goes on from the oldest event left.
+// processing goes on from the oldest event left (at once when the range is
+// larger than the gap set holds, else after the gap timeout).
 func TestLogPrunedPastTheCursorIsReportedAndSkipped(t *testing.T) {
 	db := bulkSource(t, 40)
 	src := openTestSource(t, db.dsn)
@@ -239,8 +256,11 @@ func TestLogPrunedPastTheCursorIsReportedAndSkipped(t *testing.T) {
 	// The site is away; the primary writes 41..100 and prunes below 71.
 	appendEvents(t, db, 41, 100)
 	exec(t, db.conn, `DELETE FROM geo_event_log WHERE id < 71`)
-	loop = startTestLoop(t, StartOldest, src, tr, coord, &logs)
+	// 30 IDs fit in the gap set: they are open gaps until the gap timeout
+	// (they might be in flight), then given up as pruned.
+	loop = startTestLoopGapTimeout(t, StartOldest, src, tr, coord, &logs, 300*time.Millisecond)
 	runUntilDrained(t, loop, coord, 100)
+	waitGapsClosed(t, coord)
 
 	if got, want := fmt.Sprint(processed(t, conn)), idRange(1, 40)[:len(idRange(1, 40))-1]+" "+idRange(71, 100)[1:]; got != want {
 		t.Errorf("processed %s, want %s", got, want)
@@ -254,5 +274,109 @@ func TestLogPrunedPastTheCursorIsReportedAndSkipped(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "first_id=41 last_id=70 count=30") {
 		t.Errorf("the log does not name the range 41..70; log:\n%s", logs.String())
+	}
+}
+
+// waitGapsClosed waits until the replicated state has no open gaps.
+func waitGapsClosed(t *testing.T, coord Coordinator) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, changed := coord.Watch()
+		if len(st.Gaps) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d gaps still open after 10s", len(st.Gaps))
+		}
+		select {
+		case <-changed:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// The fence is placed on an empty log; then a writer takes the log's first
+// ID and holds its transaction open while later events commit: the oldest
+// visible event is then above an ID that is not pruned but in flight. It
+// stays an open gap and is processed once it commits; it is neither
+// skipped as pruned nor given up.
+func TestInFlightEventBelowTheOldestVisibleOneIsProcessed(t *testing.T) {
+	db := newSourceDB(t)
+	ctx := testContext(t)
+	src := openTestSource(t, db.dsn)
+	tr, conn := openTestTracking(t)
+	coord := localcoord.New("a")
+	var logs syncBuffer
+	_, stopPlacing := startLoop(t, startTestLoop(t, StartOldest, src, tr, coord, &logs))
+	waitPlaced(t, tr)
+	stopPlacing()
+	writer, err := pgx.Connect(ctx, db.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer writer.Close(context.WithoutCancel(ctx))
+	held, err := writer.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
+	for _, q := range []string{
+		`INSERT INTO geo_events (id, replicable_name, event_name, payload, created_at) VALUES (1, 'lfs_object', 'updated', '{"model_record_id": 1}', now())`,
+		`INSERT INTO geo_event_log (id, created_at, geo_event_id) VALUES (1, now() AT TIME ZONE 'utc', 1)`,
+	} {
+		if _, err := held.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendEvents(t, db, 2, 20)
+	// A loop of its own reads the horizon (2) at its first grant.
+	_, stop := startLoop(t, startTestLoop(t, StartOldest, src, tr, coord, &logs))
+	defer stop()
+	waitCursorAt(t, coord, 20)
+	if st, _ := coord.Watch(); len(st.Gaps) != 1 || st.Gaps[0].ID != 1 || st.Stats.EventsPrunedUnseen != 0 {
+		t.Fatalf("with event 1 in flight: gaps %v, %d pruned unseen; want gap 1 open and nothing pruned", st.Gaps, st.Stats.EventsPrunedUnseen)
+	}
+	if err := held.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitGapsClosed(t, coord)
+	if got := fmt.Sprint(processed(t, conn)); got != idRange(1, 20) {
+		t.Errorf("processed %s, want %s", got, idRange(1, 20))
+	}
+}
+
+// waitCursorAt waits until the replicated cursor is at id.
+func waitCursorAt(t *testing.T, coord Coordinator, id int64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, changed := coord.Watch()
+		if st.Cursor.LastEventID >= id {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cursor at %d after 10s, want %d", st.Cursor.LastEventID, id)
+		}
+		select {
+		case <-changed:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// waitPlaced waits until the tracking database's fence is placed.
+func waitPlaced(t *testing.T, tr *Tracking) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		f, err := tr.Fence(testContext(t))
+		if err == nil && f.Positioned {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the fence is not placed after 10s (%v)", err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
