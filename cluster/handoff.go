@@ -98,16 +98,22 @@ func (n *Node) DeferLease() bool {
 }
 
 // runHandoff hands leadership to a reachable follower whenever this node
-// leads and holds an unexpired lease, at most once per handoffSpacing.
+// leads and holds an unexpired lease: at most once per handoffSpacing
+// after a hand-off, or a second after one that failed (the follower it
+// chose is then taken for unreachable, and the next try picks another).
 func (n *Node) runHandoff() {
-	var last time.Time
+	var next time.Time
 	for {
 		st, changed := n.fsm.Watch()
 		if n.cfg.PreferFollower && n.IsLeader() && st.Lease.Holder == n.cfg.NodeID && st.Lease.HeldAt(time.Now().UnixNano()) &&
-			time.Since(last) >= handoffSpacing && !n.closing.Load() {
+			!time.Now().Before(next) && !n.closing.Load() {
 			if to, ok := n.reachableVoter(); ok {
-				last = time.Now()
-				n.handoff(to)
+				next = time.Now().Add(handoffRetry)
+				if n.handoff(to) {
+					next = time.Now().Add(handoffSpacing)
+				} else {
+					n.peers.failed(to.ID)
+				}
 			}
 		}
 		select {
@@ -119,14 +125,18 @@ func (n *Node) runHandoff() {
 	}
 }
 
-func (n *Node) handoff(to raft.Server) {
+// handoffRetry is how soon a failed hand-off is tried again.
+const handoffRetry = time.Second
+
+func (n *Node) handoff(to raft.Server) bool {
 	began := time.Now()
 	if err := n.raft.LeadershipTransferToServer(to.ID, to.Address).Error(); err != nil {
 		n.logger.Warn("could not hand leadership to a follower; this node goes on leading and holding the lease",
 			"to", to.ID, "error", err)
-		return
+		return false
 	}
 	n.metrics.handoffs.Inc()
 	n.logger.Info("handed leadership to a follower, so that the lease holder is not the leader",
 		"to", to.ID, "took_ms", time.Since(began).Milliseconds())
+	return true
 }

@@ -349,7 +349,8 @@ func (l *Loop) gapsToProbe(gaps []fsm.Gap, now time.Time) []int64 {
 
 // turnDelay is how long this peer lets the others go first before it
 // competes for a free lease: none for the last holder, a retry delay for a
-// standby, more than any standby waits for a peer that just failed or that
+// standby (a short one when the last holder lost the lease without
+// releasing it), more than any standby waits for a peer that just failed or that
 // leads the Raft group while a follower could hold the lease instead (see
 // leaseDeferrer).
 func (l *Loop) turnDelay(st fsm.State, yield bool) time.Duration {
@@ -357,6 +358,12 @@ func (l *Loop) turnDelay(st fsm.State, yield bool) time.Duration {
 	switch {
 	case yield:
 		delay = l.cfg.RetryMax + l.retryDelay()
+	case st.RevokedFrom != "" || (st.Lease.Holder != "" && st.Lease.Holder != l.coord.ID()):
+		// The leader revoked the lease of a holder it could not reach, or
+		// the lease ran out: its holder is gone or hung, there is no turn
+		// to keep, and every moment waited is processing lost. A short
+		// random delay only keeps the standbys from asking at once.
+		delay = rand.N(max(l.cfg.RetryMin/2, time.Millisecond))
 	case st.LastHolder != l.coord.ID() && st.LastHolder != "":
 		delay = l.retryDelay()
 	}
