@@ -3,7 +3,7 @@
 # stdout (progress on stderr): drain rate (three agents vs the plain loop
 # and the database's ceiling), lag under 1,000 events/s and Raft writes at
 # steady 200 and 5,000 events/s, failover after SIGKILL of the lease holder
-# (as a follower and as the Raft leader), delivery into a real Sidekiq, the
+# and of the Raft leader while a follower holds it, delivery into a real Sidekiq, the
 # drain with 10,000 open gaps, Raft cost per batch, peak RSS, and an
 # exactly-once check. About 7 minutes with the defaults on 2 cores;
 # -security both runs every part twice.

@@ -440,30 +440,35 @@ func (a *Agent) Log() string {
 
 // PeakRSS returns the current process's peak resident set size in bytes
 // (VmHWM in /proc/PID/status). It fails when the process is not running.
-func (a *Agent) PeakRSS() (int64, error) {
+func (a *Agent) PeakRSS() (int64, error) { return a.procStatusBytes("VmHWM", "peak RSS") }
+
+// RSS returns the current process's resident set size in bytes (VmRSS).
+func (a *Agent) RSS() (int64, error) { return a.procStatusBytes("VmRSS", "RSS") }
+
+// procStatusBytes reads a "Field:  12345 kB" line of /proc/PID/status.
+func (a *Agent) procStatusBytes(field, what string) (int64, error) {
 	if !a.Running() {
-		return 0, fmt.Errorf("peak RSS of %s: it is not running", a.ID)
+		return 0, fmt.Errorf("%s of %s: it is not running", what, a.ID)
 	}
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", a.Pid()))
 	if err != nil {
-		return 0, fmt.Errorf("peak RSS of %s: %w", a.ID, err)
+		return 0, fmt.Errorf("%s of %s: %w", what, a.ID, err)
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		// "VmHWM:	   12345 kB"
-		rest, ok := strings.CutPrefix(sc.Text(), "VmHWM:")
+		rest, ok := strings.CutPrefix(sc.Text(), field+":")
 		if !ok {
 			continue
 		}
 		kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
 		if err != nil {
-			return 0, fmt.Errorf("peak RSS of %s: parse %q: %w", a.ID, sc.Text(), err)
+			return 0, fmt.Errorf("%s of %s: parse %q: %w", what, a.ID, sc.Text(), err)
 		}
 		return kb * 1024, nil
 	}
 	if err := sc.Err(); err != nil {
-		return 0, fmt.Errorf("peak RSS of %s: %w", a.ID, err)
+		return 0, fmt.Errorf("%s of %s: %w", what, a.ID, err)
 	}
-	return 0, fmt.Errorf("peak RSS of %s: no VmHWM line in /proc/%d/status", a.ID, a.Pid())
+	return 0, fmt.Errorf("%s of %s: no %s line in /proc/%d/status", what, a.ID, field, a.Pid())
 }

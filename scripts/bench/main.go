@@ -5,14 +5,17 @@
 //     loop in process with coordination turned off ("plain");
 //   - lag: commit in the source → job row in the tracking database, under a
 //     steady 1,000 events/s;
-//   - failover: SIGKILL of the lease holder under 500 events/s, when the
-//     holder is a follower and when it is also the Raft leader;
+//   - failover: under 500 events/s, SIGKILL of the lease holder (the time
+//     to the next committed job) and of the Raft leader while a follower
+//     holds the lease (the longest gap between committed jobs);
 //   - delivery: agents delivering to Sidekiq's Redis drain the backlog
 //     again into a fresh tracking database (push rate beside drain rate),
 //     then the lag from the source commit to the perform in a real Sidekiq;
 //   - gaps: a backlog with 10,000 open gaps beside the same backlog
 //     without, each drained by fresh agents: the rate, the advance
 //     entries' size in the Raft log and their Raft cost;
+//   - flat: a -flat-events backlog (10M) drained by fresh agents: the
+//     rate, RSS, Raft directory and tracking database size of each tenth;
 //   - the Raft cost per batch (from the agents' debug logs) and the peak RSS
 //     of each agent; an exactly-once check at the end.
 //
@@ -52,7 +55,7 @@ import (
 // harness.ExitUsage.
 const exitFailure = 1
 
-var allParts = []string{"drain", "lag", "failover", "delivery", "gaps"}
+var allParts = []string{"drain", "lag", "failover", "delivery", "gaps", "flat"}
 
 // The cluster's security: TLS and tokens, or neither.
 const (
@@ -67,6 +70,7 @@ type options struct {
 	lagRate      float64
 	lagFor       time.Duration
 	failoverRate float64
+	flatEvents   int
 	keep         bool
 	// securities are the variants to run, in order.
 	securities []string
@@ -118,12 +122,13 @@ func run(args []string) int {
 func parseFlags(args []string) (options, error) {
 	o := options{}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	only := fs.String("only", strings.Join(allParts, ","), "comma-separated parts to run: drain, lag, failover, delivery, gaps")
+	only := fs.String("only", strings.Join(allParts, ","), "comma-separated parts to run: drain, lag, failover, delivery, gaps, flat")
 	fs.IntVar(&o.events, "events", 1_000_000, "backlog size for the drain")
-	fs.IntVar(&o.failoverRuns, "failover-runs", 20, "failover runs of each kind (holder is a follower / holder is the leader)")
+	fs.IntVar(&o.failoverRuns, "failover-runs", 20, "failover runs of each kind (holder SIGKILL / leader SIGKILL)")
 	fs.Float64Var(&o.lagRate, "lag-rate", 1000, "events per second during the lag measurement")
 	fs.DurationVar(&o.lagFor, "lag-duration", 30*time.Second, "how long the lag measurement writes")
 	fs.Float64Var(&o.failoverRate, "failover-rate", 500, "events per second during the failover runs")
+	fs.IntVar(&o.flatEvents, "flat-events", 10_000_000, "backlog size for the flat-over-time drain")
 	fs.BoolVar(&o.keep, "keep", false, "keep the work directory (configs, agent logs, Raft data)")
 	security := fs.String("security", securityTLS, "the agents' security: tls (TLS and tokens), plain, or both (plain, then tls, side by side)")
 	fs.Usage = func() {
@@ -156,6 +161,8 @@ func parseFlags(args []string) (options, error) {
 	switch {
 	case o.events < 1:
 		return o, fmt.Errorf("-events must be positive, got %d", o.events)
+	case o.flatEvents < 10*flatChunks:
+		return o, fmt.Errorf("-flat-events must be at least %d, got %d", 10*flatChunks, o.flatEvents)
 	case o.failoverRuns < 1:
 		return o, fmt.Errorf("-failover-runs must be positive, got %d", o.failoverRuns)
 	case o.lagRate <= 0 || o.failoverRate <= 0:
@@ -243,6 +250,11 @@ func (b *bench) runParts(ctx context.Context) error {
 	if b.opts.has("gaps") {
 		if err := b.gaps(ctx); err != nil {
 			return fmt.Errorf("gaps: %w", err)
+		}
+	}
+	if b.opts.has("flat") {
+		if err := b.flat(ctx); err != nil {
+			return fmt.Errorf("flat: %w", err)
 		}
 	}
 	if b.opts.has("drain") {

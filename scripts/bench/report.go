@@ -17,6 +17,8 @@ type report struct {
 	Delivery  *deliveryReport `json:"delivery,omitempty"`
 	// Gaps is the drain with 10,000 open gaps beside the one without.
 	Gaps *gapsReport `json:"gaps,omitempty"`
+	// Flat is the 10M-event drain, tenth by tenth.
+	Flat *flatReport `json:"flat,omitempty"`
 	// RaftCostPerBatch is per phase (drain, lag), from the agents' logs.
 	RaftCostPerBatch map[string]raftCost `json:"raft_cost_per_batch,omitempty"`
 	// PeakRSSMB is the highest VmHWM of each node's processes (a killed
@@ -83,6 +85,7 @@ type variantReport struct {
 	Failover         *failoverReport     `json:"failover,omitempty"`
 	Delivery         *deliveryReport     `json:"delivery,omitempty"`
 	Gaps             *gapsReport         `json:"gaps,omitempty"`
+	Flat             *flatReport         `json:"flat,omitempty"`
 	RaftCostPerBatch map[string]raftCost `json:"raft_cost_per_batch,omitempty"`
 }
 
@@ -91,7 +94,7 @@ func (r *report) stash(sec string) {
 	if r.Variants == nil {
 		r.Variants = map[string]*variantReport{}
 	}
-	r.Variants[sec] = &variantReport{Drain: r.Drain, Lag: r.Lag, LagSteady: r.LagSteady, Failover: r.Failover, Delivery: r.Delivery, Gaps: r.Gaps, RaftCostPerBatch: r.RaftCostPerBatch}
+	r.Variants[sec] = &variantReport{Drain: r.Drain, Lag: r.Lag, LagSteady: r.LagSteady, Failover: r.Failover, Delivery: r.Delivery, Gaps: r.Gaps, Flat: r.Flat, RaftCostPerBatch: r.RaftCostPerBatch}
 	r.RaftCostPerBatch, r.LagSteady = nil, nil
 }
 
@@ -107,6 +110,9 @@ type securityOverhead struct {
 	FollowerMaxMS        [2]float64 `json:"failover_follower_holder_max_ms"`
 	LeaderMedianMS       [2]float64 `json:"failover_leader_holder_median_ms"`
 	LeaderMaxMS          [2]float64 `json:"failover_leader_holder_max_ms"`
+	HolderKillMedianMS   [2]float64 `json:"failover_holder_kill_median_ms"`
+	HolderKillMaxMS      [2]float64 `json:"failover_holder_kill_max_ms"`
+	LeaderKillGapMS      [2]float64 `json:"failover_leader_kill_gap_median_ms"`
 	DrainRatioTLSToPlain float64    `json:"drain_ratio_tls_to_plain"`
 }
 
@@ -131,6 +137,8 @@ func (r *report) compareSecurity(lagPhase string) {
 		if f := v.Failover; f != nil {
 			o.FollowerMedianMS[i], o.FollowerMaxMS[i] = f.FollowerHolder.MedianMS, f.FollowerHolder.MaxMS
 			o.LeaderMedianMS[i], o.LeaderMaxMS[i] = f.LeaderHolder.MedianMS, f.LeaderHolder.MaxMS
+			o.HolderKillMedianMS[i], o.HolderKillMaxMS[i] = f.HolderKill.MedianMS, f.HolderKill.MaxMS
+			o.LeaderKillGapMS[i] = f.LeaderKill.MedianGapMS
 		}
 	}
 	if o.DrainEventsPerS[0] > 0 {
