@@ -83,6 +83,18 @@ func (s *memSource) Pending(ctx context.Context, after int64, gaps []int64) (boo
 	return false, nil
 }
 
+func (s *memSource) Visible(ctx context.Context, ids []int64) ([]int64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []int64
+	for _, ev := range s.events {
+		if contains(ids, ev.ID) {
+			out = append(out, ev.ID)
+		}
+	}
+	return out, nil
+}
+
 func (s *memSource) Oldest(context.Context) (int64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

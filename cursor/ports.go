@@ -31,6 +31,8 @@ type leaseDeferrer interface {
 type EventSource interface {
 	Fetch(ctx context.Context, after int64, gaps []int64, limit int) ([]Event, error)
 	Pending(ctx context.Context, after int64, gaps []int64) (bool, error)
+	// Visible returns which of ids are in the log now, in ID order.
+	Visible(ctx context.Context, ids []int64) ([]int64, error)
 	Head(ctx context.Context) (int64, time.Time, error)
 	// Oldest is the lowest event ID the source still keeps (0: none).
 	Oldest(ctx context.Context) (int64, error)

@@ -1,11 +1,15 @@
 package cursor
 
 import (
+	"context"
+	"fmt"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/geocursor/geocursor/fsm"
+	"github.com/geocursor/geocursor/internal/localcoord"
 )
 
 func TestNextPosition(t *testing.T) {
@@ -216,34 +220,60 @@ func TestGapDeltaRebuildsTheSet(t *testing.T) {
 	}
 }
 
-// A few open gaps are probed by every batch; a large set at most every
-// manyGapsProbeInterval.
-func TestBatchesProbeALargeGapSetLessOften(t *testing.T) {
+// A few open gaps are fetched by every batch. A large set is probed in
+// the background at most every manyGapsProbeInterval, and a batch fetches
+// only the gaps a probe found visible that are still open.
+func TestBatchesProbeALargeGapSetInTheBackground(t *testing.T) {
 	few := Position{LastEventID: 100, Gaps: []fsm.Gap{{ID: 5}, {ID: 7}}}
 	many := Position{LastEventID: 10 * manyGaps}
-	for id := int64(1); id <= manyGaps+1; id++ {
+	for id := int64(1); id <= manyGaps+2; id++ {
 		many.Gaps = append(many.Gaps, fsm.Gap{ID: id})
 	}
-	var p gapProbe
+	// The source has shown gaps 3 and 9 by now.
+	src := &memSource{}
+	for _, id := range []int64{3, 9, 2000} {
+		src.events = append(src.events, Event{ID: id})
+	}
+	l := NewLoop(LoopConfig{LeaseTTL: time.Second}, localcoord.New("a"), src, nil, nil, nil)
+	ctx := context.Background()
 	t0 := time.Unix(1_764_000_000, 0)
 	for i := range 3 {
-		if got := p.ids(few, t0.Add(time.Duration(i)*time.Millisecond)); len(got) != 2 {
-			t.Fatalf("batch %d probes %v of 2 open gaps", i, got)
+		if got := l.gapIDs(ctx, few, t0.Add(time.Duration(i)*time.Millisecond)); len(got) != 2 {
+			t.Fatalf("batch %d fetches %v of 2 open gaps", i, got)
 		}
 	}
-	steps := []struct {
-		at   time.Duration
-		want int
-	}{
-		{0, manyGaps + 1},
-		{10 * time.Millisecond, 0},
-		{manyGapsProbeInterval - time.Millisecond, 0},
-		{manyGapsProbeInterval, manyGaps + 1},
-		{manyGapsProbeInterval + time.Millisecond, 0},
+	if got := l.gapIDs(ctx, many, t0); len(got) != 0 {
+		t.Fatalf("the batch that starts the first probe fetches %v, want none: the probe runs in the background", got)
 	}
-	for _, s := range steps {
-		if got := p.ids(many, t0.Add(s.at)); len(got) != s.want {
-			t.Errorf("at +%s: probes %d of %d open gaps, want %d", s.at, len(got), len(many.Gaps), s.want)
+	waitProbe(t, l)
+	// Gap 9 was closed meanwhile (given up): only 3 is fetched.
+	closed9 := Position{LastEventID: many.LastEventID, Gaps: slices.DeleteFunc(slices.Clone(many.Gaps), func(g fsm.Gap) bool { return g.ID == 9 })}
+	if got := l.gapIDs(ctx, closed9, t0.Add(time.Millisecond)); fmt.Sprint(got) != "[3]" {
+		t.Errorf("the batch after the probe fetches %v, want [3] (9 is no longer open)", got)
+	}
+	if got := l.gapIDs(ctx, many, t0.Add(2*time.Millisecond)); len(got) != 0 {
+		t.Errorf("the next batch fetches %v, want none until the next probe", got)
+	}
+	if l.gapIDs(ctx, many, t0.Add(manyGapsProbeInterval-time.Millisecond)); probeRunning(l) {
+		t.Errorf("a probe started before manyGapsProbeInterval had passed")
+	}
+	if l.gapIDs(ctx, many, t0.Add(manyGapsProbeInterval)); !probeRunning(l) && len(l.batchProbe.found) == 0 {
+		t.Errorf("no probe ran once manyGapsProbeInterval had passed")
+	}
+	waitProbe(t, l)
+}
+
+func probeRunning(l *Loop) bool {
+	l.batchProbe.mu.Lock()
+	defer l.batchProbe.mu.Unlock()
+	return l.batchProbe.running
+}
+
+func waitProbe(t *testing.T, l *Loop) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); probeRunning(l); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the probe did not finish")
 		}
 	}
 }

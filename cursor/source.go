@@ -181,11 +181,29 @@ const pendingQuery = `
 SELECT (SELECT id FROM geo_event_log WHERE id > $1 ORDER BY id LIMIT 1) IS NOT NULL
     OR EXISTS (SELECT 1 FROM geo_event_log WHERE id = ANY($2::bigint[]))`
 
+// visibleQuery returns which of the IDs $1 are in the log: an index-only
+// probe per ID that reads no row data.
+const visibleQuery = `SELECT id FROM geo_event_log WHERE id = ANY($1::bigint[]) ORDER BY id`
+
 // oldestQuery reads the oldest event the primary still keeps.
 const oldestQuery = `SELECT id FROM geo_event_log ORDER BY id LIMIT 1`
 
 // headQuery reads the newest event, for the status.
 const headQuery = `SELECT id, created_at FROM geo_event_log ORDER BY id DESC LIMIT 1`
+
+// Visible returns the IDs of ids that are in the log now, in ID order: the
+// probe of a large gap set, which a batch fetches only once they show.
+func (s *Source) Visible(ctx context.Context, ids []int64) ([]int64, error) {
+	rows, err := s.pool.Query(ctx, visibleQuery, ids)
+	if err != nil {
+		return nil, fmt.Errorf("probe %d open gaps: %w", len(ids), err)
+	}
+	found, err := pgx.CollectRows(rows, pgx.RowTo[int64])
+	if err != nil {
+		return nil, fmt.Errorf("probe %d open gaps: %w", len(ids), err)
+	}
+	return found, nil
+}
 
 // Pending reports whether there is any event after the cursor or in one of
 // the open gaps. It is the idle poll, run without the lease, so it is two
