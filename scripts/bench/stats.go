@@ -54,3 +54,15 @@ func median(sorted []float64) float64 {
 
 // round keeps one decimal, which is all a millisecond figure needs.
 func round(v float64) float64 { return math.Round(v*10) / 10 }
+
+// mean is the average of v, 0 for none.
+func mean(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	var sum float64
+	for _, x := range v {
+		sum += x
+	}
+	return sum / float64(len(v))
+}
