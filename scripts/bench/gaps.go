@@ -42,7 +42,7 @@ type gapsReport struct {
 	Ratio        float64   `json:"ratio_with_to_without"`
 	WithoutRates []float64 `json:"without_gaps_events_per_s"`
 	WithRates    []float64 `json:"with_gaps_events_per_s"`
-	Method string  `json:"method"`
+	Method       string    `json:"method"`
 }
 
 type gapRun struct {
