@@ -24,7 +24,7 @@
 // them without; -security both runs every part without, then with, each
 // on a fresh tracking database, and reports both side by side).
 //
-//	scripts/bench.sh                                   # everything, ~7 min
+//	scripts/bench.sh                                   # everything, ~12 min
 //	scripts/bench.sh -only drain -events 200000
 //	scripts/bench.sh -only failover -failover-runs 5
 //	scripts/bench.sh -security both                    # TLS+tokens vs plain
