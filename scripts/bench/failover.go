@@ -376,15 +376,8 @@ func (b *bench) killHolder(ctx context.Context, kind string, leader, holder *dev
 		return h != nil, "", nil
 	})
 
-	restartedAt := time.Now()
-	if err := holder.Restart(); err != nil {
-		return run, err
-	}
-	if err := b.waitWhole(ctx); err != nil {
-		return run, fmt.Errorf("after restarting %s: %w", holder.ID, err)
-	}
-	run.WholeAgainMS = round(float64(time.Since(restartedAt).Microseconds()) / 1000)
-	return run, nil
+	run.WholeAgainMS, err = b.restartKilled(ctx, holder)
+	return run, err
 }
 
 // killLeader runs one leader kill: SIGKILL the leader while holder, a
@@ -437,15 +430,8 @@ func (b *bench) killLeader(ctx context.Context, leader, holder *devcluster.Agent
 	}
 	run.TokenAfter = after.Token
 
-	restartedAt := time.Now()
-	if err := leader.Restart(); err != nil {
-		return run, err
-	}
-	if err := b.waitWhole(ctx); err != nil {
-		return run, fmt.Errorf("after restarting %s: %w", leader.ID, err)
-	}
-	run.WholeAgainMS = round(float64(time.Since(restartedAt).Microseconds()) / 1000)
-	return run, nil
+	run.WholeAgainMS, err = b.restartKilled(ctx, leader)
+	return run, err
 }
 
 // longestGaps returns, in ms, the longest gap between consecutive commit
@@ -476,4 +462,17 @@ func longestGaps(times []time.Time, from, at, to time.Time) (before, after float
 		}
 	}
 	return longest(from, at, pre), longest(last, to, post)
+}
+
+// restartKilled restarts a killed agent and returns how long the cluster
+// took to be whole again, in ms.
+func (b *bench) restartKilled(ctx context.Context, a *devcluster.Agent) (float64, error) {
+	restartedAt := time.Now()
+	if err := a.Restart(); err != nil {
+		return 0, err
+	}
+	if err := b.waitWhole(ctx); err != nil {
+		return 0, fmt.Errorf("after restarting %s: %w", a.ID, err)
+	}
+	return round(float64(time.Since(restartedAt).Microseconds()) / 1000), nil
 }

@@ -5,10 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/geocursor/geocursor/internal/devcluster"
-	"github.com/geocursor/geocursor/internal/loadgen"
 	"github.com/geocursor/geocursor/scripts/internal/harness"
 )
 
@@ -72,49 +69,15 @@ func (b *bench) flat(ctx context.Context) error {
 	n := b.opts.flatEvents
 	r := &flatReport{Events: n, Method: flatMethod}
 	b.report.Flat = r
-	if b.cluster != nil {
-		return fmt.Errorf("the flat drain needs agents of its own, but agents are running")
-	}
-	saved := [4]any{b.sourceDSN, b.source, b.trackingDSN, b.tracking}
-	defer func() {
-		b.sourceDSN, b.source = saved[0].(string), saved[1].(*pgxpool.Pool)
-		b.trackingDSN, b.tracking = saved[2].(string), saved[3].(*pgxpool.Pool)
-	}()
-	srcDSN, err := b.pg.CreateDatabase(ctx, "source_flat_"+b.security)
-	if err != nil {
-		return err
-	}
-	src, err := harness.OpenPool(ctx, srcDSN, 16)
-	if err != nil {
-		return err
-	}
-	defer src.Close()
-	if err := loadgen.CreateSourceSchema(ctx, src); err != nil {
-		return err
-	}
 	loadStart := time.Now()
 	b.logf("flat: bulk-loading %d events ...", n)
-	if err := loadgen.BulkLoad(ctx, src, n, 7); err != nil {
+	own, head, err := b.useOwnDatabases(ctx, "flat", n, 7, nil)
+	if err != nil {
 		return err
 	}
-	if err := settle(ctx, src); err != nil {
-		return err
-	}
+	defer own.release()
+	src, tr := own.src, own.tr
 	b.logf("flat: loaded in %s", time.Since(loadStart).Round(time.Second))
-	head, err := harness.SourceHead(ctx, src)
-	if err != nil {
-		return err
-	}
-	trDSN, err := b.pg.CreateDatabase(ctx, "tracking_flat_"+b.security)
-	if err != nil {
-		return err
-	}
-	tr, err := harness.OpenPool(ctx, trDSN, 4)
-	if err != nil {
-		return err
-	}
-	defer tr.Close()
-	b.sourceDSN, b.source, b.trackingDSN, b.tracking = srcDSN, src, trDSN, tr
 
 	started := time.Now()
 	if err := b.startCluster(ctx); err != nil {

@@ -13,7 +13,6 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/geocursor/geocursor/fsm"
-	"github.com/geocursor/geocursor/internal/loadgen"
 	"github.com/geocursor/geocursor/scripts/internal/harness"
 )
 
@@ -70,56 +69,26 @@ const gapsMethod = "Four drains, each of a source of its own with the same bulk-
 func (b *bench) gaps(ctx context.Context) error {
 	r := &gapsReport{Events: gapsEvents, OpenGaps: gapsOpen, Method: gapsMethod}
 	b.report.Gaps = r
-	if b.cluster != nil {
-		return fmt.Errorf("the gap drain needs agents of its own, but agents are running")
-	}
-	saved := [4]any{b.sourceDSN, b.source, b.trackingDSN, b.tracking}
-	defer func() {
-		b.sourceDSN, b.source = saved[0].(string), saved[1].(*pgxpool.Pool)
-		b.trackingDSN, b.tracking = saved[2].(string), saved[3].(*pgxpool.Pool)
-	}()
 	run := func(name string, holes bool) (gapRun, error) {
-		srcDSN, err := b.pg.CreateDatabase(ctx, "source_"+name+"_"+b.security)
-		if err != nil {
-			return gapRun{}, err
-		}
-		src, err := harness.OpenPool(ctx, srcDSN, 16)
-		if err != nil {
-			return gapRun{}, err
-		}
-		defer src.Close()
-		if err := loadgen.CreateSourceSchema(ctx, src); err != nil {
-			return gapRun{}, err
-		}
-		if err := loadgen.BulkLoad(ctx, src, gapsEvents, 1); err != nil {
-			return gapRun{}, err
-		}
+		var prepare func(*pgxpool.Pool) error
 		if holes {
-			tag, err := src.Exec(ctx, `DELETE FROM geo_event_log WHERE id <= $1 AND id % 2 = 0`, 2*gapsOpen)
-			if err != nil {
-				return gapRun{}, fmt.Errorf("make the holes: %w", err)
+			prepare = func(src *pgxpool.Pool) error {
+				tag, err := src.Exec(ctx, `DELETE FROM geo_event_log WHERE id <= $1 AND id % 2 = 0`, 2*gapsOpen)
+				if err != nil {
+					return fmt.Errorf("make the holes: %w", err)
+				}
+				if tag.RowsAffected() != gapsOpen {
+					return fmt.Errorf("made %d holes, want %d", tag.RowsAffected(), gapsOpen)
+				}
+				return nil
 			}
-			if tag.RowsAffected() != gapsOpen {
-				return gapRun{}, fmt.Errorf("made %d holes, want %d", tag.RowsAffected(), gapsOpen)
-			}
 		}
-		if err := settle(ctx, src); err != nil {
-			return gapRun{}, err
-		}
-		head, err := harness.SourceHead(ctx, src)
+		own, head, err := b.useOwnDatabases(ctx, name, gapsEvents, 1, prepare)
 		if err != nil {
 			return gapRun{}, err
 		}
-		trDSN, err := b.pg.CreateDatabase(ctx, "tracking_"+name+"_"+b.security)
-		if err != nil {
-			return gapRun{}, err
-		}
-		tr, err := harness.OpenPool(ctx, trDSN, 4)
-		if err != nil {
-			return gapRun{}, err
-		}
-		defer tr.Close()
-		b.sourceDSN, b.source, b.trackingDSN, b.tracking = srcDSN, src, trDSN, tr
+		defer own.release()
+		src, tr := own.src, own.tr
 
 		var g gapRun
 		if g.Drain, err = b.clusterDrain(ctx, head, "cluster "+name); err != nil {
