@@ -152,7 +152,14 @@ func (a *progressCall) start(ctx context.Context, coord Coordinator) *progressCa
 // adopts its position from the fence row.
 func (a *progressCall) apply(ctx context.Context, coord Coordinator) (fsm.Result, error) {
 	res, err := coord.Apply(ctx, a.cmd)
+	backoff := api.Backoff{Min: 10 * time.Millisecond, Max: 200 * time.Millisecond}
 	for a.cmd.Advance.Keep && errors.Is(err, api.ErrUnknownOutcome) && ctx.Err() == nil {
+		// A leader that keeps failing mid-request must not be asked in a
+		// tight loop; the grant's context ends it when the lease cannot be
+		// renewed in time.
+		if backoff.Wait(ctx) != nil {
+			break
+		}
 		renew := fsm.Command{Op: fsm.OpRenew, Node: a.cmd.Node, Token: a.cmd.Token, TTL: a.cmd.TTL}
 		r, rerr := coord.Apply(ctx, renew)
 		switch {
