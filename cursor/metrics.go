@@ -95,12 +95,13 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}),
 		gapsDropped: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "geocursor_gaps_dropped_total",
-			Help: "Skipped event IDs given up on: older than source.gap_timeout (most likely rolled back), beyond the cap " +
-				"on open gaps, or below the oldest event the primary keeps." + holder,
+			Help: "Skipped event IDs given up on: older than source.gap_timeout (most likely rolled back) or beyond the cap " +
+				"on open gaps, and not below the oldest event the primary keeps (those count as pruned)." + holder,
 		}),
 		pruned: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "geocursor_events_pruned_unseen_total",
-			Help: "Event IDs the primary pruned from its log before this site processed them; they are skipped." + holder,
+			Help: "Event IDs the primary pruned from its log before this site processed them: below the oldest event it " +
+				"keeps, and given up after source.gap_timeout, or at once when more than the gap set holds." + holder,
 		}),
 		grants: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "geocursor_lease_grants_total",
