@@ -501,11 +501,7 @@ func (g *grant) nextPosition(events []Event) (Position, []int64, pruned) {
 	if below.count > 0 {
 		l.logger.Error("the primary pruned events from its log before this site processed them (or they were rolled back): given up after source.gap_timeout",
 			"first_id", below.unseenFirst, "last_id", below.unseenLast, "count", below.count, "oldest_id", l.horizon, "token", g.token)
-		if p.count == 0 {
-			p = below
-		} else {
-			p.unseenFirst, p.unseenLast, p.count = min(p.unseenFirst, below.unseenFirst), max(p.unseenLast, below.unseenLast), p.count+below.count
-		}
+		p.add(below)
 	}
 	return next, dropped, p
 }

@@ -1,9 +1,7 @@
 package cursor
 
 import (
-	"cmp"
 	"context"
-	"slices"
 	"sync"
 	"time"
 
@@ -112,7 +110,7 @@ func (l *Loop) gapIDs(ctx context.Context, pos Position, now time.Time) []int64 
 	}
 	var open []int64
 	for _, id := range p.found {
-		if _, ok := slices.BinarySearchFunc(pos.Gaps, id, func(g fsm.Gap, id int64) int { return cmp.Compare(g.ID, id) }); ok {
+		if fsm.HasGap(pos.Gaps, id) {
 			open = append(open, id)
 		}
 	}

@@ -191,6 +191,17 @@ type pruned struct {
 	count                   int64
 }
 
+// add counts q's IDs with p's.
+func (p *pruned) add(q pruned) {
+	switch {
+	case q.count == 0:
+	case p.count == 0:
+		*p = q
+	default:
+		p.unseenFirst, p.unseenLast, p.count = min(p.unseenFirst, q.unseenFirst), max(p.unseenLast, q.unseenLast), p.count+q.count
+	}
+}
+
 // pastHorizon moves start past the source's oldest retained event ID,
 // oldest (0: unknown, or an empty log), when the IDs between the cursor
 // and oldest are more than room, the gap set's room: the cursor moves to
@@ -204,7 +215,7 @@ type pruned struct {
 // it is given up, and counted pruned (belowHorizon).
 func pastHorizon(start Position, oldest int64, room int) (Position, pruned) {
 	var p pruned
-	if oldest <= 0 || oldest-1 <= start.LastEventID || oldest-1-start.LastEventID <= int64(room) {
+	if oldest <= 0 || oldest-1-start.LastEventID <= int64(max(room, 0)) {
 		return start, p
 	}
 	p.unseenFirst, p.unseenLast, p.count = start.LastEventID+1, oldest-1, oldest-1-start.LastEventID

@@ -1,7 +1,6 @@
 package fsm
 
 import (
-	"cmp"
 	"slices"
 	"time"
 )
@@ -226,11 +225,9 @@ func (s *State) advanceRefusal(c Command) error {
 			return refuse(ErrBadCommand, "opened gap %d is at or below the cursor (%d)", g.ID, s.Cursor.LastEventID)
 		}
 	}
-	// Looked up in the open set, so that the check costs what the delta
-	// carries, not what is open.
 	closed := 0
 	for _, id := range a.GapsClosed {
-		if _, found := slices.BinarySearchFunc(s.Gaps, id, func(g Gap, id int64) int { return cmp.Compare(g.ID, id) }); found {
+		if HasGap(s.Gaps, id) {
 			closed++
 		}
 	}

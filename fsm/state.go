@@ -1,6 +1,8 @@
 package fsm
 
 import (
+	"cmp"
+	"slices"
 	"time"
 )
 
@@ -36,12 +38,19 @@ type Gap struct {
 	FirstSeen int64 `json:"first_seen"`
 }
 
+// HasGap reports whether gaps, sorted by ID as every gap set is, holds id:
+// a binary search, so that a delta costs what it carries, not what is open.
+func HasGap(gaps []Gap, id int64) bool {
+	_, found := slices.BinarySearchFunc(gaps, id, func(g Gap, id int64) int { return cmp.Compare(g.ID, id) })
+	return found
+}
+
 // GapSum is a checksum of the IDs of gaps (first-seen times are left
 // out: they are the holders' notes, not the position). A gap delta names
 // the sum of the set it was made from. It is the sum of a 64-bit mix of
 // each ID, so that it is the same in any order and the state can move it
-// by what a delta changes (gapSumOf) instead of hashing 10,000 gaps on
-// every advance. The sum of no gaps is 0.
+// by what a delta changes (applyGapDelta) instead of hashing 10,000 gaps
+// on every advance. The sum of no gaps is 0.
 func GapSum(gaps []Gap) uint64 {
 	var sum uint64
 	for _, g := range gaps {
