@@ -245,36 +245,20 @@ func describeSecurity(sec string) string {
 // runParts runs the chosen parts on the current variant's cluster and
 // checks everything it processed.
 func (b *bench) runParts(ctx context.Context) error {
-	// The gap drain first: it runs agents of its own on databases of its
-	// own, and the drain needs to start the main cluster itself.
-	if b.opts.has("gaps") {
-		if err := b.gaps(ctx); err != nil {
-			return fmt.Errorf("gaps: %w", err)
+	// The gap and flat drains first: they run agents of their own on
+	// databases of their own, and the drain needs to start the main
+	// cluster itself.
+	for _, part := range []struct {
+		name string
+		run  func(context.Context) error
+	}{
+		{"gaps", b.gaps}, {"flat", b.flat}, {"drain", b.drain}, {"lag", b.lag}, {"failover", b.failover}, {"delivery", b.delivery},
+	} {
+		if !b.opts.has(part.name) {
+			continue
 		}
-	}
-	if b.opts.has("flat") {
-		if err := b.flat(ctx); err != nil {
-			return fmt.Errorf("flat: %w", err)
-		}
-	}
-	if b.opts.has("drain") {
-		if err := b.drain(ctx); err != nil {
-			return fmt.Errorf("drain: %w", err)
-		}
-	}
-	if b.opts.has("lag") {
-		if err := b.lag(ctx); err != nil {
-			return fmt.Errorf("lag: %w", err)
-		}
-	}
-	if b.opts.has("failover") {
-		if err := b.failover(ctx); err != nil {
-			return fmt.Errorf("failover: %w", err)
-		}
-	}
-	if b.opts.has("delivery") {
-		if err := b.delivery(ctx); err != nil {
-			return fmt.Errorf("delivery: %w", err)
+		if err := part.run(ctx); err != nil {
+			return fmt.Errorf("%s: %w", part.name, err)
 		}
 	}
 	return b.finalCheck(ctx)
