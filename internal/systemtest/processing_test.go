@@ -123,8 +123,19 @@ func TestLeaderKillDoesNotStopTheHolder(t *testing.T) {
 	c := startProcessing(t, d, procConfig{})
 	bg := startLoad(t, d, loadgen.Config{Writers: 4, Rate: 300, Seed: 5})
 
-	var before api.Status
-	ts.WaitFor(t, 30*time.Second, "a follower to hold the lease", func() (bool, string) {
+	// A follower holding the lease is not enough: a grant that found
+	// nothing new still shows as held until its release lands. Wait for a
+	// grant that is working: the same holder and token seen twice at
+	// least half a second apart, with the cursor moved in between.
+	var (
+		before   api.Status
+		seen     api.Status
+		seenAt   time.Time
+		sameHold = func(a, b api.Status) bool {
+			return a.Lease.Holder != nil && b.Lease.Holder != nil && *a.Lease.Holder == *b.Lease.Holder && a.Lease.Token == b.Lease.Token
+		}
+	)
+	ts.WaitFor(t, 30*time.Second, "a follower to hold the lease and process under it", func() (bool, string) {
 		var err error
 		before, err = anyStatus(c.Live())
 		switch {
@@ -132,8 +143,15 @@ func TestLeaderKillDoesNotStopTheHolder(t *testing.T) {
 			return false, err.Error()
 		case before.Lease.Holder == nil || before.Leader == nil:
 			return false, "lease " + leaseString(before)
+		case *before.Lease.Holder == before.Leader.ID:
+			return false, fmt.Sprintf("lease %s, held by the leader", leaseString(before))
+		case !sameHold(before, seen) || before.Cursor.LastEventID < seen.Cursor.LastEventID:
+			seen, seenAt = before, time.Now()
+			return false, fmt.Sprintf("lease %s, leader %s: a new grant", leaseString(before), before.Leader.ID)
 		}
-		return *before.Lease.Holder != before.Leader.ID, fmt.Sprintf("lease %s, leader %s", leaseString(before), before.Leader.ID)
+		working := time.Since(seenAt) >= 500*time.Millisecond && before.Cursor.LastEventID > seen.Cursor.LastEventID
+		return working, fmt.Sprintf("lease %s, leader %s, cursor %d (%d when first seen)",
+			leaseString(before), before.Leader.ID, before.Cursor.LastEventID, seen.Cursor.LastEventID)
 	})
 	leader, holder := c.Agent(t, before.Leader.ID), c.Agent(t, *before.Lease.Holder)
 	clk.Logf("%s holds token %d at cursor %d; killing the leader %s", holder.ID, before.Lease.Token, before.Cursor.LastEventID, leader.ID)
