@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/geocursor/geocursor/api"
 )
@@ -118,6 +119,7 @@ func (d *Deliverer) Run(ctx context.Context) error {
 	defer wg.Wait()
 
 	backoff := api.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
+	var checked time.Time
 	for {
 		n, err := d.round(ctx)
 		if ctx.Err() != nil {
@@ -134,6 +136,10 @@ func (d *Deliverer) Run(ctx context.Context) error {
 		backoff.Reset()
 		if n > 0 {
 			continue // more may be waiting
+		}
+		if time.Since(checked) >= d.cfg.PollInterval {
+			d.checkRedis(ctx)
+			checked = time.Now()
 		}
 		select {
 		case <-ctx.Done():
@@ -313,11 +319,12 @@ func (d *Deliverer) deliver(ctx context.Context, r *deliveryRound) (roundOutcome
 		}
 		out.pushedTop = events[len(events)-1].id
 		out.delivered, out.sidekiqJobs = append(out.delivered, eventIDs...), len(eventIDs)
-		if last := r.row.lastPushedJobID; res.before < last {
+		if last := r.row.lastPushedJobID; last > 0 && res.before < last {
 			// Redis acknowledged jobs up to last and has forgotten them:
 			// it restarted without its data, or failed over to a replica
 			// that lagged. They may have run already; pushing them again
-			// could run them twice, so they are reported instead.
+			// could run them twice, so they are reported instead. (Before
+			// the first push, last is 0 and a fresh Redis's -1 is no loss.)
 			from := max(res.before, 0) + 1
 			out.lostInRedis = last - from + 1
 			d.logger.Error("Sidekiq's Redis lost jobs it had acknowledged: it restarted without its data or failed over to a replica that lagged; they are not pushed again",
@@ -325,6 +332,32 @@ func (d *Deliverer) deliver(ctx context.Context, r *deliveryRound) (roundOutcome
 		}
 	}
 	return out, nil
+}
+
+// checkRedis pings the Redis servers while there is nothing to deliver,
+// so that an idle agent's status says whether it could deliver: without
+// it, the error of a push that failed during an outage would stay in the
+// status of every agent that has not won a round since. A failed ping is
+// not a failed delivery call and is left out of the metrics.
+func (d *Deliverer) checkRedis(ctx context.Context) {
+	ping := func(c *redis.Client) string {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		return errText(c.Ping(cctx).Err())
+	}
+	var sidekiq, cache string
+	if s := d.cfg.Sidekiq; s != nil {
+		sidekiq = ping(s.Client)
+	}
+	if c := d.cfg.Cache; c != nil {
+		cache = ping(c.Client)
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.status.sidekiq, d.status.cache = sidekiq, cache
 }
 
 func (d *Deliverer) setRow(row deliveryRow) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"sort"
 	"strings"
@@ -169,6 +170,8 @@ type deliveryFixture struct {
 	// invalidations counts them all.
 	keys          []string
 	invalidations int
+	// log is what the fixture's deliverers logged.
+	log syncBuffer
 }
 
 func newDeliveryFixture(t *testing.T) *deliveryFixture {
@@ -231,7 +234,7 @@ func (f *deliveryFixture) deliverer(cfg DeliveryConfig) *Deliverer {
 	if cfg.PollInterval == 0 {
 		cfg.PollInterval = 50 * time.Millisecond
 	}
-	d := NewDeliverer(cfg, f.tracking, hclog.New(&hclog.LoggerOptions{Output: testWriter{f.t}, Level: hclog.Info}))
+	d := NewDeliverer(cfg, f.tracking, hclog.New(&hclog.LoggerOptions{Output: io.MultiWriter(testWriter{f.t}, &f.log), Level: hclog.Info}))
 	f.t.Cleanup(d.Close)
 	return d
 }
@@ -353,6 +356,39 @@ func TestDeliveryIsExactlyOnceAcrossRedisAndSidekiqRestarts(t *testing.T) {
 	}
 }
 
+// An idle deliverer's status follows Redis: it shows Redis down while
+// nothing is delivered, and ok again once Redis is back, without waiting
+// for a round with jobs (which, with several agents, may go to another).
+func TestIdleDelivererStatusFollowsRedis(t *testing.T) {
+	f := &deliveryFixture{t: t, events: map[string]int{}}
+	f.tracking, _ = openTestTracking(t)
+	f.redis, f.client = testRedis(t)
+	if _, _, err := f.tracking.startDelivery(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	d := f.deliverer(DeliveryConfig{})
+	defer run(t, d)()
+	redisState := func(want string) func() (bool, string) {
+		return func() (bool, string) {
+			var st api.Status
+			d.AddStatus(&st)
+			ds := st.Delivery
+			return (ds.SidekiqRedis == api.DatabaseOK) == (want == api.DatabaseOK) &&
+					(ds.CacheRedis == api.DatabaseOK) == (want == api.DatabaseOK),
+				fmt.Sprintf("sidekiq_redis %q, cache_redis %q", ds.SidekiqRedis, ds.CacheRedis)
+		}
+	}
+	ts.WaitFor(t, 10*time.Second, "both Redis ok while idle", redisState(api.DatabaseOK))
+	if err := f.redis.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	ts.WaitFor(t, 10*time.Second, "both Redis shown down while idle", redisState("down"))
+	if err := f.redis.StartAgain(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	ts.WaitFor(t, 10*time.Second, "both Redis ok again while idle", redisState(api.DatabaseOK))
+}
+
 // A deliverer that dies between its push and its record leaves the jobs in
 // Redis and the row behind them: the next round finds them pushed, pushes
 // nothing twice, and records them.
@@ -396,6 +432,11 @@ func TestRedisThatForgotJobsIsReported(t *testing.T) {
 		t.Fatalf("first round: %d, %v", n, err)
 	}
 	f.waitPerformed(20 * time.Second)
+	// The first push into a Redis with no watermark has lost nothing:
+	// nothing had been pushed.
+	if strings.Contains(f.log.String(), "lost jobs") {
+		t.Errorf("the first round into a fresh Redis reported lost jobs:\n%s", f.log.String())
+	}
 	if err := f.client.FlushAll(ctx).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -406,8 +447,8 @@ func TestRedisThatForgotJobsIsReported(t *testing.T) {
 	f.waitPerformed(20 * time.Second) // the new ones once; the old ones not again
 	var st api.Status
 	d.AddStatus(&st)
-	if st.Delivery.LostInRedis == 0 {
-		t.Errorf("delivery status %+v does not report the jobs Redis forgot", st.Delivery)
+	if st.Delivery.LostInRedis != 5 {
+		t.Errorf("delivery status %+v: lost_in_redis %d, want the 5 jobs Redis forgot", st.Delivery, st.Delivery.LostInRedis)
 	}
 }
 

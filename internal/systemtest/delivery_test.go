@@ -200,10 +200,19 @@ func TestDeliveryExactlyOnceUnderKillsAndRedisAndSidekiqRestarts(t *testing.T) {
 	if msg := cacheMismatch(t, d, cache, cacheNamespace, cached); msg != "" {
 		t.Errorf("%s", msg)
 	}
+	// An agent that has not delivered since Redis came back learns it
+	// from its idle PING, once a second.
 	for _, a := range c.Live() {
-		st := mustStatus(t, a)
-		if dl := st.Delivery; dl == nil || dl.LostInRedis != 0 || dl.SidekiqRedis != api.DatabaseOK || dl.CacheRedis != api.DatabaseOK {
-			t.Errorf("%s: delivery %s, want lost_in_redis 0 and both Redis ok (Redis ran with appendfsync always)", a.ID, deliveryString(dl))
+		ok, detail := ts.Poll(5*time.Second, 100*time.Millisecond, func() (bool, string) {
+			st, err := statusOf(a)
+			if err != nil {
+				return false, err.Error()
+			}
+			dl := st.Delivery
+			return dl != nil && dl.LostInRedis == 0 && dl.SidekiqRedis == api.DatabaseOK && dl.CacheRedis == api.DatabaseOK, deliveryString(dl)
+		})
+		if !ok {
+			t.Errorf("%s: delivery %s, want lost_in_redis 0 and both Redis ok (Redis ran with appendfsync always)", a.ID, detail)
 		}
 	}
 	checkSafeCursorSamples(t, clk, d, sampled, head)
