@@ -46,8 +46,15 @@ func TestCursorSetForwardsAndBackUnderLoad(t *testing.T) {
 	if !strings.Contains(out, "Cursor moved forwards from") || !strings.Contains(out, fmt.Sprintf("to %d", skipTo)) {
 		t.Errorf("cursor set forwards: %q", out)
 	}
-	skipFrom := int64(0)
-	if _, err := fmt.Sscanf(out, "Cursor moved forwards from %d", &skipFrom); err != nil {
+	// Gaps open at the set (IDs below skipFrom whose transactions had not
+	// committed) are given up with it: those events may have no row.
+	var (
+		skipFrom, setTo int64
+		setToken        uint64
+		nSkipped, given int
+	)
+	if _, err := fmt.Sscanf(out, "Cursor moved forwards from %d to %d under token %d: %d events skipped, %d open gaps given up.",
+		&skipFrom, &setTo, &setToken, &nSkipped, &given); err != nil {
 		t.Fatalf("cursor set said %q: %v", out, err)
 	}
 	if st := cursorShow(t, a); st.LastEventID < skipTo || st.Fence == nil || st.Fence.LastEventID < skipTo {
@@ -91,17 +98,27 @@ func TestCursorSetForwardsAndBackUnderLoad(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wrong []string
-	skipped := 0
+	var (
+		wrong   []string
+		givenUp []int64
+		skipped int
+	)
 	for _, id := range src {
 		n := tr.jobs[id] + tr.deadLetters[id]
 		want := 1
 		if id > skipFrom && id <= skipTo {
 			want, skipped = 0, skipped+1
 		}
+		if n == 0 && want == 1 && id <= skipFrom && len(givenUp) < given {
+			givenUp = append(givenUp, id)
+			continue
+		}
 		if n != want && len(wrong) < 10 {
 			wrong = append(wrong, fmt.Sprintf("event %d has %d rows, want %d", id, n, want))
 		}
+	}
+	if len(givenUp) > 0 {
+		t.Logf("events %v were open gaps given up by the forward set (it gave up %d)", givenUp, given)
 	}
 	if len(wrong) > 0 {
 		t.Errorf("after the cursor sets (skip %d..%d, back to %d): %s", skipFrom+1, skipTo, back, strings.Join(wrong, "; "))
@@ -152,6 +169,14 @@ func TestSnapshotSaveWipeRestore(t *testing.T) {
 		if err := os.RemoveAll(a.DataDir); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// A tracking database that has served for long has seen tokens far
+	// beyond the few this test's group granted; a fresh group's grants are
+	// fenced until the restore raises its token above the fence's. Without
+	// this, the fresh group could count up to the fence's token by itself,
+	// adopt the fence and no longer be fresh before the restore reaches it.
+	if _, err := d.Tracking.Exec(context.Background(), `UPDATE geocursor_fence SET token = token + 1000000`); err != nil {
+		t.Fatal(err)
 	}
 	c2 := startProcessing(t, d, procConfig{FastTimers: true})
 	out = runCLI(t, 0, "snapshot", "restore", file, "-addr", c2.Agents[0].HTTPAddr)
