@@ -380,12 +380,14 @@ func (g *grant) startPosition() error {
 	fence, err := l.tracking.Claim(qctx, g.token)
 	if err != nil {
 		if errors.Is(err, ErrFenced) {
+			l.noteFencedClaim(qctx, g.token)
 			return errors.Join(err, errLeaseLost)
 		}
 		l.health.Tracking(ctxOr(g.ctx, err))
 		return fmt.Errorf("claim the tracking database (token %d): %w", g.token, err)
 	}
 	l.health.Tracking(nil)
+	l.fencedClaims = 0
 	granted := g.granted
 	placed := !fence.Positioned
 	if placed {

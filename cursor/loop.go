@@ -134,6 +134,9 @@ type Loop struct {
 	horizonRead time.Time
 	// placed is set once the fence row was seen placed (unplaced).
 	placed bool
+	// fencedClaims counts this peer's grants in a row whose claim of the
+	// tracking database was refused as fenced (see noteFencedClaim).
+	fencedClaims int
 	// turn is held from an acquire to the end of its grant, by the loop or
 	// by an operator's request (operate.go), so that the two never hold
 	// this peer's lease at once.
@@ -386,6 +389,40 @@ func (l *Loop) retryDelay() time.Duration {
 func (l *Loop) hold(ctx context.Context, granted fsm.Result) error {
 	g := l.newGrant(ctx, granted)
 	return g.close(g.run())
+}
+
+// foreignFenceAfter is how many fenced claims in a row make a peer look
+// whether the tracking database has seen a token its group never granted.
+// One is normal (a newer grant claimed it first); a peer retries with
+// backoff, so by the third its replica has long shown any newer grant.
+const foreignFenceAfter = 3
+
+// noteFencedClaim counts a claim the fence refused, and once they come in
+// a row, says what is wrong if the tracking database has seen a token
+// newer than any this group has granted: every peer's Raft state was lost
+// (a fresh group over a used tracking database), or another group writes
+// to this tracking database. A fresh group would otherwise count its
+// tokens up to the fence's one fenced grant at a time, under a warning
+// that does not say why or what to do.
+func (l *Loop) noteFencedClaim(ctx context.Context, token uint64) {
+	l.fencedClaims++
+	if l.fencedClaims < foreignFenceAfter {
+		return
+	}
+	f, err := l.tracking.Fence(ctx)
+	if err != nil {
+		return
+	}
+	// The local replica of a following holder may not show its own grant
+	// yet.
+	st, _ := l.coord.Watch()
+	if group := max(st.Lease.Token, token); f.Token > group {
+		l.logger.Error("the tracking database has seen a newer lease token than this group ever granted: "+
+			"the Raft state of every peer was lost, or another group writes to this tracking database. "+
+			"Restore the last snapshot (`geocursor snapshot restore FILE` on a processing agent), which raises the group's token above the fence's; "+
+			"until then every grant is fenced",
+			"token", token, "group_token", group, "fence_token", f.Token, "fenced_in_a_row", l.fencedClaims)
+	}
 }
 
 // dbContext bounds one database call. A database that stops answering

@@ -179,6 +179,16 @@ func TestSnapshotSaveWipeRestore(t *testing.T) {
 		t.Fatal(err)
 	}
 	c2 := startProcessing(t, d, procConfig{FastTimers: true})
+	// Until the restore, every grant is fenced, and the agents say why and
+	// what to do.
+	ts.WaitFor(t, 30*time.Second, "an agent of the fresh group to say its grants are fenced by a token it never granted", func() (bool, string) {
+		for _, a := range c2.Agents {
+			if strings.Contains(a.Log(), "has seen a newer lease token than this group ever granted") {
+				return true, ""
+			}
+		}
+		return false, "not logged yet"
+	})
 	out = runCLI(t, 0, "snapshot", "restore", file, "-addr", c2.Agents[0].HTTPAddr)
 	if !strings.Contains(out, "Restored") {
 		t.Errorf("snapshot restore: %q", out)
