@@ -104,11 +104,12 @@ func (n *Node) DeferLease() bool {
 // leads and holds an unexpired lease: at most once per handoffSpacing
 // after a hand-off, or a second after one that failed (the follower it
 // chose is then taken for unreachable, and the next try picks another).
+// It runs only with PreferFollower.
 func (n *Node) runHandoff() {
 	var next time.Time
 	for {
 		st, changed := n.fsm.Watch()
-		if n.cfg.PreferFollower && n.IsLeader() && st.Lease.Holder == n.cfg.NodeID && st.Lease.HeldAt(time.Now().UnixNano()) &&
+		if n.IsLeader() && st.Lease.Holder == n.cfg.NodeID && st.Lease.HeldAt(time.Now().UnixNano()) &&
 			!time.Now().Before(next) && !n.closing.Load() {
 			if to, ok := n.reachableVoter(); ok {
 				next = time.Now().Add(handoffRetry)

@@ -32,11 +32,13 @@ func (n *Node) startLeaderDuties() {
 		n.runPromoter()
 	}()
 
-	n.wg.Add(1)
-	go func() {
-		defer n.wg.Done()
-		n.runHandoff()
-	}()
+	if n.cfg.PreferFollower {
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			n.runHandoff()
+		}()
+	}
 
 	n.wg.Add(1)
 	go func() {

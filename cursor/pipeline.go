@@ -93,7 +93,7 @@ type gapProbe struct {
 	found []int64
 }
 
-// ids returns the gap IDs the batch after pos fetches at now: all of them
+// gapIDs returns the gap IDs the batch after pos fetches at now: all of them
 // for a small set; for a large one, those a probe found visible (and still
 // open in pos), starting the next probe when it is due.
 func (l *Loop) gapIDs(ctx context.Context, pos Position, now time.Time) []int64 {

@@ -232,11 +232,7 @@ func belowHorizon(ids []int64, oldest int64) (below pruned, rest []int64) {
 			rest = append(rest, id)
 			continue
 		}
-		if below.count == 0 || id < below.unseenFirst {
-			below.unseenFirst = id
-		}
-		below.unseenLast = max(below.unseenLast, id)
-		below.count++
+		below.add(pruned{unseenFirst: id, unseenLast: id, count: 1})
 	}
 	return below, rest
 }
