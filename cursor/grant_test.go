@@ -36,6 +36,25 @@ func abbrevIDs(ids []int64) string {
 	return fmt.Sprint(ids)
 }
 
+// loseAdvanceAnswer makes the first advance that keeps the lease (keep)
+// or releases it lose its answer, as when the leader dies while applying
+// it, after applying it when applied is set. The flag it returns says
+// whether an advance was lost; read it once the grant is over.
+func (f *grantFixture) loseAdvanceAnswer(keep, applied bool) *bool {
+	lost := new(bool)
+	f.coord.setIntercept(func(cmd fsm.Command) (fsm.Result, error, bool) {
+		if cmd.Op != fsm.OpAdvance || cmd.Advance.Keep != keep || *lost {
+			return fsm.Result{}, nil, false
+		}
+		*lost = true
+		if applied {
+			_, _ = f.coord.Coordinator.Apply(context.Background(), cmd)
+		}
+		return fsm.Result{}, fmt.Errorf("%w: the leader died while applying it", api.ErrUnknownOutcome), true
+	})
+	return lost
+}
+
 func countOps(cmds []fsm.Command, op fsm.Op) int {
 	n := 0
 	for _, c := range cmds {
@@ -222,17 +241,7 @@ func TestGrantReleasingAdvanceWithUnknownOutcomeIsAdoptedByTheNextGrant(t *testi
 	for _, applied := range []bool{false, true} {
 		t.Run(fmt.Sprintf("applied=%t", applied), func(t *testing.T) {
 			f := newGrantFixture(t, 35, LoopConfig{AdvanceInterval: time.Nanosecond, QuietSpell: -1})
-			lost := false
-			f.coord.setIntercept(func(cmd fsm.Command) (fsm.Result, error, bool) {
-				if cmd.Op != fsm.OpAdvance || cmd.Advance.Keep || lost {
-					return fsm.Result{}, nil, false
-				}
-				lost = true
-				if applied {
-					_, _ = f.coord.Coordinator.Apply(context.Background(), cmd)
-				}
-				return fsm.Result{}, fmt.Errorf("%w: the answer was lost", api.ErrUnknownOutcome), true
-			})
+			f.loseAdvanceAnswer(false, applied)
 			ctx := grantContext(t)
 			if _, err := f.hold(ctx); !errors.Is(err, api.ErrUnknownOutcome) {
 				t.Fatalf("first grant ended with %v, want the unknown outcome", err)
@@ -258,21 +267,11 @@ func TestGrantKeepingAdvanceWithUnknownOutcomeGoesOn(t *testing.T) {
 	for _, applied := range []bool{false, true} {
 		t.Run(fmt.Sprintf("applied=%t", applied), func(t *testing.T) {
 			f := newGrantFixture(t, 30, LoopConfig{AdvanceInterval: time.Nanosecond, QuietSpell: -1})
-			lost := false
-			f.coord.setIntercept(func(cmd fsm.Command) (fsm.Result, error, bool) {
-				if cmd.Op != fsm.OpAdvance || !cmd.Advance.Keep || lost {
-					return fsm.Result{}, nil, false
-				}
-				lost = true
-				if applied {
-					_, _ = f.coord.Coordinator.Apply(context.Background(), cmd)
-				}
-				return fsm.Result{}, fmt.Errorf("%w: the leader died while applying it", api.ErrUnknownOutcome), true
-			})
+			lost := f.loseAdvanceAnswer(true, applied)
 			if _, err := f.hold(grantContext(t)); err != nil {
 				t.Fatalf("grant ended with %v, want it to go on through the lost answer", err)
 			}
-			if !lost {
+			if !*lost {
 				t.Fatal("no advance kept the lease: the test lost nothing")
 			}
 			wantCommitted(t, f.tracking, 30)
