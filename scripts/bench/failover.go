@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/geocursor/geocursor/internal/devcluster"
 	"github.com/geocursor/geocursor/internal/loadgen"
@@ -219,12 +220,9 @@ func (b *bench) failover(ctx context.Context) error {
 	}
 	lk := &r.LeaderKill
 	if len(gaps) > 0 {
-		s := slices.Clone(gaps)
-		slices.Sort(s)
+		s := sorted(gaps)
 		lk.MedianGapMS, lk.P99GapMS, lk.MaxGapMS = round(median(s)), round(percentile(s, 99)), round(s[len(s)-1])
-		s = slices.Clone(baselines)
-		slices.Sort(s)
-		lk.BaselineMedianGapMS = round(median(s))
+		lk.BaselineMedianGapMS = round(median(sorted(baselines)))
 	}
 	h, f, l := r.HolderKill, r.FollowerHolder, r.LeaderHolder
 	b.logf("failover: holder kills: %d runs (%d of a follower, %d of the leader; %d timed out), median %.0f ms, p99 %.0f ms, max %.0f ms",
@@ -241,8 +239,7 @@ func (b *bench) failover(ctx context.Context) error {
 
 // summarize fills in the figures of takeovers (ms).
 func (k *kindReport) summarize(takeovers []float64) {
-	s := slices.Clone(takeovers)
-	slices.Sort(s)
+	s := sorted(takeovers)
 	if len(s) > 0 {
 		k.MedianMS = round(median(s))
 		k.P99MS = round(percentile(s, 99))
@@ -410,18 +407,9 @@ func (b *bench) killLeader(ctx context.Context, leader, holder *devcluster.Agent
 	if err != nil {
 		return run, fmt.Errorf("read the job rows around the kill: %w", err)
 	}
-	var times []time.Time
-	for rows.Next() {
-		var t time.Time
-		if err := rows.Scan(&t); err != nil {
-			rows.Close()
-			return run, err
-		}
-		times = append(times, t)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return run, err
+	times, err := pgx.CollectRows(rows, pgx.RowTo[time.Time])
+	if err != nil {
+		return run, fmt.Errorf("read the job rows around the kill: %w", err)
 	}
 	run.BaselineGapMS, run.GapMS = longestGaps(times, killedAt.Add(-baselineWindow), killedAt, killedAt.Add(gapWindow))
 	after, err := harness.ReadFence(ctx, b.tracking)

@@ -20,8 +20,7 @@ func summarize(samples []float64) summary {
 	if len(samples) == 0 {
 		return summary{}
 	}
-	s := slices.Clone(samples)
-	slices.Sort(s)
+	s := sorted(samples)
 	return summary{
 		Count: len(s),
 		P50:   round(percentile(s, 50)),
@@ -30,6 +29,13 @@ func summarize(samples []float64) summary {
 		Max:   round(s[len(s)-1]),
 		Min:   round(s[0]),
 	}
+}
+
+// sorted returns a sorted copy of v.
+func sorted(v []float64) []float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	return s
 }
 
 // percentile is the nearest-rank percentile of sorted samples.
