@@ -2,6 +2,7 @@ package cursor
 
 import (
 	"context"
+	"github.com/geocursor/geocursor/internal/pgdb"
 
 	"github.com/jackc/pgx/v5"
 
@@ -15,7 +16,7 @@ func (t *Tracking) RecentDeadLetters(ctx context.Context, limit int) ([]api.Dead
 	rows, err := t.pool.Query(ctx,
 		`SELECT event_id, reason, created_at FROM geo_dead_letters ORDER BY id DESC LIMIT $1`, limit)
 	if err != nil {
-		return nil, dbErrorf("tracking", t.name, err, "read geo_dead_letters: %s", describe(err))
+		return nil, pgdb.Errorf("tracking", t.name, err, "read geo_dead_letters: %s", pgdb.Describe(err))
 	}
 	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (api.DeadLetter, error) {
 		var d api.DeadLetter
@@ -24,7 +25,7 @@ func (t *Tracking) RecentDeadLetters(ctx context.Context, limit int) ([]api.Dead
 		return d, err
 	})
 	if err != nil {
-		return nil, dbErrorf("tracking", t.name, err, "read geo_dead_letters: %s", describe(err))
+		return nil, pgdb.Errorf("tracking", t.name, err, "read geo_dead_letters: %s", pgdb.Describe(err))
 	}
 	return out, nil
 }

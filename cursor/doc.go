@@ -10,6 +10,8 @@
 // least as new as any the tracking database has seen. It does not own the
 // lease rules (package fsm) or how commands reach the leader (package
 // cluster): it sees both through the small Coordinator interface (ports.go).
+// Handing jobs to GitLab's Redis is package delivery's; PostgreSQL
+// connections and their errors are package internal/pgdb's.
 //
 // Where things are:
 //
@@ -24,10 +26,9 @@
 //	statements.go  the set-based SQL that writes a batch's effects
 //	effects.go     what an event does to the tracking database (pure)
 //	source.go      reading the event log
-//	pg.go          PostgreSQL plumbing: connecting, errors that say what to fix
 //	health.go      the databases' health for the status document
 //	safedate.go    the safe cursor's date (GitLab's geo_cursor_last_event_timestamp)
-//	metrics.go     the Prometheus collectors of the holder and the deliverer
+//	metrics.go     the Prometheus collectors of the holder
 //	clock.go       the state machine's clock, as this peer knows it
 //	ports.go       the interfaces the loop needs
 package cursor

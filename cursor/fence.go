@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/geocursor/geocursor/internal/pgdb"
 	"math"
 	"sort"
 	"time"
@@ -62,7 +63,7 @@ WHERE f.id = 1
 RETURNING prev.token, f.last_event_id, f.last_event_date, `+FenceGapsSQL+`, f.positioned, f.gaps_count, f.gaps_sum`, int64(token)).
 			Scan(&prev, &lastID, &lastDate, &gapsJSON, &positioned, &count, &sum)
 		if err != nil {
-			return dbErrorf("tracking", t.name, err, "claim the fence row (token %d): %s", token, describe(err))
+			return pgdb.Errorf("tracking", t.name, err, "claim the fence row (token %d): %s", token, pgdb.Describe(err))
 		}
 		if uint64(prev) > token {
 			return fmt.Errorf("%w: token %d is older than token %d in the tracking database", ErrFenced, token, prev)
@@ -78,7 +79,7 @@ RETURNING prev.token, f.last_event_id, f.last_event_date, `+FenceGapsSQL+`, f.po
 		switch {
 		case sum == nil:
 			if _, err := tx.Exec(ctx, `UPDATE geocursor_fence SET gaps_count = $1, gaps_sum = $2 WHERE id = 1`, len(f.Position.Gaps), want); err != nil {
-				return dbErrorf("tracking", t.name, err, "claim the fence row (token %d): %s", token, describe(err))
+				return pgdb.Errorf("tracking", t.name, err, "claim the fence row (token %d): %s", token, pgdb.Describe(err))
 			}
 		case *sum != want || count != len(f.Position.Gaps):
 			return fmt.Errorf("claim the fence row (token %d): the fence row counts %d open gaps with checksum %x, geocursor_fence_gaps holds %d with %x: was one of them changed by hand?",
@@ -127,7 +128,7 @@ WHERE id = 1 AND token = $1 AND NOT positioned`, int64(token), start.LastEventID
 		return Fence{}, err
 	}
 	if err != nil {
-		return Fence{}, dbErrorf("tracking", t.name, err, "place the fence row at event %d (token %d): %s", start.LastEventID, token, describe(err))
+		return Fence{}, pgdb.Errorf("tracking", t.name, err, "place the fence row at event %d (token %d): %s", start.LastEventID, token, pgdb.Describe(err))
 	}
 	return Fence{Token: token, Position: start, Positioned: true}, nil
 }
@@ -141,7 +142,7 @@ func (t *Tracking) GitLabCursor(ctx context.Context) (int64, bool, error) {
 		return 0, false, nil
 	}
 	if err != nil {
-		return 0, false, dbErrorf("tracking", t.name, err, "read event_log_states: %s", describe(err))
+		return 0, false, pgdb.Errorf("tracking", t.name, err, "read event_log_states: %s", pgdb.Describe(err))
 	}
 	return id, true, nil
 }
@@ -324,7 +325,7 @@ WHERE id = 1`, int64(token), to.LastEventID, date, int64(fsm.GapSum(nil))); err 
 		return nil
 	})
 	if err != nil && !errors.Is(err, ErrFenced) {
-		err = dbErrorf("tracking", t.name, err, "move the fence row to %d (token %d): %s", to.LastEventID, token, describe(err))
+		err = pgdb.Errorf("tracking", t.name, err, "move the fence row to %d (token %d): %s", to.LastEventID, token, pgdb.Describe(err))
 	}
 	return replayed, err
 }

@@ -8,8 +8,8 @@ import (
 )
 
 // Metrics are the cursor's Prometheus collectors (design section 12): what
-// this process did while it held the lease, and what its deliverer handed
-// to Redis. Every counter is this process's own, counted on the peer that
+// this process did while it held the lease (package delivery has its
+// own). Every counter is this process's own, counted on the peer that
 // did the work, so a counter moves on whichever node holds the lease and
 // starts from zero when the agent restarts; sum them over the nodes.
 //
@@ -28,9 +28,6 @@ type Metrics struct {
 	fetchSeconds   prometheus.Histogram
 	commitSeconds  prometheus.Histogram
 	advanceSeconds prometheus.Histogram
-
-	delivered   *prometheus.CounterVec
-	redisErrors *prometheus.CounterVec
 }
 
 // durationBuckets span 1 ms to 10 s: a healthy batch step takes a few
@@ -65,12 +62,6 @@ const (
 
 var deadLetterReasons = []string{reasonNoReference, reasonBothReferences, reasonMissingRow, reasonNoEventName,
 	reasonBadPayload, reasonNoModelRecordID, reasonNoReplicableName, reasonOther}
-
-// Delivery targets, the values of the target label.
-const (
-	targetSidekiq = "sidekiq"
-	targetCache   = "cache"
-)
 
 // NewMetrics creates the cursor's collectors and registers them with reg.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
@@ -121,16 +112,6 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			"Time of one batch's commit in the tracking database: fence check, registry writes and COMMIT."),
 		advanceSeconds: histogram("geocursor_raft_advance_duration_seconds",
 			"Time of one release-and-advance through Raft, from sending it to the leader's answer."),
-		delivered: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "geocursor_delivery_jobs_delivered_total",
-			Help: "Jobs handed to GitLab by this process's deliverer, by target: sidekiq (Geo::EventWorker jobs pushed) " +
-				"or cache (Rails cache keys deleted). Counted by the agent that delivered them, since its start.",
-		}, []string{"target"}),
-		redisErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "geocursor_redis_errors_total",
-			Help: "Failed delivery calls to Redis, by target: sidekiq (Sidekiq's Redis) or cache (the Rails cache). " +
-				"Counted by the agent whose call failed, since its start.",
-		}, []string{"target"}),
 	}
 	// Every label value exists from the start at 0, so that a rate over
 	// it is defined before the first event of its kind.
@@ -140,12 +121,8 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	for _, r := range deadLetterReasons {
 		m.deadLetters.WithLabelValues(r)
 	}
-	for _, t := range []string{targetSidekiq, targetCache} {
-		m.delivered.WithLabelValues(t)
-		m.redisErrors.WithLabelValues(t)
-	}
 	for _, c := range []prometheus.Collector{m.events, m.deadLetters, m.batches, m.gapsDropped, m.pruned, m.grants, m.failovers,
-		m.batchSeconds, m.fetchSeconds, m.commitSeconds, m.advanceSeconds, m.delivered, m.redisErrors} {
+		m.batchSeconds, m.fetchSeconds, m.commitSeconds, m.advanceSeconds} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -267,21 +244,4 @@ func (m *Metrics) advanced(a *progressCall) {
 		return
 	}
 	m.advanceSeconds.Observe(a.applied.Sub(a.sent).Seconds())
-}
-
-// jobsDelivered records a delivery round's jobs, once it is committed.
-func (m *Metrics) jobsDelivered(out roundOutcome) {
-	if m == nil {
-		return
-	}
-	m.delivered.WithLabelValues(targetSidekiq).Add(float64(out.sidekiqJobs))
-	m.delivered.WithLabelValues(targetCache).Add(float64(out.cacheJobs))
-}
-
-// redisCall records the outcome of a delivery call to target's Redis.
-func (m *Metrics) redisCall(target string, err error) {
-	if m == nil || err == nil {
-		return
-	}
-	m.redisErrors.WithLabelValues(target).Inc()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/geocursor/geocursor/internal/pgdb"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -39,7 +40,7 @@ func OpenSource(ctx context.Context, dsn string, logger hclog.Logger) (*Source, 
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	pool, name, err := openPool(ctx, "source", dsn, nil)
+	pool, name, err := pgdb.Open(ctx, "source", dsn, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -69,14 +70,14 @@ func (s *Source) checkTables(ctx context.Context) error {
 		if errors.As(err, &pgErr) {
 			switch pgErr.Code {
 			case "42P01": // undefined_table
-				return dbErrorf("source", s.name, err, "table %s does not exist: point source.dsn at the primary's database (or a replica of it)", t.table)
+				return pgdb.Errorf("source", s.name, err, "table %s does not exist: point source.dsn at the primary's database (or a replica of it)", t.table)
 			case "42703": // undefined_column
-				return dbErrorf("source", s.name, err, "table %s: %s: this does not look like GitLab's Geo event log", t.table, pgErr.Message)
+				return pgdb.Errorf("source", s.name, err, "table %s: %s: this does not look like GitLab's Geo event log", t.table, pgErr.Message)
 			case "42501": // insufficient_privilege
-				return dbErrorf("source", s.name, err, "cannot read table %s: %s: grant SELECT on it to the user in source.dsn", t.table, pgErr.Message)
+				return pgdb.Errorf("source", s.name, err, "cannot read table %s: %s: grant SELECT on it to the user in source.dsn", t.table, pgErr.Message)
 			}
 		}
-		return dbErrorf("source", s.name, err, "check table %s: %s", t.table, describe(err))
+		return pgdb.Errorf("source", s.name, err, "check table %s: %s", t.table, pgdb.Describe(err))
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/geocursor/geocursor/internal/pgdb"
 	"math"
 	"sort"
 	"sync/atomic"
@@ -27,7 +28,7 @@ type Tracking struct {
 	name   string // host:port/dbname, for errors and logs
 	logger hclog.Logger
 	// notifyJobs makes a batch that wrote jobs wake the deliverers
-	// (NOTIFY jobsChannel) when it commits.
+	// (NOTIFY JobsChannel) when it commits.
 	notifyJobs atomic.Bool
 }
 
@@ -53,7 +54,7 @@ func OpenTracking(ctx context.Context, dsn string, logger hclog.Logger) (*Tracki
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	pool, name, err := openPool(ctx, "tracking", dsn, map[string]string{
+	pool, name, err := pgdb.Open(ctx, "tracking", dsn, map[string]string{
 		"idle_in_transaction_session_timeout": idleInTransactionTimeout,
 	})
 	if err != nil {
@@ -61,7 +62,7 @@ func OpenTracking(ctx context.Context, dsn string, logger hclog.Logger) (*Tracki
 	}
 	if err := migrate(ctx, pool, logger); err != nil {
 		pool.Close()
-		return nil, dbErrorf("tracking", name, err, "%s", describeMigration(err))
+		return nil, pgdb.Errorf("tracking", name, err, "%s", describeMigration(err))
 	}
 	logger.Info("connected to tracking database", "database", name)
 	return &Tracking{pool: pool, name: name, logger: logger}, nil
@@ -79,7 +80,7 @@ func describeMigration(err error) string {
 		}
 		return pgErr.Message
 	}
-	return describe(err)
+	return pgdb.Describe(err)
 }
 
 // saveEventLogState keeps GitLab's event_log_states at one row holding $1,
@@ -88,8 +89,13 @@ const saveEventLogState = `WITH gone AS (DELETE FROM event_log_states WHERE even
 INSERT INTO event_log_states (event_id, created_at) VALUES ($1, now() AT TIME ZONE 'utc')
 ON CONFLICT (event_id) DO NOTHING`
 
-// jobsChannel is the NOTIFY channel of committed jobs.
-const jobsChannel = "geocursor_jobs"
+// JobsChannel is the NOTIFY channel of committed jobs, which the
+// deliverers (package delivery) LISTEN on.
+const JobsChannel = "geocursor_jobs"
+
+// DB returns the tracking database's pool and its name (host:port/dbname)
+// for the packages that read the tables it keeps (delivery).
+func (t *Tracking) DB() (*pgxpool.Pool, string) { return t.pool, t.name }
 
 // Close closes the connections. It waits for a Commit in flight to finish.
 func (t *Tracking) Close() {
@@ -99,7 +105,7 @@ func (t *Tracking) Close() {
 // Ping checks that the tracking database answers.
 func (t *Tracking) Ping(ctx context.Context) error {
 	if err := t.pool.Ping(ctx); err != nil {
-		return dbErrorf("tracking", t.name, err, "%s", describe(err))
+		return pgdb.Errorf("tracking", t.name, err, "%s", pgdb.Describe(err))
 	}
 	return nil
 }
@@ -221,7 +227,7 @@ WHERE id = 1`, int64(b.Token), b.Next.LastEventID, lastDate, len(b.Next.Gaps), i
 		pb.Queue(saveEventLogState, safe)
 	}
 	if len(s.eff.Jobs) > 0 && s.t.notifyJobs.Load() {
-		pb.Queue(`SELECT pg_notify($1, '')`, jobsChannel)
+		pb.Queue(`SELECT pg_notify($1, '')`, JobsChannel)
 	}
 	if err := s.conn.SendBatch(ctx, pb).Close(); err != nil {
 		if fenceErr != nil {
@@ -245,7 +251,7 @@ func (s *Staged) Abort() {
 		return
 	}
 	if s.conn.Conn().PgConn().TxStatus() != 'I' {
-		rollback(context.Background(), s.conn.Conn())
+		pgdb.Rollback(context.Background(), s.conn.Conn())
 	}
 	// Release destroys a connection still inside a transaction.
 	s.conn.Release()

@@ -12,6 +12,8 @@ import (
 	"github.com/geocursor/geocursor/cluster"
 	"github.com/geocursor/geocursor/config"
 	"github.com/geocursor/geocursor/cursor"
+	"github.com/geocursor/geocursor/delivery"
+	"github.com/geocursor/geocursor/internal/pgdb"
 )
 
 // runCursor connects to both databases and runs the processing loop until
@@ -42,7 +44,7 @@ func runCursor(ctx context.Context, cfg *config.Config, node *cluster.Node, reg 
 	defer tracking.Close()
 	node.SetDeadLetterSource(tracking)
 
-	deliverer, err := newDeliverer(cfg.Delivery, tracking, metrics, logger.Named("delivery"))
+	deliverer, err := newDeliverer(cfg.Delivery, tracking, reg, logger.Named("delivery"))
 	if err != nil {
 		return err
 	}
@@ -86,27 +88,31 @@ func (s statusSources) AddStatus(st *api.Status) {
 
 // newDeliverer sets up delivery to GitLab from the delivery block (nil
 // without one).
-func newDeliverer(dc *config.DeliveryConfig, tracking *cursor.Tracking, metrics *cursor.Metrics, logger hclog.Logger) (*cursor.Deliverer, error) {
+func newDeliverer(dc *config.DeliveryConfig, tracking *cursor.Tracking, reg prometheus.Registerer, logger hclog.Logger) (*delivery.Deliverer, error) {
 	if dc == nil {
 		return nil, nil
 	}
-	cfg := cursor.DeliveryConfig{RateLimit: dc.RateLimit, Metrics: metrics}
+	metrics, err := delivery.NewMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	cfg := delivery.Config{RateLimit: dc.RateLimit, Metrics: metrics}
 	if s := dc.Sidekiq; s != nil {
-		client, name, err := cursor.OpenRedis(s.RedisURL)
+		client, name, err := delivery.OpenRedis(s.RedisURL)
 		if err != nil {
 			return nil, fmt.Errorf("delivery.sidekiq.redis_url: %w", err)
 		}
-		cfg.Sidekiq = &cursor.SidekiqTarget{Client: client, Queue: s.Queue, Namespace: s.Namespace, Name: name}
+		cfg.Sidekiq = &delivery.SidekiqTarget{Client: client, Queue: s.Queue, Namespace: s.Namespace, Name: name}
 	}
 	if c := dc.Cache; c != nil {
-		client, name, err := cursor.OpenRedis(c.RedisURL)
+		client, name, err := delivery.OpenRedis(c.RedisURL)
 		if err != nil {
 			return nil, fmt.Errorf("delivery.cache.redis_url: %w", err)
 		}
-		cfg.Cache = &cursor.CacheTarget{Client: client, Namespace: c.Namespace, Name: name}
+		cfg.Cache = &delivery.CacheTarget{Client: client, Namespace: c.Namespace, Name: name}
 	}
 	logger.Info("delivering jobs to GitLab", "sidekiq", cfg.Sidekiq != nil, "cache", cfg.Cache != nil, "rate_limit", dc.RateLimit)
-	return cursor.NewDeliverer(cfg, tracking, logger), nil
+	return delivery.NewDeliverer(cfg, tracking, logger), nil
 }
 
 // connect opens one database, retrying while the failure may pass, and
@@ -125,7 +131,7 @@ func connect[T any](ctx context.Context, logger hclog.Logger, role string, open 
 		if ctx.Err() != nil {
 			return zero, ctx.Err()
 		}
-		if cursor.IsPermanent(err) {
+		if pgdb.IsPermanent(err) {
 			return zero, err
 		}
 		report(err)

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/geocursor/geocursor/cursor"
+	"github.com/geocursor/geocursor/delivery"
 	"github.com/geocursor/geocursor/internal/devcluster"
 	"github.com/geocursor/geocursor/internal/loadgen"
 	"github.com/geocursor/geocursor/internal/redisserver"
@@ -275,7 +276,7 @@ func (b *bench) deliveryLag(ctx context.Context, sk *sidekiqserver.Server) (*del
 		}
 		want = map[string]int64{}
 		var id, ev int64
-		if _, err := pgx.ForEachRow(rows, []any{&id, &ev}, func() error { want[cursor.JobJID(epoch, id)] = ev; return nil }); err != nil {
+		if _, err := pgx.ForEachRow(rows, []any{&id, &ev}, func() error { want[delivery.JobJID(epoch, id)] = ev; return nil }); err != nil {
 			return false, err.Error(), nil
 		}
 		return len(want) >= len(committed), fmt.Sprintf("%d of %d", len(want), len(committed)), nil

@@ -8,12 +8,13 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/geocursor/geocursor/cursor"
+	"github.com/geocursor/geocursor/delivery"
 	"github.com/geocursor/geocursor/internal/sidekiqserver"
 )
 
 // Delivered compares the jobs of geo events in geo_jobs with what Sidekiq
 // performed: each exactly once, matched by the job ID geocursor gives it
-// (cursor.JobJID). With CheckExactlyOnce (source to geo_jobs) it closes
+// (delivery.JobJID). With CheckExactlyOnce (source to geo_jobs) it closes
 // the chain from the source to GitLab's workers.
 type Delivered struct {
 	// Jobs counts the geo_jobs rows of geo events since delivery began.
@@ -59,7 +60,7 @@ func CheckDelivered(ctx context.Context, tracking *pgxpool.Pool, performed []sid
 	}
 	want := make(map[string]int, len(ids))
 	for _, id := range ids {
-		want[cursor.JobJID(epoch, id)] = 0
+		want[delivery.JobJID(epoch, id)] = 0
 	}
 	d.Jobs, d.Performed = int64(len(ids)), int64(len(performed))
 	for _, p := range performed {

@@ -1,7 +1,7 @@
-package cursor
-
-// PostgreSQL plumbing shared by the source and the tracking database:
-// connecting, and errors that name the database and say what to fix.
+// Package pgdb is the PostgreSQL plumbing the source, the tracking database
+// and delivery share: connecting, and errors that name the database and say
+// what to fix. It knows no schema and runs no query of its own but a ping.
+package pgdb
 
 import (
 	"context"
@@ -23,11 +23,11 @@ import (
 // instead of hanging until the caller gives up.
 const defaultConnectTimeout = 10 * time.Second
 
-// openPool parses dsn, connects and pings. role ("source" or "tracking") and
+// Open parses dsn, connects and pings. role ("source" or "tracking") and
 // the returned name (host:port/dbname) make up the prefix of every error, so
 // an operator with two DSNs knows which one is wrong. params are server
 // settings for every connection, each unless the DSN sets it itself.
-func openPool(ctx context.Context, role, dsn string, params map[string]string) (*pgxpool.Pool, string, error) {
+func Open(ctx context.Context, role, dsn string, params map[string]string) (*pgxpool.Pool, string, error) {
 	cfg, err := pgxpool.ParseConfig(dsn)
 	if err != nil {
 		// The parse error quotes the DSN, password and all, so only its
@@ -50,11 +50,11 @@ func openPool(ctx context.Context, role, dsn string, params map[string]string) (
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, "", dbErrorf(role, name, err, "%s", describe(err))
+		return nil, "", Errorf(role, name, err, "%s", Describe(err))
 	}
 	if err := pool.Ping(ctx); err != nil {
 		pool.Close()
-		return nil, "", dbErrorf(role, name, err, "%s", describe(err))
+		return nil, "", Errorf(role, name, err, "%s", Describe(err))
 	}
 	return pool, name, nil
 }
@@ -67,7 +67,9 @@ type dbError struct {
 	err             error
 }
 
-func dbErrorf(role, name string, err error, format string, args ...any) error {
+// Errorf returns an error about the role database name (a sentence made of
+// format and args) that wraps err, the driver's error.
+func Errorf(role, name string, err error, format string, args ...any) error {
 	return &dbError{role: role, name: name, msg: fmt.Sprintf(format, args...), err: err}
 }
 
@@ -80,10 +82,10 @@ func (e *dbError) Error() string {
 
 func (e *dbError) Unwrap() error { return e.err }
 
-// describe reduces a driver error to the one line an operator needs: the
+// Describe reduces a driver error to the one line an operator needs: the
 // server's own message, or the network error, without the driver's
 // multi-line preamble (which also repeats user and database).
-func describe(err error) string {
+func Describe(err error) string {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		return pgErr.Message
@@ -158,10 +160,10 @@ func IsPermanent(err error) bool {
 	return errors.As(err, &pcErr)
 }
 
-// rollback ends the transaction on conn after a failure, best effort: if
+// Rollback ends the transaction on conn after a failure, best effort: if
 // it fails, the connection is still inside the transaction and the pool
 // destroys it on release.
-func rollback(ctx context.Context, conn *pgx.Conn) {
+func Rollback(ctx context.Context, conn *pgx.Conn) {
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
 	conn.Exec(rctx, `ROLLBACK`) //nolint:errcheck // see above

@@ -1,4 +1,4 @@
-package cursor
+package delivery
 
 import (
 	"context"
@@ -11,11 +11,12 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/geocursor/geocursor/api"
+	"github.com/geocursor/geocursor/cursor"
 )
 
-// DeliveryConfig is where and how fast jobs are delivered (design section
+// Config is where and how fast jobs are delivered (design section
 // 11). Either target may be nil: its jobs then stay in geo_jobs only.
-type DeliveryConfig struct {
+type Config struct {
 	Sidekiq *SidekiqTarget
 	Cache   *CacheTarget
 	// RateLimit caps the jobs delivered per second across all agents (0:
@@ -31,7 +32,7 @@ type DeliveryConfig struct {
 	Metrics *Metrics
 }
 
-func (c DeliveryConfig) withDefaults() DeliveryConfig {
+func (c Config) withDefaults() Config {
 	if c.BatchSize <= 0 {
 		c.BatchSize = 1000
 	}
@@ -44,7 +45,7 @@ func (c DeliveryConfig) withDefaults() DeliveryConfig {
 // roundSize is how many jobs a round takes: with a rate limit, at most a
 // quarter second's worth, so that pacing never holds a round's transaction
 // idle for long.
-func (c DeliveryConfig) roundSize() int {
+func (c Config) roundSize() int {
 	if c.RateLimit <= 0 {
 		return c.BatchSize
 	}
@@ -64,8 +65,8 @@ func (c DeliveryConfig) roundSize() int {
 // (pushScript), so a round that pushed and then died before its commit,
 // or a deliverer that was paused and resumed, pushes nothing twice.
 type Deliverer struct {
-	cfg      DeliveryConfig
-	tracking *Tracking
+	cfg      Config
+	tracking *store
 	logger   hclog.Logger
 	wake     chan struct{}
 
@@ -83,14 +84,15 @@ type deliveryStatus struct {
 	cache    string
 }
 
-// NewDeliverer returns a deliverer; Run starts it. It asks tracking to
-// notify it of new jobs.
-func NewDeliverer(cfg DeliveryConfig, tracking *Tracking, logger hclog.Logger) *Deliverer {
+// NewDeliverer returns a deliverer of tracking's jobs; Run starts it. It
+// asks tracking to notify it of new jobs.
+func NewDeliverer(cfg Config, tracking *cursor.Tracking, logger hclog.Logger) *Deliverer {
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
 	tracking.NotifyJobs()
-	return &Deliverer{cfg: cfg.withDefaults(), tracking: tracking, logger: logger, wake: make(chan struct{}, 1)}
+	pool, name := tracking.DB()
+	return &Deliverer{cfg: cfg.withDefaults(), tracking: &store{pool: pool, name: name}, logger: logger, wake: make(chan struct{}, 1)}
 }
 
 // Close closes the Redis clients.
@@ -283,7 +285,7 @@ func (d *Deliverer) deliver(ctx context.Context, r *deliveryRound) (roundOutcome
 		unreadable int
 	)
 	for _, j := range r.jobs {
-		if j.kind == KindCacheInvalidation {
+		if j.kind == cursor.KindCacheInvalidation {
 			var p struct {
 				Key *string `json:"key"`
 			}
@@ -413,4 +415,19 @@ func (d *Deliverer) AddStatus(st *api.Status) {
 		ds.CacheRedis = okOr(s.cache)
 	}
 	st.Delivery = ds
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// okOr is the status document's word for a Redis: "ok", or its error.
+func okOr(errText string) string {
+	if errText == "" {
+		return api.DatabaseOK
+	}
+	return errText
 }

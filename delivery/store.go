@@ -1,15 +1,27 @@
-package cursor
+package delivery
 
 import (
 	"context"
 	"errors"
+	"github.com/geocursor/geocursor/internal/pgdb"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/geocursor/geocursor/cursor"
 )
 
 // The tracking database's side of delivery: the geocursor_delivery row,
 // how far delivery has come, and the jobs after it.
+
+// store is the tracking database as delivery sees it. The tables are the
+// tracking schema's (package cursor migrates them); delivery reads
+// geo_jobs and owns the geocursor_delivery row.
+type store struct {
+	pool *pgxpool.Pool
+	name string // host:port/dbname, for errors
+}
 
 // deliveryLock is the transaction-scoped advisory lock a delivery round
 // holds, so that the agents' deliverers take turns instead of all pushing
@@ -50,18 +62,18 @@ type deliveryJob struct {
 // startDelivery creates the geocursor_delivery row if no agent has, at the
 // jobs written so far: those were written while geo_jobs was the queue and
 // stay there. It reports whether it created the row, and the row.
-func (t *Tracking) startDelivery(ctx context.Context) (created bool, row deliveryRow, err error) {
+func (t *store) startDelivery(ctx context.Context) (created bool, row deliveryRow, err error) {
 	tag, err := t.pool.Exec(ctx, `
 INSERT INTO geocursor_delivery (id, epoch, started_after_job_id, last_job_id)
 SELECT 1, md5(random()::text || clock_timestamp()::text), m.id, m.id
 FROM (SELECT COALESCE(max(id), 0) AS id FROM geo_jobs) m
 ON CONFLICT (id) DO NOTHING`)
 	if err != nil {
-		return false, row, dbErrorf("tracking", t.name, err, "create the geocursor_delivery row: %s", describe(err))
+		return false, row, pgdb.Errorf("tracking", t.name, err, "create the geocursor_delivery row: %s", pgdb.Describe(err))
 	}
 	row, err = readDeliveryRow(ctx, t.pool)
 	if err != nil {
-		return false, row, dbErrorf("tracking", t.name, err, "read the geocursor_delivery row: %s", describe(err))
+		return false, row, pgdb.Errorf("tracking", t.name, err, "read the geocursor_delivery row: %s", pgdb.Describe(err))
 	}
 	return tag.RowsAffected() == 1, row, nil
 }
@@ -97,10 +109,10 @@ type deliveryRound struct {
 // in ID order. Jobs commit in ID order (each batch allocates its IDs
 // before it takes the fence lock, and batches commit one after the other
 // under it), so no job can appear below one already read.
-func (t *Tracking) beginRound(ctx context.Context, limit int) (*deliveryRound, error) {
+func (t *store) beginRound(ctx context.Context, limit int) (*deliveryRound, error) {
 	tx, err := t.pool.Begin(ctx)
 	if err != nil {
-		return nil, dbErrorf("tracking", t.name, err, "begin a delivery round: %s", describe(err))
+		return nil, pgdb.Errorf("tracking", t.name, err, "begin a delivery round: %s", pgdb.Describe(err))
 	}
 	r := &deliveryRound{tx: tx}
 	ok := false
@@ -110,32 +122,32 @@ func (t *Tracking) beginRound(ctx context.Context, limit int) (*deliveryRound, e
 		}
 	}()
 	if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '`+deliveryLockWait+`'`); err != nil {
-		return nil, dbErrorf("tracking", t.name, err, "begin a delivery round: %s", describe(err))
+		return nil, pgdb.Errorf("tracking", t.name, err, "begin a delivery round: %s", pgdb.Describe(err))
 	}
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, deliveryLock); err != nil {
-		return nil, dbErrorf("tracking", t.name, err, "wait for the delivery lock: %s", describe(err))
+		return nil, pgdb.Errorf("tracking", t.name, err, "wait for the delivery lock: %s", pgdb.Describe(err))
 	}
 	if r.row, err = readDeliveryRow(ctx, tx); err != nil {
-		return nil, dbErrorf("tracking", t.name, err, "read the geocursor_delivery row: %s", describe(err))
+		return nil, pgdb.Errorf("tracking", t.name, err, "read the geocursor_delivery row: %s", pgdb.Describe(err))
 	}
 	rows, err := tx.Query(ctx, `
 SELECT id, event_id, kind, COALESCE(replicable_name, ''), COALESCE(event_name, ''), payload::text, created_at
 FROM geo_jobs WHERE id > $1 ORDER BY id LIMIT $2`, r.row.lastJobID, limit)
 	if err != nil {
-		return nil, dbErrorf("tracking", t.name, err, "read the jobs after %d: %s", r.row.lastJobID, describe(err))
+		return nil, pgdb.Errorf("tracking", t.name, err, "read the jobs after %d: %s", r.row.lastJobID, pgdb.Describe(err))
 	}
 	for rows.Next() {
 		var j deliveryJob
 		var payload string
 		if err := rows.Scan(&j.id, &j.eventID, &j.kind, &j.replicableName, &j.eventName, &payload, &j.createdAt); err != nil {
 			rows.Close()
-			return nil, dbErrorf("tracking", t.name, err, "read the jobs after %d: %s", r.row.lastJobID, describe(err))
+			return nil, pgdb.Errorf("tracking", t.name, err, "read the jobs after %d: %s", r.row.lastJobID, pgdb.Describe(err))
 		}
 		j.payload = []byte(payload)
 		r.jobs = append(r.jobs, j)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, dbErrorf("tracking", t.name, err, "read the jobs after %d: %s", r.row.lastJobID, describe(err))
+		return nil, pgdb.Errorf("tracking", t.name, err, "read the jobs after %d: %s", r.row.lastJobID, pgdb.Describe(err))
 	}
 	ok = true
 	return r, nil
@@ -156,7 +168,7 @@ type roundOutcome struct {
 
 // commit records the round: its jobs' delivered_at, and the row moved past
 // every job the round read.
-func (r *deliveryRound) commit(ctx context.Context, t *Tracking, out roundOutcome) error {
+func (r *deliveryRound) commit(ctx context.Context, t *store, out roundOutcome) error {
 	defer r.abort()
 	last := r.jobs[len(r.jobs)-1]
 	b := &pgx.Batch{}
@@ -169,10 +181,10 @@ SET last_job_id = $1, last_event_id = $2, last_pushed_job_id = GREATEST(last_pus
     last_push_at = clock_timestamp(), last_push_jobs = $6, updated_at = clock_timestamp()
 WHERE id = 1`, last.id, last.eventID, out.pushedTop, len(out.delivered), out.lostInRedis, len(r.jobs))
 	if err := r.tx.SendBatch(ctx, b).Close(); err != nil {
-		return dbErrorf("tracking", t.name, err, "record the delivery of jobs %d..%d: %s", r.jobs[0].id, last.id, describe(err))
+		return pgdb.Errorf("tracking", t.name, err, "record the delivery of jobs %d..%d: %s", r.jobs[0].id, last.id, pgdb.Describe(err))
 	}
 	if err := r.tx.Commit(ctx); err != nil {
-		return dbErrorf("tracking", t.name, err, "record the delivery of jobs %d..%d: %s", r.jobs[0].id, last.id, describe(err))
+		return pgdb.Errorf("tracking", t.name, err, "record the delivery of jobs %d..%d: %s", r.jobs[0].id, last.id, pgdb.Describe(err))
 	}
 	return nil
 }
@@ -186,14 +198,14 @@ func (r *deliveryRound) abort() {
 
 // listenJobs opens a connection of its own to the tracking database that
 // listens for the notification a committed batch with jobs sends.
-func (t *Tracking) listenJobs(ctx context.Context) (*pgx.Conn, error) {
+func (t *store) listenJobs(ctx context.Context) (*pgx.Conn, error) {
 	conn, err := pgx.ConnectConfig(ctx, t.pool.Config().ConnConfig.Copy())
 	if err != nil {
-		return nil, dbErrorf("tracking", t.name, err, "connect to listen for new jobs: %s", describe(err))
+		return nil, pgdb.Errorf("tracking", t.name, err, "connect to listen for new jobs: %s", pgdb.Describe(err))
 	}
-	if _, err := conn.Exec(ctx, `LISTEN `+jobsChannel); err != nil {
+	if _, err := conn.Exec(ctx, `LISTEN `+cursor.JobsChannel); err != nil {
 		conn.Close(context.WithoutCancel(ctx))
-		return nil, dbErrorf("tracking", t.name, err, "listen for new jobs: %s", describe(err))
+		return nil, pgdb.Errorf("tracking", t.name, err, "listen for new jobs: %s", pgdb.Describe(err))
 	}
 	return conn, nil
 }

@@ -1,4 +1,4 @@
-package cursor
+package delivery
 
 import (
 	"context"
@@ -9,7 +9,6 @@ import (
 	"regexp"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/geocursor/geocursor/api"
+	"github.com/geocursor/geocursor/cursor"
 	"github.com/geocursor/geocursor/internal/redisserver"
 	"github.com/geocursor/geocursor/internal/sidekiqserver"
 	ts "github.com/geocursor/geocursor/internal/testsupport"
@@ -25,7 +25,7 @@ import (
 func TestSidekiqJobIsWhatSidekiqWrites(t *testing.T) {
 	created := time.Date(2026, 12, 1, 10, 0, 0, 500_000_000, time.UTC)
 	now := created.Add(2 * time.Second)
-	j := deliveryJob{id: 42, eventID: 1042, kind: KindSync, replicableName: "package_file", eventName: "created",
+	j := deliveryJob{id: 42, eventID: 1042, kind: cursor.KindSync, replicableName: "package_file", eventName: "created",
 		payload: []byte(`{"model_record_id": 7, "correlation_id": "c0ffee"}`), createdAt: created}
 	b, err := encodeSidekiqJob("epoch1", "default", j, now)
 	if err != nil {
@@ -91,7 +91,7 @@ func testRedis(t *testing.T) (*redisserver.Server, *redis.Client) {
 func geoJobs(ids ...int64) []deliveryJob {
 	var js []deliveryJob
 	for _, id := range ids {
-		js = append(js, deliveryJob{id: id, eventID: id + 1000, kind: KindSync, replicableName: "lfs_object", eventName: "updated",
+		js = append(js, deliveryJob{id: id, eventID: id + 1000, kind: cursor.KindSync, replicableName: "lfs_object", eventName: "updated",
 			payload: []byte(fmt.Sprintf(`{"model_record_id": %d}`, id)), createdAt: time.Now()})
 	}
 	return js
@@ -158,12 +158,13 @@ func TestPushScriptPushesEachJobOnce(t *testing.T) {
 // running GitLab's Geo::EventWorker.
 type deliveryFixture struct {
 	t        *testing.T
-	tracking *Tracking
+	tracking *cursor.Tracking
+	store    *store
 	redis    *redisserver.Server
 	client   *redis.Client
 	sidekiq  *sidekiqserver.Server
 	src      *sourceDB
-	source   *Source
+	source   *cursor.Source
 	nextID   int64
 	events   map[string]int // "replicable/event/model" -> number written
 	// keys are the cache keys set before their invalidation was written;
@@ -176,14 +177,16 @@ type deliveryFixture struct {
 
 func newDeliveryFixture(t *testing.T) *deliveryFixture {
 	f := &deliveryFixture{t: t, events: map[string]int{}}
-	f.tracking, _ = openTestTracking(t)
+	f.tracking = openTestTracking(t)
+	pool, name := f.tracking.DB()
+	f.store = &store{pool: pool, name: name}
 	f.redis, f.client = testRedis(t)
 	f.sidekiq = ts.StartSidekiq(t, sidekiqserver.Options{RedisURL: f.redis.URL()})
 	f.src = newSourceDB(t)
 	f.source = openTestSource(t, f.src.dsn)
 	// Delivery begins before the first job, as on a site configured
 	// with it from the start.
-	if _, _, err := f.tracking.startDelivery(testContext(t)); err != nil {
+	if _, _, err := f.store.startDelivery(testContext(t)); err != nil {
 		t.Fatal(err)
 	}
 	return f
@@ -216,13 +219,13 @@ func (f *deliveryFixture) write(n int) {
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	next, _ := NextPosition(fence.Position, events, time.Now(), time.Hour, 1000)
-	if _, err := commitBatch(ctx, f.tracking, Batch{Token: fence.Token + 1, Start: fence.Position, Next: next, Events: events}); err != nil {
+	next, _ := cursor.NextPosition(fence.Position, events, time.Now(), time.Hour, 1000)
+	if _, err := commitBatch(ctx, f.tracking, cursor.Batch{Token: fence.Token + 1, Start: fence.Position, Next: next, Events: events}); err != nil {
 		f.t.Fatal(err)
 	}
 }
 
-func (f *deliveryFixture) deliverer(cfg DeliveryConfig) *Deliverer {
+func (f *deliveryFixture) deliverer(cfg Config) *Deliverer {
 	f.t.Helper()
 	c, name, err := OpenRedis(f.redis.URL())
 	if err != nil {
@@ -305,7 +308,7 @@ func (f *deliveryFixture) waitPerformed(timeout time.Duration) {
 func TestDeliveryIsExactlyOnceAcrossRedisAndSidekiqRestarts(t *testing.T) {
 	f := newDeliveryFixture(t)
 	f.write(50)
-	d1, d2 := f.deliverer(DeliveryConfig{BatchSize: 7}), f.deliverer(DeliveryConfig{BatchSize: 7})
+	d1, d2 := f.deliverer(Config{BatchSize: 7}), f.deliverer(Config{BatchSize: 7})
 	stop1, stop2 := run(t, d1), run(t, d2)
 	defer stop2()
 	f.waitPerformed(30 * time.Second)
@@ -351,7 +354,7 @@ func TestDeliveryIsExactlyOnceAcrossRedisAndSidekiqRestarts(t *testing.T) {
 		t.Errorf("delivery status at the end %+v, want no backlog, both Redis ok, none lost, %d delivered", ds, len(f.events)+f.invalidations)
 	}
 	var undelivered int64
-	if err := f.tracking.pool.QueryRow(ctx, `SELECT count(*) FROM geo_jobs WHERE delivered_at IS NULL`).Scan(&undelivered); err != nil || undelivered != 0 {
+	if err := f.store.pool.QueryRow(ctx, `SELECT count(*) FROM geo_jobs WHERE delivered_at IS NULL`).Scan(&undelivered); err != nil || undelivered != 0 {
 		t.Errorf("%d jobs without delivered_at (%v)", undelivered, err)
 	}
 }
@@ -361,12 +364,14 @@ func TestDeliveryIsExactlyOnceAcrossRedisAndSidekiqRestarts(t *testing.T) {
 // for a round with jobs (which, with several agents, may go to another).
 func TestIdleDelivererStatusFollowsRedis(t *testing.T) {
 	f := &deliveryFixture{t: t, events: map[string]int{}}
-	f.tracking, _ = openTestTracking(t)
+	f.tracking = openTestTracking(t)
+	pool, name := f.tracking.DB()
+	f.store = &store{pool: pool, name: name}
 	f.redis, f.client = testRedis(t)
-	if _, _, err := f.tracking.startDelivery(testContext(t)); err != nil {
+	if _, _, err := f.store.startDelivery(testContext(t)); err != nil {
 		t.Fatal(err)
 	}
-	d := f.deliverer(DeliveryConfig{})
+	d := f.deliverer(Config{})
 	defer run(t, d)()
 	redisState := func(want string) func() (bool, string) {
 		return func() (bool, string) {
@@ -398,9 +403,9 @@ func TestRoundThatDiedAfterItsPushPushesNothingTwice(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.write(10)
-	d := f.deliverer(DeliveryConfig{})
+	d := f.deliverer(Config{})
 	ctx := testContext(t)
-	r, err := f.tracking.beginRound(ctx, 100)
+	r, err := f.store.beginRound(ctx, 100)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -426,7 +431,7 @@ func TestRoundThatDiedAfterItsPushPushesNothingTwice(t *testing.T) {
 func TestRedisThatForgotJobsIsReported(t *testing.T) {
 	f := newDeliveryFixture(t)
 	f.write(5)
-	d := f.deliverer(DeliveryConfig{})
+	d := f.deliverer(Config{})
 	ctx := testContext(t)
 	if n, err := d.round(ctx); err != nil || n != 6 {
 		t.Fatalf("first round: %d, %v", n, err)
@@ -456,13 +461,13 @@ func TestRedisThatForgotJobsIsReported(t *testing.T) {
 // deliverer starts after them.
 func TestDeliveryStartsAfterTheJobsWrittenBeforeIt(t *testing.T) {
 	f := newDeliveryFixture(t)
-	if _, err := f.tracking.pool.Exec(testContext(t), `DELETE FROM geocursor_delivery`); err != nil {
+	if _, err := f.store.pool.Exec(testContext(t), `DELETE FROM geocursor_delivery`); err != nil {
 		t.Fatal(err)
 	}
 	f.write(4)
 	before := f.events
 	f.events = map[string]int{}
-	d := f.deliverer(DeliveryConfig{})
+	d := f.deliverer(Config{})
 	stop := run(t, d)
 	defer stop()
 	ts.WaitFor(t, 10*time.Second, "delivery to start", func() (bool, string) {
@@ -479,14 +484,14 @@ func TestDeliveryStartsAfterTheJobsWrittenBeforeIt(t *testing.T) {
 }
 
 func TestRateLimitPacesRounds(t *testing.T) {
-	cfg := DeliveryConfig{RateLimit: 100}.withDefaults()
+	cfg := Config{RateLimit: 100}.withDefaults()
 	if got := cfg.roundSize(); got != 25 {
 		t.Errorf("round size at 100 jobs/s = %d, want a quarter second's worth, 25", got)
 	}
-	if got := (DeliveryConfig{RateLimit: 0.5}).withDefaults().roundSize(); got != 1 {
+	if got := (Config{RateLimit: 0.5}).withDefaults().roundSize(); got != 1 {
 		t.Errorf("round size at 0.5 jobs/s = %d, want 1", got)
 	}
-	if got := (DeliveryConfig{}).withDefaults().roundSize(); got != 1000 {
+	if got := (Config{}).withDefaults().roundSize(); got != 1000 {
 		t.Errorf("round size without a limit = %d, want the batch size", got)
 	}
 	// After a round of 25 just now, the next may start 250ms later.
@@ -498,16 +503,4 @@ func TestRateLimitPacesRounds(t *testing.T) {
 	if err := d.pace(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("pace returned %v within 100ms of a 25-job round at 100 jobs/s; want it still waiting", err)
 	}
-}
-
-// testWriter sends log lines to t.Log.
-type testWriter struct{ t *testing.T }
-
-var logMu sync.Mutex
-
-func (w testWriter) Write(p []byte) (int, error) {
-	logMu.Lock()
-	defer logMu.Unlock()
-	w.t.Log(strings.TrimRight(string(p), "\n"))
-	return len(p), nil
 }
