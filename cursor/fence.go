@@ -315,6 +315,12 @@ WHERE id = 1`, int64(token), to.LastEventID, date, int64(fsm.GapSum(nil))); err 
 		if err := replaceGaps(ctx, tx, nil); err != nil {
 			return fmt.Errorf("close the open gaps: %w", err)
 		}
+		// The operator's position is delivered as far as event_log_states
+		// goes: the marks of earlier positions would otherwise move it
+		// back up past an earlier position (followEventLogState).
+		if _, err := tx.Exec(ctx, `DELETE FROM geocursor_delivery_marks`); err != nil {
+			return fmt.Errorf("reset the delivery marks: %w", err)
+		}
 		if to.LastEventID > 0 {
 			if _, err := tx.Exec(ctx, saveEventLogState, to.LastEventID); err != nil {
 				return fmt.Errorf("move event_log_states: %w", err)

@@ -147,6 +147,18 @@ COMMENT ON COLUMN geocursor_fence.gaps IS 'unused since schema version 4: the op
 -- Room on the page for the one row's new versions: its updates stay HOT.
 ALTER TABLE geocursor_fence SET (fillfactor = 50);
 `},
+	{version: 5, name: "event_log_states follows delivery", sql: `
+-- With a delivery row, event_log_states (what GitLab believes this site
+-- processed) must not run ahead of the jobs in Sidekiq's Redis. Each batch
+-- leaves a mark: the highest geo_jobs ID once it committed, and the safe
+-- cursor then. Every event at or below a mark's safe cursor has its jobs at
+-- or below its max_job_id, so once delivery has passed max_job_id the safe
+-- cursor is delivered too. Batches that write no job share their mark.
+CREATE TABLE geocursor_delivery_marks (
+    max_job_id bigint PRIMARY KEY,
+    safe_event_id bigint NOT NULL
+);
+`},
 }
 
 // migrate brings the tracking schema up to the newest version. Each

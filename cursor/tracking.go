@@ -84,9 +84,48 @@ func describeMigration(err error) string {
 }
 
 // saveEventLogState keeps GitLab's event_log_states at one row holding $1,
-// as GitLab's own cursor does (it updates its one row in place).
+// as GitLab's own cursor does (it updates its one row in place). An
+// operator's cursor set uses it; batches use followEventLogState.
 const saveEventLogState = `WITH gone AS (DELETE FROM event_log_states WHERE event_id <> $1)
 INSERT INTO event_log_states (event_id, created_at) VALUES ($1, now() AT TIME ZONE 'utc')
+ON CONFLICT (event_id) DO NOTHING`
+
+// followEventLogState moves event_log_states after a batch whose safe
+// cursor is $1 (design section 13, "what GitLab believes was processed").
+// Without a geocursor_delivery row (no delivery block ever ran) that is $1,
+// as GitLab's own cursor would have it. With one, the batch leaves its mark
+// (geocursor_delivery_marks) and the row moves to the safe cursor of the
+// newest mark that delivery has passed: never ahead of a job that is not in
+// Redis yet. The row only moves forward. The statement's snapshot does not
+// see the mark it inserts, so the new mark is read from RETURNING.
+const followEventLogState = `WITH d AS (SELECT last_job_id FROM geocursor_delivery WHERE id = 1),
+mark AS (
+  INSERT INTO geocursor_delivery_marks (max_job_id, safe_event_id)
+  SELECT COALESCE((SELECT max(id) FROM geo_jobs), 0), $1::bigint FROM d
+  ON CONFLICT (max_job_id) DO UPDATE SET safe_event_id = GREATEST(geocursor_delivery_marks.safe_event_id, EXCLUDED.safe_event_id)
+  RETURNING max_job_id, safe_event_id),
+t AS (
+  SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM d) THEN $1::bigint ELSE GREATEST(
+    (SELECT m.safe_event_id FROM geocursor_delivery_marks m, d WHERE m.max_job_id <= d.last_job_id ORDER BY m.max_job_id DESC LIMIT 1),
+    (SELECT mark.safe_event_id FROM mark, d WHERE mark.max_job_id <= d.last_job_id)) END AS id),
+gone AS (DELETE FROM event_log_states WHERE event_id < (SELECT id FROM t))
+INSERT INTO event_log_states (event_id, created_at)
+SELECT id, now() AT TIME ZONE 'utc' FROM t
+WHERE id > 0 AND id > COALESCE((SELECT max(event_id) FROM event_log_states), 0)
+ON CONFLICT (event_id) DO NOTHING`
+
+// DeliveredEventLogState moves event_log_states after a delivery round
+// moved geocursor_delivery.last_job_id (in the same transaction): to the
+// safe cursor of the newest mark delivery has now passed, forward only.
+// The marks below that one are no longer needed. Package delivery runs it.
+const DeliveredEventLogState = `WITH t AS (
+  SELECT m.max_job_id, m.safe_event_id AS id FROM geocursor_delivery_marks m, geocursor_delivery d
+  WHERE d.id = 1 AND m.max_job_id <= d.last_job_id ORDER BY m.max_job_id DESC LIMIT 1),
+pruned AS (DELETE FROM geocursor_delivery_marks WHERE max_job_id < (SELECT max_job_id FROM t)),
+gone AS (DELETE FROM event_log_states WHERE event_id < (SELECT id FROM t))
+INSERT INTO event_log_states (event_id, created_at)
+SELECT id, now() AT TIME ZONE 'utc' FROM t
+WHERE id > COALESCE((SELECT max(event_id) FROM event_log_states), 0)
 ON CONFLICT (event_id) DO NOTHING`
 
 // JobsChannel is the NOTIFY channel of committed jobs, which the
@@ -222,9 +261,10 @@ func (s *Staged) Commit(ctx context.Context) (CommitResult, error) {
 SET token = $1, last_event_id = $2, last_event_date = $3, gaps_count = $4, gaps_sum = $5, positioned = true, updated_at = clock_timestamp()
 WHERE id = 1`, int64(b.Token), b.Next.LastEventID, lastDate, len(b.Next.Gaps), int64(fsm.GapSum(b.Next.Gaps)))
 	// GitLab's view of the site's cursor, in the same transaction: the
-	// safe cursor, never ahead of an open gap (design section 11).
+	// safe cursor, never ahead of an open gap (design section 11) nor,
+	// with delivery, of a job not yet in Redis (section 13).
 	if safe := fsm.SafeEventID(b.Next.LastEventID, b.Next.Gaps); safe > 0 {
-		pb.Queue(saveEventLogState, safe)
+		pb.Queue(followEventLogState, safe)
 	}
 	if len(s.eff.Jobs) > 0 && s.t.notifyJobs.Load() {
 		pb.Queue(`SELECT pg_notify($1, '')`, JobsChannel)

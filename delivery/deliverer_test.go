@@ -504,3 +504,54 @@ func TestRateLimitPacesRounds(t *testing.T) {
 		t.Errorf("pace returned %v within 100ms of a 25-job round at 100 jobs/s; want it still waiting", err)
 	}
 }
+
+// eventLogState reads GitLab's event_log_states row (0: none).
+func (f *deliveryFixture) eventLogState() int64 {
+	f.t.Helper()
+	var id int64
+	if err := f.store.pool.QueryRow(testContext(f.t), `SELECT COALESCE(max(event_id), 0) FROM event_log_states`).Scan(&id); err != nil {
+		f.t.Fatal(err)
+	}
+	return id
+}
+
+// With a delivery block, what GitLab believes was processed
+// (event_log_states) follows what is in Sidekiq's Redis: while Redis is
+// down, batches commit and the row stays where delivery stopped; once
+// Redis is back it reaches the last event. It never moves back.
+func TestEventLogStateFollowsDelivery(t *testing.T) {
+	f := newDeliveryFixture(t)
+	d := f.deliverer(Config{BatchSize: 5})
+	stop := run(t, d)
+	defer stop()
+	f.write(10)
+	f.waitPerformed(30 * time.Second)
+	ts.WaitFor(t, 10*time.Second, "event_log_states at the last event", func() (bool, string) {
+		got := f.eventLogState()
+		return got == f.nextID, fmt.Sprintf("event_log_states %d, last event %d", got, f.nextID)
+	})
+	delivered := f.nextID
+
+	if err := f.redis.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		f.write(10)
+		if got := f.eventLogState(); got != delivered {
+			t.Fatalf("event_log_states moved to %d with Redis down; the jobs after %d are not in Redis", got, delivered)
+		}
+	}
+	if err := f.redis.StartAgain(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	last := int64(0)
+	ts.WaitFor(t, 30*time.Second, "event_log_states at the last event after Redis came back", func() (bool, string) {
+		got := f.eventLogState()
+		if got < last {
+			t.Fatalf("event_log_states went back from %d to %d", last, got)
+		}
+		last = got
+		return got == f.nextID, fmt.Sprintf("event_log_states %d, last event %d", got, f.nextID)
+	})
+	f.waitPerformed(30 * time.Second)
+}

@@ -180,6 +180,8 @@ SET last_job_id = $1, last_event_id = $2, last_pushed_job_id = GREATEST(last_pus
     delivered = delivered + $4, lost_in_redis = lost_in_redis + $5,
     last_push_at = clock_timestamp(), last_push_jobs = $6, updated_at = clock_timestamp()
 WHERE id = 1`, last.id, last.eventID, out.pushedTop, len(out.delivered), out.lostInRedis, len(r.jobs))
+	// What GitLab believes was processed follows what is in Redis.
+	b.Queue(cursor.DeliveredEventLogState)
 	if err := r.tx.SendBatch(ctx, b).Close(); err != nil {
 		return pgdb.Errorf("tracking", t.name, err, "record the delivery of jobs %d..%d: %s", r.jobs[0].id, last.id, pgdb.Describe(err))
 	}
