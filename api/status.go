@@ -30,7 +30,42 @@ type Status struct {
 	// Delivery is this node's view of delivery to GitLab (design section
 	// 11); absent without a delivery block.
 	Delivery *Delivery `json:"delivery,omitempty"`
+	// GitLab is this node's view of GitLab's shared state (design section
+	// 13); absent without a gitlab block.
+	GitLab *GitLab `json:"gitlab,omitempty"`
 }
+
+// GitLab shows what GitLab's shared state allows: the site's role, who
+// holds GitLab's log cursor lease, and why the site processes nothing if
+// it does not.
+type GitLab struct {
+	// SiteName is gitlab.site_name, the geo_nodes row read.
+	SiteName string `json:"site_name"`
+	// Role is "secondary", "primary" (promoted), "missing" (no row of
+	// that name) or "unknown" (not read yet); RoleError the last failed
+	// read.
+	Role      string `json:"role"`
+	RoleError string `json:"role_error,omitempty"`
+	// CursorLease is who holds GitLab's cursor lease key: one of the
+	// GitLabLease values; CursorLeaseHolder the other process's value.
+	CursorLease       string `json:"cursor_lease"`
+	CursorLeaseHolder string `json:"cursor_lease_holder,omitempty"`
+	// SharedStateRedis is "ok" or the last error.
+	SharedStateRedis string `json:"shared_state_redis"`
+	// GitLabGaps is the size of GitLab's gap set (geo:event_log:gaps) at
+	// the last look; null before.
+	GitLabGaps *int `json:"gitlab_gaps"`
+	// Blocked says why this site processes and delivers nothing now; ""
+	// when it may.
+	Blocked string `json:"blocked,omitempty"`
+}
+
+// The values of GitLab.CursorLease.
+const (
+	GitLabLeaseHeld      = "held by this group"
+	GitLabLeaseOldCursor = "held by another process (geo-logcursor)"
+	GitLabLeaseUnknown   = "unknown"
+)
 
 // Delivery shows how far the jobs in geo_jobs have been handed to GitLab's
 // Sidekiq and Rails cache, as the answering node last read it.
@@ -56,6 +91,9 @@ type Delivery struct {
 	// TrackingError is the last error of the tracking database in a
 	// delivery round, "" when the last round reached it.
 	TrackingError string `json:"tracking_error,omitempty"`
+	// Blocked says why delivery waits for GitLab's shared state (gitlab
+	// block: the site was promoted, or geo-logcursor runs), "" when not.
+	Blocked string `json:"blocked,omitempty"`
 	// ReadAt is when the node last read the figures; null before.
 	ReadAt *time.Time `json:"read_at"`
 }

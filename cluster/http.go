@@ -160,10 +160,22 @@ const (
 	readyMaxLag     = 256
 )
 
-// ready says why this node should not get traffic, or nil: it runs and is
-// in the configuration, knows a leader, can write its Raft log, and is not
-// far behind the leader.
+// ready says why this node should not get traffic, or nil: Raft's reasons
+// (raftReady) first, then the agent's own (SetReadinessCheck).
 func (n *Node) ready(ctx context.Context) error {
+	if err := n.raftReady(ctx); err != nil {
+		return err
+	}
+	if c := n.readinessCheck.Load(); c != nil {
+		return (*c)()
+	}
+	return nil
+}
+
+// raftReady says why this node should not get traffic, or nil: it runs and
+// is in the configuration, knows a leader, can write its Raft log, and is
+// not far behind the leader.
+func (n *Node) raftReady(ctx context.Context) error {
 	if n.closing.Load() {
 		return api.ErrShutdown
 	}

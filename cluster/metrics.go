@@ -115,6 +115,13 @@ func newStateCollector(n *Node) *stateCollector {
 	}
 	replica := " As this node's replica of the state has it, the same on every node."
 	source := " As this node last read the source; absent where it has no source (a witness) or has not read it yet."
+	// GitLab's gauges carry GitLab's labels, so that dashboards and alerts
+	// that select the site match (name and url, both the site's name).
+	var siteLabels prometheus.Labels
+	if n.cfg.SiteName != "" {
+		siteLabels = prometheus.Labels{"name": n.cfg.SiteName, "url": n.cfg.SiteName}
+	}
+	geo := func(name, help string) *prometheus.Desc { return prometheus.NewDesc(name, help, nil, siteLabels) }
 	return &stateCollector{
 		n:           n,
 		raftLeader:  d("geocursor_raft_is_leader", "1 while this node is the Raft leader, else 0."),
@@ -139,16 +146,16 @@ func newStateCollector(n *Node) *stateCollector {
 		deliveryBacklog: d("geocursor_delivery_backlog_jobs",
 			"Jobs written to geo_jobs and not yet delivered to GitLab, as this node's deliverer last read it (an upper bound, "+
 				"counted in job IDs); absent without a delivery block."),
-		geoCursorID: d("geo_cursor_last_event_id",
+		geoCursorID: geo("geo_cursor_last_event_id",
 			"Last database ID of the event log processed by the secondary: the safe cursor, every event at or below it "+
 				"processed or given up (what event_log_states holds)."+replica),
-		geoCursorTime: d("geo_cursor_last_event_timestamp",
+		geoCursorTime: geo("geo_cursor_last_event_timestamp",
 			"Last UNIX timestamp of the event log processed by the secondary: the created_at of the event at "+
 				"geo_cursor_last_event_id (while a gap is open, of the newest event at or below it, as this node last read "+
 				"the source)."),
-		geoLastID:   d("geo_last_event_id", "Database ID of the latest event log entry on the primary."+source),
-		geoLastTime: d("geo_last_event_timestamp", "UNIX timestamp of the latest event log entry on the primary."+source),
-		geoMaxID:    d("geo_event_log_max_id", "Highest ID present in the Geo event log."+source),
+		geoLastID:   geo("geo_last_event_id", "Database ID of the latest event log entry on the primary."+source),
+		geoLastTime: geo("geo_last_event_timestamp", "UNIX timestamp of the latest event log entry on the primary."+source),
+		geoMaxID:    geo("geo_event_log_max_id", "Highest ID present in the Geo event log."+source),
 	}
 }
 

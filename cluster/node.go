@@ -49,6 +49,10 @@ type Config struct {
 	OperatorToken string
 	// Version and Commit say what the node was built from (status).
 	Version, Commit string
+	// SiteName, when set (gitlab.site_name), labels GitLab's geo_* gauges
+	// as GitLab does: name and url, both the site's name
+	// (ee/app/services/geo/metrics_update_service.rb).
+	SiteName string
 	// Join lists the HTTP addresses of members to join through when the
 	// node finds no Raft state; JoinTimeout bounds the attempt.
 	Join        []string
@@ -96,10 +100,12 @@ type Node struct {
 	client *api.Client
 
 	statusSource atomic.Pointer[StatusSource]
-	operator     atomic.Pointer[Operator]
-	metrics      *nodeMetrics
-	recent       recorder
-	history      history
+	// readinessCheck adds the agent's own reasons to readiness.
+	readinessCheck atomic.Pointer[ReadinessCheck]
+	operator       atomic.Pointer[Operator]
+	metrics        *nodeMetrics
+	recent         recorder
+	history        history
 	// lastClockWarning is the stamp of the last warning that this leader's
 	// clock is behind the state's (see checkClock).
 	lastClockWarning atomic.Int64

@@ -23,6 +23,15 @@ type StatusSource interface {
 // SetStatusSource installs what adds the databases' view to the status.
 func (n *Node) SetStatusSource(s StatusSource) { n.statusSource.Store(&s) }
 
+// ReadinessCheck says why this node should not get traffic beyond Raft's
+// own reasons (GitLab's shared state: the site was promoted, or
+// geo-logcursor runs), nil when it may. It must not block.
+type ReadinessCheck func() error
+
+// SetReadinessCheck installs a check that GET /v1/health/ready and the
+// status's ready field consult after Raft's own.
+func (n *Node) SetReadinessCheck(c ReadinessCheck) { n.readinessCheck.Store(&c) }
+
 // Status builds the status document from this node's replica of the state,
 // asking every other member whether it is reachable.
 func (n *Node) Status(ctx context.Context) api.Status {

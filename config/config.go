@@ -46,6 +46,24 @@ type Config struct {
 	// cache invalidation to the Rails cache (design section 11); without
 	// it geo_jobs is the queue.
 	Delivery *DeliveryConfig
+
+	// GitLab, when set, makes geocursor live beside a GitLab site's own
+	// shared state (design section 13): it holds GitLab's log cursor lease,
+	// adopts GitLab's open gaps at switchover, and processes only while
+	// the site is a secondary.
+	GitLab *GitLabConfig
+}
+
+// GitLabConfig is the gitlab block.
+type GitLabConfig struct {
+	// SiteName is this site's geo_nodes.name in GitLab.
+	SiteName string
+	// SharedStateRedisURL is GitLab's shared-state Redis (its
+	// gitlab_rails['redis_shared_state_instance'], or the one Redis).
+	SharedStateRedisURL string
+	// Sentinels, when set, are the Sentinels to ask for the master named
+	// by SharedStateRedisURL's host.
+	Sentinels []string
 }
 
 // DeliveryConfig is where jobs go.
@@ -62,12 +80,22 @@ type SidekiqConfig struct {
 	RedisURL  string
 	Queue     string
 	Namespace string
+	// Sentinels, when set, are the Sentinels (HOST:PORT) to ask for the
+	// master named by RedisURL's host, as GitLab's resque.yml does.
+	Sentinels []string
+	// MinReplicas is how many replicas must acknowledge a push (Redis's
+	// WAIT) before its jobs are recorded as delivered; 0: the master's
+	// acknowledgement is enough, and a failover to a replica that lagged
+	// can lose jobs recorded as delivered.
+	MinReplicas int
 }
 
 // CacheConfig is the Rails cache Redis.
 type CacheConfig struct {
 	RedisURL  string
 	Namespace string
+	// Sentinels: as SidekiqConfig.Sentinels.
+	Sentinels []string
 }
 
 // TLSConfig is the node's TLS material (design section 10).

@@ -627,6 +627,61 @@ func TestFileErrorsPointAtTheBadValue(t *testing.T) {
 			msg:  "Unsupported argument",
 		},
 		{
+			name: "a sentinel without a port",
+			src:  deliveryBlock("sidekiq", "redis_url = \"redis://gitlab-redis/0\"", "sentinels = @@[\"10.0.0.1:26379\", \"10.0.0.2\"]"),
+			msg:  `delivery.sidekiq.sentinels: "10.0.0.2" is not HOST:PORT (missing port in address)`,
+		},
+		{
+			name: "a sentinel without a host",
+			src:  deliveryBlock("cache", "redis_url = \"redis://gitlab-redis/0\"", "sentinels = @@[\":26379\"]"),
+			msg:  `delivery.cache.sentinels: ":26379" is not HOST:PORT (the host is missing)`,
+		},
+		{
+			name: "a sentinel port out of range",
+			src:  deliveryBlock("sidekiq", "redis_url = \"redis://gitlab-redis/0\"", "sentinels = @@[\"10.0.0.1:0\"]"),
+			msg:  `"10.0.0.1:0" is not HOST:PORT (port "0" is not a number from 1 to 65535)`,
+		},
+		{
+			name: "a sentinel listed twice",
+			src:  deliveryBlock("sidekiq", "redis_url = \"redis://gitlab-redis/0\"", "sentinels = @@[\"s1:26379\", \"s2:26379\", \"s1:26379\"]"),
+			msg:  `delivery.sidekiq.sentinels lists "s1:26379" twice`,
+		},
+		{
+			name: "a master name with a port",
+			src:  deliveryBlock("sidekiq", "redis_url = @@\"redis://:secret@gitlab-redis:6379/0\"", "sentinels = [\"s1:26379\"]"),
+			msg:  `with delivery.sidekiq.sentinels, the host of delivery.sidekiq.redis_url is the name of the master to ask them for, as in GitLab's resque.yml (redis://:PASSWORD@gitlab-redis/0), and takes no port: drop ":6379"`,
+		},
+		{
+			name: "a cache master name with a port",
+			src:  deliveryBlock("cache", "redis_url = @@\"redis://gitlab-redis:6380\"", "sentinels = [\"s1:26379\"]"),
+			msg:  `the host of delivery.cache.redis_url is the name of the master`,
+		},
+		{
+			name: "a unix socket with sentinels",
+			src:  deliveryBlock("sidekiq", "redis_url = @@\"unix:///run/redis.sock\"", "sentinels = [\"s1:26379\"]"),
+			msg:  "a unix:// socket names none",
+		},
+		{
+			name: "sentinels that are not a list",
+			src:  deliveryBlock("sidekiq", "redis_url = \"redis://gitlab-redis/0\"", "sentinels = @@\"s1:26379\""),
+			msg:  "delivery.sidekiq.sentinels must be list of string",
+		},
+		{
+			name: "a negative min_replicas",
+			src:  deliveryBlock("sidekiq", "redis_url = \"redis://sk:6379/0\"", "min_replicas = @@-1"),
+			msg:  "delivery.sidekiq.min_replicas must not be negative, got -1",
+		},
+		{
+			name: "a min_replicas that is not a whole number",
+			src:  deliveryBlock("sidekiq", "redis_url = \"redis://sk:6379/0\"", "min_replicas = @@1.5"),
+			msg:  "delivery.sidekiq.min_replicas must be a whole number, got 1.5",
+		},
+		{
+			name: "min_replicas in the cache block",
+			src:  deliveryBlock("cache", "redis_url = \"redis://c:6379/0\"", "@@min_replicas = 1"),
+			msg:  "Unsupported argument",
+		},
+		{
 			name: "batch_size out of range",
 			src:  "node_id = \"n1\"\nsource {\n  dsn = \"x\"\n  batch_size = @@0\n}\ntracking {\n  dsn = \"y\"\n}\n",
 			msg:  "source.batch_size must be between 1 and 100000, got 0",
@@ -672,6 +727,13 @@ func TestFileErrorsPointAtTheBadValue(t *testing.T) {
 			checkError(t, err, at+": ", tt.msg)
 		})
 	}
+}
+
+// deliveryBlock is a config whose delivery block has one block, kind
+// (sidekiq or cache), with the given lines.
+func deliveryBlock(kind string, lines ...string) string {
+	return "node_id = \"n1\"\nsource {\n  dsn = \"x\"\n}\ntracking {\n  dsn = \"y\"\n}\ndelivery {\n  " + kind + " {\n    " +
+		strings.Join(lines, "\n    ") + "\n  }\n}\n"
 }
 
 // checkError asserts that err is a single-line *config.Error that starts
@@ -808,5 +870,59 @@ func TestRedisURLsFromTheEnvironmentOverrideTheirBlocksOnly(t *testing.T) {
 	}
 	if cfg.Delivery.Cache != nil {
 		t.Errorf("the cache URL in the environment made a cache block: %+v", cfg.Delivery.Cache)
+	}
+}
+
+// With sentinels, redis_url names the master, as GitLab's resque.yml does:
+// its host is the master's name, its password and database are the
+// master's. The URL may come from the environment, and is checked there.
+func TestDeliveryThroughSentinel(t *testing.T) {
+	src := `node_id = "n1"
+source {
+  dsn = "x"
+}
+tracking {
+  dsn = "y"
+}
+delivery {
+  sidekiq {
+    redis_url    = "redis://:secret@gitlab-redis/2"
+    sentinels    = ["10.0.0.1:26379", "10.0.0.2:26379", "sentinel-3.internal:26379"]
+    min_replicas = 1
+  }
+  cache {
+    redis_url = "redis://gitlab-redis-cache"
+    sentinels = ["10.0.0.1:26380"]
+  }
+}
+`
+	cfg := mustLoad(t, src, nil, config.Overrides{})
+	want := &config.DeliveryConfig{
+		Sidekiq: &config.SidekiqConfig{RedisURL: "redis://:secret@gitlab-redis/2", Queue: config.DefaultSidekiqQueue,
+			Sentinels: []string{"10.0.0.1:26379", "10.0.0.2:26379", "sentinel-3.internal:26379"}, MinReplicas: 1},
+		Cache: &config.CacheConfig{RedisURL: "redis://gitlab-redis-cache", Namespace: config.DefaultCacheNamespace,
+			Sentinels: []string{"10.0.0.1:26380"}},
+	}
+	if !reflect.DeepEqual(cfg.Delivery, want) {
+		t.Errorf("delivery\n got %+v %+v\nwant %+v %+v", cfg.Delivery.Sidekiq, cfg.Delivery.Cache, want.Sidekiq, want.Cache)
+	}
+
+	// A URL from the environment is checked against the file's sentinels,
+	// and the error names the variable, not the URL (it has a password).
+	env := []string{config.EnvSidekiqRedisURL + "=redis://:secret@10.0.0.9:6379/0"}
+	_, err := load(t, src, env, config.Overrides{})
+	checkError(t, err, "environment variable "+config.EnvSidekiqRedisURL+": ", `drop ":6379"`)
+	if err != nil && strings.Contains(err.Error(), "secret") {
+		t.Errorf("the error shows the password: %v", err)
+	}
+	env = []string{config.EnvSidekiqRedisURL + "=redis://:other@gitlab-redis/0"}
+	if cfg := mustLoad(t, src, env, config.Overrides{}); cfg.Delivery.Sidekiq.RedisURL != "redis://:other@gitlab-redis/0" {
+		t.Errorf("redis_url = %q, want the environment's", cfg.Delivery.Sidekiq.RedisURL)
+	}
+
+	// An empty list is no Sentinel: the URL is the Redis itself.
+	cfg = mustLoad(t, deliveryBlock("sidekiq", `redis_url = "redis://sk:6379/0"`, `sentinels = []`, `min_replicas = 0`), nil, config.Overrides{})
+	if s := cfg.Delivery.Sidekiq; len(s.Sentinels) != 0 || s.MinReplicas != 0 {
+		t.Errorf("sidekiq %+v, want no sentinels and min_replicas 0", s)
 	}
 }

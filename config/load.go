@@ -107,7 +107,7 @@ var topSchema = &hcl.BodySchema{
 		{Name: "join"}, {Name: "join_timeout"}, {Name: "log_level"}, {Name: "log_format"}, {Name: "insecure"},
 		{Name: "bootstrap_expect"}, {Name: "leave_on_terminate"},
 	},
-	Blocks: []hcl.BlockHeaderSchema{{Type: "lease"}, {Type: "source"}, {Type: "tracking"}, {Type: "raft"}, {Type: "tls"}, {Type: "acl"}, {Type: "delivery"}},
+	Blocks: []hcl.BlockHeaderSchema{{Type: "lease"}, {Type: "source"}, {Type: "tracking"}, {Type: "raft"}, {Type: "tls"}, {Type: "acl"}, {Type: "delivery"}, {Type: "gitlab"}},
 }
 
 var blockSchemas = map[string]*hcl.BodySchema{
@@ -119,9 +119,10 @@ var blockSchemas = map[string]*hcl.BodySchema{
 		Attributes: []hcl.AttributeSchema{{Name: "rate_limit"}},
 		Blocks:     []hcl.BlockHeaderSchema{{Type: "sidekiq"}, {Type: "cache"}},
 	},
-	"delivery.sidekiq": {Attributes: []hcl.AttributeSchema{{Name: "redis_url"}, {Name: "queue"}, {Name: "namespace"}}},
-	"delivery.cache":   {Attributes: []hcl.AttributeSchema{{Name: "redis_url"}, {Name: "namespace"}}},
+	"delivery.sidekiq": {Attributes: []hcl.AttributeSchema{{Name: "redis_url"}, {Name: "queue"}, {Name: "namespace"}, {Name: "sentinels"}, {Name: "min_replicas"}}},
+	"delivery.cache":   {Attributes: []hcl.AttributeSchema{{Name: "redis_url"}, {Name: "namespace"}, {Name: "sentinels"}}},
 	"tracking":         {Attributes: []hcl.AttributeSchema{{Name: "dsn"}}},
+	"gitlab":           {Attributes: []hcl.AttributeSchema{{Name: "site_name"}, {Name: "shared_state_redis_url"}, {Name: "sentinels"}}},
 	"tls":              {Attributes: []hcl.AttributeSchema{{Name: "ca_file"}, {Name: "cert_file"}, {Name: "key_file"}}},
 	"acl":              {Attributes: []hcl.AttributeSchema{{Name: "operator_token"}, {Name: "read_token"}}},
 	"raft": {Attributes: []hcl.AttributeSchema{
@@ -377,6 +378,12 @@ func parse(src []byte, path string, env map[string]string) (*Config, origins, er
 			d.str("acl.operator_token", ba["operator_token"], &a.OperatorToken)
 			d.str("acl.read_token", ba["read_token"], &a.ReadToken)
 			cfg.ACL = a
+		case "gitlab":
+			g := &GitLabConfig{}
+			d.str("gitlab.site_name", ba["site_name"], &g.SiteName)
+			d.str("gitlab.shared_state_redis_url", ba["shared_state_redis_url"], &g.SharedStateRedisURL)
+			d.strList("gitlab.sentinels", ba["sentinels"], &g.Sentinels)
+			cfg.GitLab = g
 		case "delivery":
 			del, err := d.delivery(bc)
 			if err != nil {
@@ -422,11 +429,16 @@ func (d *decoder) delivery(content *hcl.BodyContent) (*DeliveryConfig, error) {
 			d.str(key+".redis_url", ba["redis_url"], &sk.RedisURL)
 			d.str(key+".queue", ba["queue"], &sk.Queue)
 			d.str(key+".namespace", ba["namespace"], &sk.Namespace)
+			d.strList(key+".sentinels", ba["sentinels"], &sk.Sentinels)
+			var minReplicas int64
+			d.integer(key+".min_replicas", ba["min_replicas"], &minReplicas)
+			sk.MinReplicas = int(minReplicas)
 			del.Sidekiq = sk
 		case "cache":
 			c := &CacheConfig{Namespace: DefaultCacheNamespace}
 			d.str(key+".redis_url", ba["redis_url"], &c.RedisURL)
 			d.str(key+".namespace", ba["namespace"], &c.Namespace)
+			d.strList(key+".sentinels", ba["sentinels"], &c.Sentinels)
 			del.Cache = c
 		}
 	}
@@ -450,6 +462,8 @@ const (
 	// that exist.
 	EnvSidekiqRedisURL = "GEOCURSOR_SIDEKIQ_REDIS_URL"
 	EnvCacheRedisURL   = "GEOCURSOR_CACHE_REDIS_URL"
+	// EnvSharedStateRedisURL overrides gitlab.shared_state_redis_url.
+	EnvSharedStateRedisURL = "GEOCURSOR_SHARED_STATE_REDIS_URL"
 )
 
 func applyEnv(cfg *Config, o origins, env map[string]string) {
@@ -479,6 +493,9 @@ func applyEnv(cfg *Config, o origins, env map[string]string) {
 	if cfg.ACL != nil {
 		set(EnvOperatorToken, "acl.operator_token", &cfg.ACL.OperatorToken)
 		set(EnvReadToken, "acl.read_token", &cfg.ACL.ReadToken)
+	}
+	if g := cfg.GitLab; g != nil {
+		set(EnvSharedStateRedisURL, "gitlab.shared_state_redis_url", &g.SharedStateRedisURL)
 	}
 	if d := cfg.Delivery; d != nil {
 		if d.Sidekiq != nil {

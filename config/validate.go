@@ -7,6 +7,7 @@ import (
 	neturl "net/url"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/geocursor/geocursor/fsm"
@@ -53,9 +54,9 @@ func validate(c *Config, o origins) error {
 		return fail("log_level", "log_level %q is not one of trace, debug, info, warn, error", c.LogLevel)
 	}
 	switch c.LogFormat {
-	case "json", "text":
+	case "json", "text", "gitlab":
 	default:
-		return fail("log_format", "log_format %q is not json or text", c.LogFormat)
+		return fail("log_format", "log_format %q is not json, text or gitlab (GitLab's geo.log lines)", c.LogFormat)
 	}
 	positive := []struct {
 		key string
@@ -107,6 +108,9 @@ func validate(c *Config, o origins) error {
 		}
 	}
 	if err := validateSecurity(c, o); err != nil {
+		return err
+	}
+	if err := validateGitLab(c, o); err != nil {
 		return err
 	}
 	if err := validateDelivery(c, o); err != nil {
@@ -236,28 +240,116 @@ func validateDelivery(c *Config, o origins) error {
 	if d.RateLimit < 0 {
 		return fail("delivery.rate_limit", "delivery.rate_limit must not be negative, got %g (0 means no limit)", d.RateLimit)
 	}
-	check := func(key, env, url string) error {
-		if url == "" {
-			return fail(key, "%s is empty: set %s or write redis_url = \"redis://...\"", key, env)
-		}
-		u, err := neturl.Parse(url)
-		if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") || (u.Scheme != "unix" && u.Host == "") {
-			return fail(key, "%s is not a redis://, rediss:// or unix:// URL", key)
-		}
-		return nil
-	}
 	if s := d.Sidekiq; s != nil {
-		if err := check("delivery.sidekiq.redis_url", EnvSidekiqRedisURL, s.RedisURL); err != nil {
+		if err := checkRedis(o, "delivery.sidekiq.redis_url", EnvSidekiqRedisURL, s.RedisURL, "delivery.sidekiq.sentinels", s.Sentinels); err != nil {
 			return err
 		}
 		if s.Queue == "" {
 			return fail("delivery.sidekiq.queue", "delivery.sidekiq.queue must not be empty (GitLab routes Geo::EventWorker to a queue; the default is %q)", DefaultSidekiqQueue)
 		}
+		if s.MinReplicas < 0 {
+			return fail("delivery.sidekiq.min_replicas", "delivery.sidekiq.min_replicas must not be negative, got %d: it is how many replicas must have a push before its jobs count as delivered (0: the master alone)", s.MinReplicas)
+		}
 	}
 	if cc := d.Cache; cc != nil {
-		if err := check("delivery.cache.redis_url", EnvCacheRedisURL, cc.RedisURL); err != nil {
+		if err := checkRedis(o, "delivery.cache.redis_url", EnvCacheRedisURL, cc.RedisURL, "delivery.cache.sentinels", cc.Sentinels); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// checkRedis checks one Redis of the config: the URL at urlKey (which the
+// environment variable env may have set) is a redis://, rediss:// or
+// unix:// URL; with sentinels (at sentinelsKey) each is HOST:PORT, and the
+// URL's host is the name of the master to ask them for, as in GitLab's
+// resque.yml (redis://:PASSWORD@gitlab-redis/0), so it has no port. Every
+// block that names a Redis checks it here.
+func checkRedis(o origins, urlKey, env, url, sentinelsKey string, sentinels []string) error {
+	fail := func(key, format string, args ...any) error {
+		return &Error{Where: o.of(key), Msg: fmt.Sprintf(format, args...)}
+	}
+	if url == "" {
+		attr := urlKey[strings.LastIndex(urlKey, ".")+1:]
+		return fail(urlKey, "%s is empty: set %s or write %s = \"redis://...\"", urlKey, env, attr)
+	}
+	// Never quote the URL or url.Parse's error, which quotes it: it
+	// carries the password.
+	u, err := neturl.Parse(url)
+	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") || (u.Scheme != "unix" && u.Host == "") {
+		return fail(urlKey, "%s is not a redis://, rediss:// or unix:// URL", urlKey)
+	}
+	if len(sentinels) == 0 {
+		return nil
+	}
+	seen := map[string]bool{}
+	for _, s := range sentinels {
+		if err := checkSentinelAddr(s); err != nil {
+			return fail(sentinelsKey, "%s: %q is not HOST:PORT (%v)", sentinelsKey, s, err)
+		}
+		if seen[s] {
+			return fail(sentinelsKey, "%s lists %q twice", sentinelsKey, s)
+		}
+		seen[s] = true
+	}
+	if u.Scheme == "unix" {
+		return fail(urlKey, "with %s, %s names the master to ask them for (redis://:PASSWORD@MASTER_NAME/DB, as in GitLab's resque.yml); a unix:// socket names none", sentinelsKey, urlKey)
+	}
+	if u.Port() != "" {
+		return fail(urlKey, "with %s, the host of %s is the name of the master to ask them for, as in GitLab's resque.yml (redis://:PASSWORD@gitlab-redis/0), and takes no port: drop \":%s\"", sentinelsKey, urlKey, u.Port())
+	}
+	return nil
+}
+
+// checkSentinelAddr says why s is not a Sentinel's HOST:PORT, nil if it is.
+func checkSentinelAddr(s string) error {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		// Only the reason: the caller quotes the value.
+		var ae *net.AddrError
+		if errors.As(err, &ae) {
+			return errors.New(ae.Err)
+		}
+		return err
+	}
+	if host == "" {
+		return errors.New("the host is missing")
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return fmt.Errorf("port %q is not a number from 1 to 65535", port)
+	}
+	return nil
+}
+
+// validateGitLab checks the gitlab block (design section 13).
+func validateGitLab(c *Config, o origins) error {
+	g := c.GitLab
+	if g == nil {
+		return nil
+	}
+	fail := func(key, format string, args ...any) error {
+		return &Error{Where: o.of(key), Msg: fmt.Sprintf(format, args...)}
+	}
+	if c.Source == nil {
+		return fail("gitlab", "a gitlab block needs a source block: a witness processes nothing, so it has no part in GitLab's cursor lease")
+	}
+	if strings.TrimSpace(g.SiteName) == "" {
+		return fail("gitlab.site_name", "gitlab.site_name is empty: give this site's name as GitLab knows it (geo_nodes.name, Admin > Geo > Sites)")
+	}
+	if g.SharedStateRedisURL == "" {
+		return fail("gitlab.shared_state_redis_url", "gitlab.shared_state_redis_url is empty: set %s or write the URL of GitLab's shared-state Redis", EnvSharedStateRedisURL)
+	}
+	u, err := neturl.Parse(g.SharedStateRedisURL)
+	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") || (u.Scheme != "unix" && u.Host == "") {
+		return fail("gitlab.shared_state_redis_url", "gitlab.shared_state_redis_url is not a redis://, rediss:// or unix:// URL")
+	}
+	for _, s := range g.Sentinels {
+		if _, port, err := net.SplitHostPort(s); err != nil || port == "" {
+			return fail("gitlab.sentinels", "gitlab.sentinels: %q is not HOST:PORT", s)
+		}
+	}
+	if len(g.Sentinels) > 0 && u.Port() != "" {
+		return fail("gitlab.shared_state_redis_url", "with gitlab.sentinels the URL's host is the master's name, as in GitLab's resque.yml (redis://:PASSWORD@NAME/DB); drop the port")
 	}
 	return nil
 }

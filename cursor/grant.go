@@ -16,6 +16,11 @@ import (
 // this peer's to release.
 var errLeaseLost = errors.New("lease lost")
 
+// errGateClosed ends a grant whose site may no longer process (the gate:
+// the site was promoted, or GitLab's own cursor took its lease): its lease
+// is released at once, and the loop waits for the gate.
+var errGateClosed = errors.New("processing closed by GitLab's shared state")
+
 // errNothingNew ends a grant that found nothing to process after all
 // (another peer got there first): its lease is released at once.
 var errNothingNew = errors.New("nothing new to process")
@@ -115,6 +120,9 @@ func (g *grant) close(err error) error {
 	case errors.Is(err, errNothingNew):
 		g.l.logger.Info(msgLeaseReleased, "token", g.token, "count", 0)
 		return g.l.release(g.parent, g.token)
+	case errors.Is(err, errGateClosed):
+		g.l.logger.Info(msgLeaseReleased, "token", g.token, "last_id", g.pos.LastEventID, "reason", g.l.gateClosed())
+		return g.l.release(g.parent, g.token)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
@@ -133,6 +141,9 @@ func (g *grant) run() error {
 		return err
 	}
 	for {
+		if l.gateClosed() != "" {
+			return errGateClosed
+		}
 		batchStart := time.Now()
 		events, reread, err := g.read()
 		if err != nil {
@@ -143,6 +154,7 @@ func (g *grant) run() error {
 		}
 		fetchedAt := time.Now()
 		next, dropped, pruned := g.nextPosition(events)
+		g.logNewGaps(next)
 		if len(dropped) > 0 {
 			l.logger.Warn("gave up waiting for skipped event IDs (rolled back, or older than source.gap_timeout)",
 				"count", len(dropped), "first_id", dropped[0], "last_id", dropped[len(dropped)-1], "token", g.token)
@@ -442,6 +454,9 @@ func (g *grant) place(ctx context.Context) (Fence, error) {
 		return Fence{}, fmt.Errorf("place the fence (token %d): %w", g.token, err)
 	case fromGitLab:
 		start.LastEventID, why = id, "after the last event GitLab's own log cursor processed (event_log_states)"
+		if start.Gaps, err = g.adoptGitLabGaps(ctx, id); err != nil {
+			return Fence{}, fmt.Errorf("place the fence (token %d): %w", g.token, err)
+		}
 	case l.cfg.Start == StartOldest:
 		oldest, err := l.source.Oldest(ctx)
 		if err != nil {
@@ -466,8 +481,43 @@ func (g *grant) place(ctx context.Context) (Fence, error) {
 		l.health.Tracking(ctxOr(ctx, err))
 		return Fence{}, fmt.Errorf("place the fence (token %d): %w", g.token, err)
 	}
-	l.logger.Info("a fresh tracking database: processing begins "+why, "token", g.token, "last_id", start.LastEventID)
+	l.logger.Info("a fresh tracking database: processing begins "+why, "token", g.token, "last_id", start.LastEventID,
+		"open_gaps", len(start.Gaps))
 	return f, nil
+}
+
+// adoptGitLabGaps returns the gaps GitLab's own cursor left open at or
+// below its last event (design section 13): the group takes them over as
+// open gaps of its own, first seen when GitLab saw them, so that an event
+// of theirs that commits later is processed once, and one that never does
+// is given up after source.gap_timeout counted from GitLab's sighting. IDs
+// above last come as new events anyway. The group removes them from
+// GitLab's set only once its cursor has recorded them (gitlab.Watcher).
+func (g *grant) adoptGitLabGaps(ctx context.Context, last int64) ([]fsm.Gap, error) {
+	l := g.l
+	if l.cfg.GitLabGaps == nil {
+		return nil, nil
+	}
+	all, err := l.cfg.GitLabGaps.OpenGaps(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("adopt GitLab's open gaps: %w", err)
+	}
+	var gaps []fsm.Gap
+	for _, gap := range all {
+		if gap.ID <= last {
+			gaps = append(gaps, gap)
+		}
+	}
+	if over := len(gaps) - l.cfg.MaxGaps; over > 0 {
+		l.logger.Warn("GitLab's gap set holds more gaps than geocursor keeps; the oldest IDs are given up",
+			"count", over, "first_id", gaps[0].ID, "last_id", gaps[over-1].ID, "max_gaps", l.cfg.MaxGaps)
+		gaps = gaps[over:]
+	}
+	if len(gaps) > 0 {
+		l.logger.Info("adopting the gaps GitLab's own log cursor left open (geo:event_log:gaps)",
+			"count", len(gaps), "first_id", gaps[0].ID, "last_id", gaps[len(gaps)-1].ID, "token", g.token)
+	}
+	return gaps, nil
 }
 
 // readHorizon reads the source's oldest event ID, the horizon below which
@@ -506,4 +556,25 @@ func (g *grant) nextPosition(events []Event) (Position, []int64, pruned) {
 		p.add(below)
 	}
 	return next, dropped, p
+}
+
+// msgGapDetected is GitLab's own line for IDs its cursor skipped
+// (ee/lib/gitlab/geo/event_gap_tracking.rb), so that log alerting on
+// geo.log keeps working.
+const msgGapDetected = "Event log gap detected"
+
+// logNewGaps logs the gaps next opens above the grant's position: IDs
+// drawn from the sequence but not yet visible.
+func (g *grant) logNewGaps(next Position) {
+	var opened []int64
+	for _, gap := range next.Gaps {
+		if gap.ID > g.pos.LastEventID {
+			opened = append(opened, gap.ID)
+		}
+	}
+	if len(opened) == 0 {
+		return
+	}
+	g.l.logger.Info(msgGapDetected, "previous_event_id", opened[0]-1, "current_event_id", next.LastEventID,
+		"count", len(opened), "first_id", opened[0], "last_id", opened[len(opened)-1], "token", g.token)
 }

@@ -41,7 +41,16 @@ type LoopConfig struct {
 	AdvanceInterval time.Duration
 	// Metrics records what the loop does (nil: nothing).
 	Metrics *Metrics
+	// Gate, when set, may close processing (GitLab's shared state); a
+	// grant ends at the next batch once it closes.
+	Gate Gate
+	// GitLabGaps, when set, is read when a fresh tracking database takes
+	// over from GitLab's own cursor (see grant.place).
+	GitLabGaps GitLabGaps
 }
+
+// gateInterval is how often a peer whose gate is closed looks again.
+const gateInterval = 100 * time.Millisecond
 
 // DefaultQuietSpell: a holder that has found no work for a second lets the
 // lease go.
@@ -203,6 +212,10 @@ func (l *Loop) waitAndAcquire(ctx context.Context, yield bool) (*fsm.Result, err
 			waitChange(ctx, changed, time.Second)
 			continue
 		}
+		if l.gateClosed() != "" {
+			_ = api.Sleep(ctx, gateInterval)
+			continue
+		}
 		// An operator's request has reserved the next grant (on this peer
 		// or another): the loop leaves it to that request.
 		if r := st.Reservation; st.ReservedFor(now.UnixNano()) != "" {
@@ -282,6 +295,14 @@ func (l *Loop) awaitGrant(ctx context.Context, held fsm.Lease) {
 		}
 		waitChange(ctx, changed, left)
 	}
+}
+
+// gateClosed says why this site may not process now, "" when it may.
+func (l *Loop) gateClosed() string {
+	if l.cfg.Gate == nil {
+		return ""
+	}
+	return l.cfg.Gate.Closed()
 }
 
 // hasWork reports whether the source has events past the replicated

@@ -63,3 +63,17 @@ type StagedBatch interface {
 	Commit(ctx context.Context) (CommitResult, error)
 	Abort()
 }
+
+// Gate says whether this site may process now: "" when it may, else why
+// not (package gitlab's Watcher: the site was promoted, or GitLab's own
+// log cursor holds its lease). A loop without one always may.
+type Gate interface {
+	Closed() string
+}
+
+// GitLabGaps reads the gaps GitLab's own log cursor left open (its
+// geo:event_log:gaps set), first seen when it saw them: a site that takes
+// over from it adopts them as open gaps of its own.
+type GitLabGaps interface {
+	OpenGaps(ctx context.Context) ([]fsm.Gap, error)
+}

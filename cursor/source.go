@@ -252,6 +252,10 @@ func (s *Source) Oldest(ctx context.Context) (int64, error) {
 	return id, nil
 }
 
+// DB returns the source's pool, for the packages that read GitLab's other
+// tables there (gitlab: geo_nodes).
+func (s *Source) DB() *pgxpool.Pool { return s.pool }
+
 // Close closes the connections. It waits for queries in flight to finish.
 func (s *Source) Close() {
 	s.pool.Close()

@@ -30,7 +30,20 @@ type Config struct {
 	// Metrics records what is delivered and Redis's failures (nil:
 	// nothing).
 	Metrics *Metrics
+	// Gate, when set, may close delivery (GitLab's shared state: the site
+	// was promoted, or GitLab's own cursor runs); no round starts while
+	// it is closed.
+	Gate Gate
 }
+
+// Gate says whether this site may deliver now: "" when it may, else why
+// not (package gitlab's Watcher).
+type Gate interface {
+	Closed() string
+}
+
+// gateInterval is how often a deliverer whose gate is closed looks again.
+const gateInterval = 100 * time.Millisecond
 
 func (c Config) withDefaults() Config {
 	if c.BatchSize <= 0 {
@@ -82,6 +95,7 @@ type deliveryStatus struct {
 	tracking string    // "" or the last error of the tracking database
 	sidekiq  string    // "" or the last error of Sidekiq's Redis
 	cache    string
+	blocked  string // why the gate stops delivery, "" when it does not
 }
 
 // NewDeliverer returns a deliverer of tracking's jobs; Run starts it. It
@@ -123,6 +137,16 @@ func (d *Deliverer) Run(ctx context.Context) error {
 	backoff := api.Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second}
 	var checked time.Time
 	for {
+		if d.cfg.Gate != nil {
+			if why := d.cfg.Gate.Closed(); why != "" {
+				d.setBlocked(why)
+				if api.Sleep(ctx, gateInterval) != nil {
+					return nil
+				}
+				continue
+			}
+			d.setBlocked("")
+		}
 		n, err := d.round(ctx)
 		if ctx.Err() != nil {
 			return nil
@@ -179,6 +203,9 @@ func (d *Deliverer) start(ctx context.Context) error {
 		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		if risk := durability(cctx, s.Client); risk != "" {
 			d.logger.Warn("Sidekiq's Redis may lose jobs: "+risk, "redis", s.Name)
+		}
+		if risk := replication(cctx, s.Client, s.MinReplicas); risk != "" {
+			d.logger.Warn("Sidekiq's Redis replication: "+risk, "redis", s.Name, "min_replicas", s.MinReplicas)
 		}
 		cancel()
 	} else {
@@ -328,9 +355,14 @@ func (d *Deliverer) deliver(ctx context.Context, r *deliveryRound) (roundOutcome
 			// could run them twice, so they are reported instead. (Before
 			// the first push, last is 0 and a fresh Redis's -1 is no loss.)
 			from := max(res.before, 0) + 1
-			out.lostInRedis = last - from + 1
-			d.logger.Error("Sidekiq's Redis lost jobs it had acknowledged: it restarted without its data or failed over to a replica that lagged; they are not pushed again",
-				"redis", s.Name, "first_job_id", from, "last_job_id", last, "count", out.lostInRedis)
+			lost, err := r.deliveredToSidekiq(ctx, d.tracking, from, last)
+			if err != nil {
+				d.setTracking(err)
+				return out, err
+			}
+			out.lostInRedis = lost
+			d.logger.Error("Sidekiq's Redis lost jobs it had acknowledged: it restarted without its data or failed over to a replica that lagged (min_replicas guards against this); they are not pushed again",
+				"redis", s.Name, "first_job_id", from, "last_job_id", last, "count", lost)
 		}
 	}
 	return out, nil
@@ -368,6 +400,12 @@ func (d *Deliverer) setRow(row deliveryRow) {
 	d.status.row, d.status.read, d.status.tracking = row, time.Now(), ""
 }
 
+func (d *Deliverer) setBlocked(why string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.status.blocked = why
+}
+
 func (d *Deliverer) setTracking(err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -401,6 +439,7 @@ func (d *Deliverer) AddStatus(st *api.Status) {
 		LostInRedis:   s.row.lostInRedis,
 		RateLimit:     d.cfg.RateLimit,
 		TrackingError: s.tracking,
+		Blocked:       s.blocked,
 		SidekiqRedis:  api.DeliveryNotConfigured,
 		CacheRedis:    api.DeliveryNotConfigured,
 	}

@@ -38,7 +38,7 @@ func TestSidekiqJobIsWhatSidekiqWrites(t *testing.T) {
 	want := map[string]any{
 		"class": "Geo::EventWorker", "queue": "default", "retry": 3.0, "correlation_id": "c0ffee",
 		"args":       []any{"package_file", "created", map[string]any{"model_record_id": 7.0, "correlation_id": "c0ffee"}},
-		"created_at": 1796119200.5, "enqueued_at": 1796119202.5, "jid": JobJID("epoch1", 42),
+		"created_at": 1796119200.5, "enqueued_at": 1796119202.5, "jid": JobJID("epoch1", 42), "dead": false,
 	}
 	for k, v := range want {
 		if fmt.Sprint(got[k]) != fmt.Sprint(v) {
@@ -80,7 +80,7 @@ func keys(m map[string]any) []string {
 func testRedis(t *testing.T) (*redisserver.Server, *redis.Client) {
 	t.Helper()
 	srv := ts.StartRedis(t, redisserver.Options{})
-	c, _, err := OpenRedis(srv.URL())
+	c, _, err := OpenRedis(srv.URL(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +165,12 @@ type deliveryFixture struct {
 	sidekiq  *sidekiqserver.Server
 	src      *sourceDB
 	source   *cursor.Source
-	nextID   int64
+	// redisURL and sentinels are how the fixture's deliverers reach Redis
+	// ("": redis's URL); minReplicas is their min_replicas.
+	redisURL    string
+	sentinels   []string
+	minReplicas int
+	nextID      int64
 	events   map[string]int // "replicable/event/model" -> number written
 	// keys are the cache keys set before their invalidation was written;
 	// invalidations counts them all.
@@ -211,9 +216,12 @@ func (f *deliveryFixture) write(n int) {
 	key := fmt.Sprintf("projects/%d/readme", f.nextID)
 	f.src.cacheInvalidation(f.nextID, f.nextID, key)
 	// The key is cached (if Redis is up) before its invalidation commits.
-	if f.client.Set(ctx, "cache:gitlab:"+key, "cached", 0).Err() == nil {
+	// A Redis that is failing over must not hold up the writes.
+	sctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+	if f.client.Set(sctx, "cache:gitlab:"+key, "cached", 0).Err() == nil {
 		f.keys = append(f.keys, key)
 	}
+	cancel()
 	f.invalidations++
 	events, err := f.source.Fetch(ctx, fence.Position.LastEventID, nil, n+1)
 	if err != nil {
@@ -227,12 +235,16 @@ func (f *deliveryFixture) write(n int) {
 
 func (f *deliveryFixture) deliverer(cfg Config) *Deliverer {
 	f.t.Helper()
-	c, name, err := OpenRedis(f.redis.URL())
+	url := f.redisURL
+	if url == "" {
+		url = f.redis.URL()
+	}
+	c, name, err := OpenRedis(url, f.sentinels)
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	cfg.Sidekiq = &SidekiqTarget{Client: c, Queue: "default", Name: name}
-	c2, name2, _ := OpenRedis(f.redis.URL())
+	cfg.Sidekiq = &SidekiqTarget{Client: c, Queue: "default", Name: name, MinReplicas: f.minReplicas}
+	c2, name2, _ := OpenRedis(url, f.sentinels)
 	cfg.Cache = &CacheTarget{Client: c2, Namespace: "cache:gitlab", Name: name2}
 	if cfg.PollInterval == 0 {
 		cfg.PollInterval = 50 * time.Millisecond

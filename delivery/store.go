@@ -166,6 +166,21 @@ type roundOutcome struct {
 	sidekiqJobs, cacheJobs int
 }
 
+// deliveredToSidekiq counts the jobs with IDs from..to that were recorded
+// as delivered to Sidekiq: what a Redis that forgot that range lost. Cache
+// invalidations in the range, and jobs written before delivery began, were
+// never in Sidekiq's Redis.
+func (r *deliveryRound) deliveredToSidekiq(ctx context.Context, t *store, from, to int64) (int64, error) {
+	var n int64
+	err := r.tx.QueryRow(ctx, `
+SELECT count(*) FROM geo_jobs
+WHERE id BETWEEN $1 AND $2 AND kind <> $3 AND delivered_at IS NOT NULL`, from, to, cursor.KindCacheInvalidation).Scan(&n)
+	if err != nil {
+		return 0, pgdb.Errorf("tracking", t.name, err, "count the jobs %d..%d delivered to Sidekiq: %s", from, to, pgdb.Describe(err))
+	}
+	return n, nil
+}
+
 // commit records the round: its jobs' delivered_at, and the row moved past
 // every job the round read.
 func (r *deliveryRound) commit(ctx context.Context, t *store, out roundOutcome) error {

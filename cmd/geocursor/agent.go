@@ -99,11 +99,15 @@ func (l logs) setLevel(level string) {
 }
 
 func newLogger(cfg *config.Config, out io.Writer, name string) hclog.Logger {
+	if cfg.LogFormat == "gitlab" {
+		// GitLab's geo.log shape, made from hclog's JSON lines.
+		out = newGitLabLogWriter(out)
+	}
 	return hclog.New(&hclog.LoggerOptions{
 		Name:       name,
 		Level:      hclog.LevelFromString(cfg.LogLevel),
 		Output:     out,
-		JSONFormat: cfg.LogFormat == "json",
+		JSONFormat: cfg.LogFormat == "json" || cfg.LogFormat == "gitlab",
 	}).With("pid", os.Getpid(), "node_id", cfg.NodeID)
 }
 
@@ -144,7 +148,7 @@ func agent(ctx context.Context, cfg *config.Config, sec *security, lg logs) erro
 		Raft: cfg.Raft, Logger: logger, RaftLogger: lg.raft, PreferFollower: cfg.Lease.PreferFollower,
 		TLS: sec.tls, ACL: sec.acl, OperatorToken: sec.operatorToken,
 		Join: cfg.Join, JoinTimeout: cfg.JoinTimeout, BootstrapExpect: cfg.BootstrapExpect, LeaveOnTerminate: cfg.LeaveOnTerminate,
-		Version: buildInfo().Version, Commit: buildInfo().Commit,
+		Version: buildInfo().Version, Commit: buildInfo().Commit, SiteName: siteName(cfg),
 	})
 	if err != nil {
 		if ctx.Err() != nil {
@@ -178,4 +182,12 @@ func agent(ctx context.Context, cfg *config.Config, sec *security, lg logs) erro
 	}
 	<-ctx.Done()
 	return nil
+}
+
+// siteName is gitlab.site_name, "" without a gitlab block.
+func siteName(cfg *config.Config) string {
+	if cfg.GitLab == nil {
+		return ""
+	}
+	return cfg.GitLab.SiteName
 }

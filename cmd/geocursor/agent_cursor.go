@@ -13,6 +13,7 @@ import (
 	"github.com/geocursor/geocursor/config"
 	"github.com/geocursor/geocursor/cursor"
 	"github.com/geocursor/geocursor/delivery"
+	"github.com/geocursor/geocursor/gitlab"
 	"github.com/geocursor/geocursor/internal/pgdb"
 )
 
@@ -44,13 +45,35 @@ func runCursor(ctx context.Context, cfg *config.Config, node *cluster.Node, reg 
 	defer tracking.Close()
 	node.SetDeadLetterSource(tracking)
 
-	deliverer, err := newDeliverer(cfg.Delivery, tracking, reg, logger.Named("delivery"))
+	watcher, closeWatcher, err := newGitLabWatcher(ctx, cfg.GitLab, node, source, reg, logger.Named("gitlab"))
+	if err != nil {
+		return err
+	}
+	defer closeWatcher()
+	var gate processGate
+	statuses := statusSources{health}
+	if watcher != nil {
+		gate = watcher
+		statuses = append(statuses, watcher)
+		wctx, stopWatcher := context.WithCancel(context.WithoutCancel(ctx))
+		watched := make(chan struct{})
+		go func() {
+			defer close(watched)
+			watcher.Run(wctx)
+		}()
+		// The watcher outlives the loop and the deliverer (deferred
+		// first, run last), so that GitLab's lease is released only once
+		// neither can act.
+		defer func() { stopWatcher(); <-watched }()
+	}
+
+	deliverer, err := newDeliverer(cfg.Delivery, tracking, reg, gate, logger.Named("delivery"))
 	if err != nil {
 		return err
 	}
 	if deliverer != nil {
 		defer deliverer.Close()
-		node.SetStatusSource(statusSources{health, deliverer})
+		statuses = append(statuses, deliverer)
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
@@ -61,6 +84,7 @@ func runCursor(ctx context.Context, cfg *config.Config, node *cluster.Node, reg 
 		defer func() { <-done }()
 	}
 
+	node.SetStatusSource(statuses)
 	loop := cursor.NewLoop(cursor.LoopConfig{
 		Start:        cfg.Source.Start,
 		BatchSize:    cfg.Source.BatchSize,
@@ -70,11 +94,26 @@ func runCursor(ctx context.Context, cfg *config.Config, node *cluster.Node, reg 
 		RetryMin:     cfg.Lease.RetryMin,
 		RetryMax:     cfg.Lease.RetryMax,
 		Metrics:      metrics,
+		Gate:         gate,
+		GitLabGaps:   gitLabGaps(watcher),
 	}, node, source, tracking, health, logger.Named("cursor"))
 	node.SetOperator(loop)
 	logger.Info("cursor started", "batch_size", cfg.Source.BatchSize, "poll_interval", cfg.Source.PollInterval.String(),
 		"lease_ttl", cfg.Lease.TTL.String())
 	return loop.Run(ctx)
+}
+
+// processGate is what may close processing and delivery: GitLab's shared state
+// (gitlab.Watcher), or nil.
+type processGate interface{ Closed() string }
+
+// gitLabGaps is w as the loop's source of GitLab's open gaps, nil without
+// a gitlab block (a nil *Watcher must not become a non-nil interface).
+func gitLabGaps(w *gitlab.Watcher) cursor.GitLabGaps {
+	if w == nil {
+		return nil
+	}
+	return w
 }
 
 // statusSources adds what each of its sources knows to the status.
@@ -88,7 +127,7 @@ func (s statusSources) AddStatus(st *api.Status) {
 
 // newDeliverer sets up delivery to GitLab from the delivery block (nil
 // without one).
-func newDeliverer(dc *config.DeliveryConfig, tracking *cursor.Tracking, reg prometheus.Registerer, logger hclog.Logger) (*delivery.Deliverer, error) {
+func newDeliverer(dc *config.DeliveryConfig, tracking *cursor.Tracking, reg prometheus.Registerer, gate processGate, logger hclog.Logger) (*delivery.Deliverer, error) {
 	if dc == nil {
 		return nil, nil
 	}
@@ -97,15 +136,18 @@ func newDeliverer(dc *config.DeliveryConfig, tracking *cursor.Tracking, reg prom
 		return nil, err
 	}
 	cfg := delivery.Config{RateLimit: dc.RateLimit, Metrics: metrics}
+	if gate != nil {
+		cfg.Gate = gate
+	}
 	if s := dc.Sidekiq; s != nil {
-		client, name, err := delivery.OpenRedis(s.RedisURL)
+		client, name, err := delivery.OpenRedis(s.RedisURL, s.Sentinels)
 		if err != nil {
 			return nil, fmt.Errorf("delivery.sidekiq.redis_url: %w", err)
 		}
-		cfg.Sidekiq = &delivery.SidekiqTarget{Client: client, Queue: s.Queue, Namespace: s.Namespace, Name: name}
+		cfg.Sidekiq = &delivery.SidekiqTarget{Client: client, Queue: s.Queue, Namespace: s.Namespace, Name: name, MinReplicas: s.MinReplicas}
 	}
 	if c := dc.Cache; c != nil {
-		client, name, err := delivery.OpenRedis(c.RedisURL)
+		client, name, err := delivery.OpenRedis(c.RedisURL, c.Sentinels)
 		if err != nil {
 			return nil, fmt.Errorf("delivery.cache.redis_url: %w", err)
 		}
