@@ -73,6 +73,22 @@ func (a *Agent) WaitReady(ctx context.Context, timeout time.Duration) error {
 	})
 }
 
+// WaitLeading polls the status until the agent leads its group: a node
+// that bootstrapped is then ready for others to join, whatever else its
+// readiness waits for (GitLab's shared state may keep it not ready).
+func (a *Agent) WaitLeading(ctx context.Context, timeout time.Duration) error {
+	return a.waitHealth(ctx, timeout, a.ID+" leading", "lead", func(ctx context.Context) (bool, string) {
+		st, err := a.client.Status(ctx, a.HTTPAddr)
+		if err != nil {
+			return false, err.Error()
+		}
+		if st.Leader == nil || st.Leader.ID != a.ID {
+			return false, fmt.Sprintf("leader %+v", st.Leader)
+		}
+		return true, ""
+	})
+}
+
 // WaitUp polls the health endpoint until it answers: the process has
 // opened its stores and its Raft and HTTP ports. It fails at once if the
 // process exits.

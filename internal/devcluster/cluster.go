@@ -67,7 +67,7 @@ func (c *Cluster) Start(ctx context.Context, n int, extraHCL string, env []strin
 			return err
 		}
 		if i == 1 {
-			if err := a.WaitReady(ctx, 20*time.Second); err != nil {
+			if err := a.WaitLeading(ctx, 20*time.Second); err != nil {
 				return err
 			}
 		}

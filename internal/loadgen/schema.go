@@ -48,7 +48,27 @@ CREATE TABLE IF NOT EXISTS geo_event_log (
     CONSTRAINT geo_event_log_pkey PRIMARY KEY (id)
 );
 ALTER SEQUENCE geo_event_log_id_seq OWNED BY geo_event_log.id;
+
+-- The Geo sites, as GitLab's db/structure.sql has them (the columns
+-- geocursor reads, and those without defaults): a primary and the
+-- secondary the tests' agents run for (SecondarySite).
+CREATE TABLE IF NOT EXISTS geo_nodes (
+    id bigserial PRIMARY KEY,
+    "primary" boolean DEFAULT false NOT NULL,
+    enabled boolean DEFAULT true NOT NULL,
+    url character varying NOT NULL,
+    name character varying NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS index_geo_nodes_on_name ON geo_nodes USING btree (name);
+INSERT INTO geo_nodes ("primary", url, name) VALUES
+    (true, 'https://primary.example.com/', 'primary-1'),
+    (false, 'https://secondary.example.com/', '` + SecondarySite + `')
+ON CONFLICT (name) DO NOTHING;
 `
+
+// SecondarySite is the geo_nodes name of the secondary site whose agents
+// the tests and tools run (gitlab.site_name).
+const SecondarySite = "secondary-1"
 
 // schemaLockKey serialises concurrent CreateSourceSchema calls: two
 // sessions racing on CREATE TABLE IF NOT EXISTS can still fail with a

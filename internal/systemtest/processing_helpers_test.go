@@ -99,6 +99,9 @@ type procConfig struct {
 	// LeaderMayHold turns lease.prefer_follower off, so that the Raft
 	// leader holds the lease as often as a follower does.
 	LeaderMayHold bool
+	// SharedStateRedisURL, if set, adds a gitlab block for the site
+	// loadgen.SecondarySite with this shared-state Redis.
+	SharedStateRedisURL string
 }
 
 // procDelivery is the agents' delivery block. The Redis URLs reach the
@@ -115,6 +118,9 @@ type procDelivery struct {
 // env is what the block's env references need.
 func (p procConfig) env() []string {
 	var env []string
+	if p.SharedStateRedisURL != "" {
+		env = append(env, "GEOCURSOR_SHARED_STATE_REDIS_URL="+p.SharedStateRedisURL)
+	}
 	if dl := p.Delivery; dl != nil {
 		if dl.SidekiqRedisURL != "" {
 			env = append(env, "GEOCURSOR_SIDEKIQ_REDIS_URL="+dl.SidekiqRedisURL)
@@ -159,6 +165,9 @@ raft {
 		fmt.Fprintf(&b, "  gap_timeout = %q\n", p.GapTimeout)
 	}
 	b.WriteString("}\ntracking {\n  dsn = env.GEOCURSOR_TRACKING_DSN\n}\n")
+	if p.SharedStateRedisURL != "" {
+		fmt.Fprintf(&b, "gitlab {\n  site_name = %q\n  shared_state_redis_url = env.GEOCURSOR_SHARED_STATE_REDIS_URL\n}\n", loadgen.SecondarySite)
+	}
 	if dl := p.Delivery; dl != nil {
 		b.WriteString("delivery {\n")
 		if dl.SidekiqRedisURL != "" {
