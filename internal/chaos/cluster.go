@@ -22,6 +22,7 @@ import (
 	"github.com/geocursor/geocursor/internal/devcluster"
 	"github.com/geocursor/geocursor/internal/loadgen"
 	"github.com/geocursor/geocursor/internal/pgserver"
+	"github.com/geocursor/geocursor/internal/redisserver"
 )
 
 // Options configures a Cluster. Zero values take the defaults below.
@@ -118,6 +119,11 @@ type Cluster struct {
 	SourceDSN, TrackingDSN string
 	srcProxies, trkProxies []*Proxy
 	sourcePool             *pgxpool.Pool
+	// SharedState is GitLab's shared-state Redis of the site: the agents
+	// run with a gitlab block, as a site does, and reach it through a
+	// proxy each (stateProxies), like the databases.
+	SharedState  *redisserver.Server
+	stateProxies []*Proxy
 
 	load    *load
 	monitor *monitor
@@ -181,9 +187,15 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			return nil, err
 		}
 		c.trkProxies = append(c.trkProxies, trk)
+		state, err := NewProxy(net.JoinHostPort(c.Net.HostIP, "0"), c.SharedState.Addr())
+		if err != nil {
+			return nil, err
+		}
+		c.stateProxies = append(c.stateProxies, state)
 		env := []string{
 			"GEOCURSOR_SOURCE_DSN=" + viaProxy(c.SourceDSN, src.Addr()),
 			"GEOCURSOR_TRACKING_DSN=" + viaProxy(c.TrackingDSN, trk.Addr()),
+			"GEOCURSOR_SHARED_STATE_REDIS_URL=redis://" + state.Addr() + "/0",
 		}
 		// The first agent bootstraps; the others join it.
 		var join []string
@@ -249,11 +261,16 @@ tracking {
   dsn = env.GEOCURSOR_TRACKING_DSN
 }
 
+gitlab {
+  site_name              = %q
+  shared_state_redis_url = env.GEOCURSOR_SHARED_STATE_REDIS_URL
+}
+
 raft {
   snapshot_threshold = 1000000000
   trailing_logs      = 1000000000
 }
-`, c.opts.Plaintext, c.opts.LogLevel, c.opts.LeaseTTL.String(), c.opts.BatchSize)
+`, c.opts.Plaintext, c.opts.LogLevel, c.opts.LeaseTTL.String(), c.opts.BatchSize, loadgen.SecondarySite)
 }
 
 // viaProxy rewrites dsn to connect through the proxy at addr, with a
@@ -294,6 +311,11 @@ func (c *Cluster) startDatabases(ctx context.Context) error {
 			return err
 		}
 	}
+	// GitLab's shared-state Redis, for the gitlab block: never faulted
+	// itself (the nemeses cut the agents' proxies to it with the rest).
+	if c.SharedState, err = redisserver.Start(ctx, redisserver.Options{AppendFsync: "everysec"}); err != nil {
+		return fmt.Errorf("start the shared-state Redis: %w", err)
+	}
 	base := "chaos_" + c.Net.ID
 	if c.SourceDSN, err = c.Source.CreateDatabase(ctx, base+"_source"); err != nil {
 		return err
@@ -331,8 +353,13 @@ func (c *Cluster) Close() error {
 	if c.monitor != nil {
 		c.monitor.stop()
 	}
-	for _, p := range append(c.srcProxies, c.trkProxies...) {
+	for _, p := range append(append(c.srcProxies, c.trkProxies...), c.stateProxies...) {
 		p.Close()
+	}
+	if c.SharedState != nil {
+		if err := c.SharedState.Cleanup(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.sourcePool != nil {
 		c.sourcePool.Close()
