@@ -126,7 +126,26 @@ func printStatusTable(w io.Writer, st api.Status, now time.Time) error {
 		if d.TrackingError != "" {
 			line += "; tracking database: " + safe(d.TrackingError)
 		}
+		if d.Blocked != "" {
+			line += "; WAITING for GitLab's shared state"
+		}
 		p("Delivery\t%s\n", line)
+	}
+	if g := st.GitLab; g != nil {
+		line := fmt.Sprintf("site %s is %s; GitLab's cursor lease %s", safe(g.SiteName), safe(g.Role), safe(g.CursorLease))
+		if g.CursorLeaseHolder != "" {
+			line += " (" + safe(g.CursorLeaseHolder) + ")"
+		}
+		if g.GitLabGaps != nil && *g.GitLabGaps > 0 {
+			line += fmt.Sprintf("; %d gaps in GitLab's set", *g.GitLabGaps)
+		}
+		if g.SharedStateRedis != api.DatabaseOK {
+			line += "; shared-state Redis: " + safe(g.SharedStateRedis)
+		}
+		if g.Blocked != "" {
+			line += "; PROCESSING NOTHING: " + safe(g.Blocked)
+		}
+		p("GitLab\t%s\n", line)
 	}
 	if err := tw.Flush(); err != nil {
 		return err

@@ -33,6 +33,13 @@ type deliveryReport struct {
 	// Lag is from the commit of each event in the source to the perform
 	// of its job in Sidekiq's Geo::EventWorker.
 	Lag *deliveryLag `json:"lag,omitempty"`
+	// LagGitLab is the same lag measured right after, on a fresh tracking
+	// database and a fresh group whose agents have a gitlab block (design
+	// section 13): they hold GitLab's cursor lease, read the site's role,
+	// and ask the gate before every batch and delivery round.
+	LagGitLab *deliveryLag `json:"lag_gitlab,omitempty"`
+	// GitLabP50Ratio is LagGitLab's p50 over Lag's.
+	GitLabP50Ratio float64 `json:"gitlab_p50_ratio,omitempty"`
 	// QueuedOnce says the queue held each job of the backlog once.
 	QueuedOnce string `json:"queued_once"`
 	Method     string `json:"method"`
@@ -173,7 +180,73 @@ delivery {
 	defer sk.Cleanup()
 	lag, err := b.deliveryLag(ctx, sk)
 	r.Lag = lag
-	return err
+	if err != nil {
+		return err
+	}
+	if r.LagGitLab, err = b.deliveryLagWithGitLab(ctx, rs, sk); err != nil {
+		return err
+	}
+	if r.Lag.Latency.P50 > 0 {
+		r.GitLabP50Ratio = round3(r.LagGitLab.Latency.P50 / r.Lag.Latency.P50)
+	}
+	b.logf("delivery lag with a gitlab block: p50 %.1f ms, p99 %.1f ms, beside %.1f / %.1f ms without (p50 ratio %.3f)",
+		r.LagGitLab.Latency.P50, r.LagGitLab.Latency.P99, r.Lag.Latency.P50, r.Lag.Latency.P99, r.GitLabP50Ratio)
+	b.report.check("delivery lag with a gitlab block: p50 ratio to without", r.GitLabP50Ratio, "reported beside", true)
+	return nil
+}
+
+// deliveryLagWithGitLab measures the delivery lag again with a gitlab
+// block, on a tracking database and a group of its own (a new group over
+// the used tracking database would be fenced by its older tokens): the
+// backlog is drained and delivered with Sidekiq stopped, its jobs are
+// dropped from the queue, and the lag run goes through Sidekiq as before.
+func (b *bench) deliveryLagWithGitLab(ctx context.Context, rs *redisserver.Server, sk *sidekiqserver.Server) (*deliveryLag, error) {
+	if err := b.cluster.Close(); err != nil {
+		b.logf("stop the agents: %v", err)
+	}
+	b.cluster = nil
+	if err := sk.Stop(); err != nil {
+		return nil, fmt.Errorf("stop Sidekiq: %w", err)
+	}
+	dsn, err := b.pg.CreateDatabase(ctx, "tracking_delivery_gitlab_"+b.security)
+	if err != nil {
+		return nil, err
+	}
+	pool, err := openPool(ctx, dsn)
+	if err != nil {
+		return nil, err
+	}
+	b.tracking.Close()
+	b.trackingDSN, b.tracking = dsn, pool
+	b.extraHCL += fmt.Sprintf(`
+gitlab {
+  site_name              = %q
+  shared_state_redis_url = env.GEOCURSOR_SHARED_STATE_REDIS_URL
+}
+`, loadgen.SecondarySite)
+	b.extraEnv = append(b.extraEnv, "GEOCURSOR_SHARED_STATE_REDIS_URL=redis://"+rs.Addr()+"/2")
+	var head int64
+	if err := b.source.QueryRow(ctx, `SELECT COALESCE(max(id), 0) FROM geo_event_log`).Scan(&head); err != nil {
+		return nil, err
+	}
+	if err := b.startCluster(ctx); err != nil {
+		return nil, err
+	}
+	if _, err := measureDrain(ctx, b.tracking, head, time.Now(), b.logf, "cluster with a gitlab block"); err != nil {
+		return nil, err
+	}
+	if _, err := measureDelivery(ctx, b.tracking, b.logf); err != nil {
+		return nil, err
+	}
+	rc := redis.NewClient(&redis.Options{Addr: rs.Addr()})
+	defer rc.Close()
+	if err := rc.Del(ctx, "queue:default").Err(); err != nil {
+		return nil, err
+	}
+	if err := sk.StartAgain(ctx); err != nil {
+		return nil, fmt.Errorf("start Sidekiq again: %w", err)
+	}
+	return b.deliveryLag(ctx, sk)
 }
 
 func openPool(ctx context.Context, dsn string) (*pgxpool.Pool, error) {

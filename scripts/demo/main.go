@@ -226,7 +226,8 @@ func (d *demo) setUp(ctx context.Context) error {
 	}
 	d.say("starting node1 (bootstraps the group), node2 and node3 (-join node1) ...")
 	env := append(harness.AgentEnv(sourceDSN, trackingDSN),
-		"GEOCURSOR_SIDEKIQ_REDIS_URL="+rs.URL(), "GEOCURSOR_CACHE_REDIS_URL="+cacheURL(rs))
+		"GEOCURSOR_SIDEKIQ_REDIS_URL="+rs.URL(), "GEOCURSOR_CACHE_REDIS_URL="+cacheURL(rs),
+		"GEOCURSOR_SHARED_STATE_REDIS_URL=redis://"+rs.Addr()+"/2")
 	if err := d.cluster.Start(ctx, 3, harness.AgentHCL("info", 1000)+deliveryHCL, env); err != nil {
 		return fmt.Errorf("start the agents: %w", err)
 	}
@@ -250,6 +251,14 @@ delivery {
     redis_url = env.GEOCURSOR_CACHE_REDIS_URL
     namespace = "cache:gitlab"
   }
+}
+
+# GitLab's shared state (database 2 of the same Redis stands in for it):
+# the agents hold GitLab's cursor lease and process while geo_nodes says
+# the site is a secondary.
+gitlab {
+  site_name              = "` + loadgen.SecondarySite + `"
+  shared_state_redis_url = env.GEOCURSOR_SHARED_STATE_REDIS_URL
 }
 `
 
