@@ -51,12 +51,30 @@ lease {
 #     redis_url = env.GEOCURSOR_SIDEKIQ_REDIS_URL
 #     queue     = "default"       # where GitLab routes Geo::EventWorker
 #     namespace = ""              # "resque:gitlab" on older GitLab
+#     # Redis behind Sentinel: redis_url then names the master, as GitLab's
+#     # resque.yml does (redis://:PASSWORD@gitlab-redis/0, no port).
+#     # sentinels    = ["10.0.0.11:26379", "10.0.0.12:26379", "10.0.0.13:26379"]
+#     # min_replicas = 1          # replicas that must have a push before it
+#     #                           # counts as delivered; 0 (default): none
 #   }
 #   cache {
 #     redis_url = env.GEOCURSOR_CACHE_REDIS_URL
 #     namespace = "cache:gitlab"
+#     # sentinels = ["10.0.0.11:26379", "10.0.0.12:26379", "10.0.0.13:26379"]
 #   }
 #   rate_limit = 0                # jobs per second across all agents; 0: no limit
+# }
+
+# Beside a GitLab site (README, "Beside GitLab"): hold GitLab's log cursor
+# lease so that geo-logcursor cannot run beside the agents, adopt its open
+# gaps at switchover, and process only while geo_nodes says this site is a
+# secondary. Without it, make sure geo-logcursor stays stopped.
+#   export GEOCURSOR_SHARED_STATE_REDIS_URL=redis://:password@redis-shared-state:6379/0
+#
+# gitlab {
+#   site_name              = "secondary-1"   # geo_nodes.name (Admin > Geo > Sites)
+#   shared_state_redis_url = env.GEOCURSOR_SHARED_STATE_REDIS_URL
+#   # sentinels            = ["10.0.0.11:26379", "10.0.0.12:26379", "10.0.0.13:26379"]
 # }
 
 # Security (README, "Security"). On loopback addresses, as above, both blocks

@@ -569,7 +569,7 @@ func TestFileErrorsPointAtTheBadValue(t *testing.T) {
 		{
 			name: "unknown log format",
 			src:  "node_id = \"n1\"\nlog_format = @@\"xml\"\n",
-			msg:  `log_format "xml" is not json or text`,
+			msg:  `log_format "xml" is not json, text or gitlab (GitLab's geo.log lines)`,
 		},
 		{
 			name: "a reachable address without tls and acl",
@@ -605,6 +605,31 @@ func TestFileErrorsPointAtTheBadValue(t *testing.T) {
 			name: "an unknown source.start",
 			src:  "node_id = \"n1\"\nsource {\n  dsn = \"x\"\n  start = @@\"newest\"\n}\ntracking {\n  dsn = \"y\"\n}\n",
 			msg:  `source.start "newest" is not "head" or "oldest"`,
+		},
+		{
+			name: "a gitlab block on a witness",
+			src:  "node_id = \"n1\"\n@@gitlab {\n  site_name = \"s\"\n  shared_state_redis_url = \"redis://x:1\"\n}\n",
+			msg:  "a gitlab block needs a source block",
+		},
+		{
+			name: "a gitlab block without a site name",
+			src:  "node_id = \"n1\"\nsource {\n  dsn = \"x\"\n}\ntracking {\n  dsn = \"y\"\n}\n@@gitlab {\n  shared_state_redis_url = \"redis://x:1\"\n}\n",
+			msg:  "gitlab.site_name is empty",
+		},
+		{
+			name: "a gitlab block without its Redis",
+			src:  "node_id = \"n1\"\nsource {\n  dsn = \"x\"\n}\ntracking {\n  dsn = \"y\"\n}\n@@gitlab {\n  site_name = \"s\"\n}\n",
+			msg:  "gitlab.shared_state_redis_url is empty: set GEOCURSOR_SHARED_STATE_REDIS_URL",
+		},
+		{
+			name: "a gitlab master name with a port",
+			src:  "node_id = \"n1\"\nsource {\n  dsn = \"x\"\n}\ntracking {\n  dsn = \"y\"\n}\ngitlab {\n  site_name = \"s\"\n  shared_state_redis_url = @@\"redis://:pw@gitlab-redis:6379/0\"\n  sentinels = [\"s1:26379\"]\n}\n",
+			msg:  `with gitlab.sentinels, the host of gitlab.shared_state_redis_url is the name of the master`,
+		},
+		{
+			name: "an unknown key in gitlab",
+			src:  "node_id = \"n1\"\nsource {\n  dsn = \"x\"\n}\ntracking {\n  dsn = \"y\"\n}\ngitlab {\n  site_name = \"s\"\n  @@lease_key = \"k\"\n}\n",
+			msg:  "Unsupported argument",
 		},
 		{
 			name: "an empty delivery block",
@@ -924,5 +949,29 @@ delivery {
 	cfg = mustLoad(t, deliveryBlock("sidekiq", `redis_url = "redis://sk:6379/0"`, `sentinels = []`, `min_replicas = 0`), nil, config.Overrides{})
 	if s := cfg.Delivery.Sidekiq; len(s.Sentinels) != 0 || s.MinReplicas != 0 {
 		t.Errorf("sidekiq %+v, want no sentinels and min_replicas 0", s)
+	}
+}
+
+// The gitlab block: the site's name, its shared-state Redis (from the
+// environment, as a secret), Sentinels.
+func TestGitLabBlock(t *testing.T) {
+	src := `node_id = "n1"
+log_format = "gitlab"
+source {
+  dsn = "x"
+}
+tracking {
+  dsn = "y"
+}
+gitlab {
+  site_name              = "secondary-1"
+  shared_state_redis_url = "redis://file"
+  sentinels              = ["10.0.0.1:26379"]
+}
+`
+	cfg := mustLoad(t, src, []string{"GEOCURSOR_SHARED_STATE_REDIS_URL=redis://:pw@gitlab-redis/2"}, config.Overrides{})
+	g := cfg.GitLab
+	if g == nil || g.SiteName != "secondary-1" || g.SharedStateRedisURL != "redis://:pw@gitlab-redis/2" || len(g.Sentinels) != 1 || cfg.LogFormat != "gitlab" {
+		t.Fatalf("gitlab block %+v, log_format %q", g, cfg.LogFormat)
 	}
 }

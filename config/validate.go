@@ -336,20 +336,5 @@ func validateGitLab(c *Config, o origins) error {
 	if strings.TrimSpace(g.SiteName) == "" {
 		return fail("gitlab.site_name", "gitlab.site_name is empty: give this site's name as GitLab knows it (geo_nodes.name, Admin > Geo > Sites)")
 	}
-	if g.SharedStateRedisURL == "" {
-		return fail("gitlab.shared_state_redis_url", "gitlab.shared_state_redis_url is empty: set %s or write the URL of GitLab's shared-state Redis", EnvSharedStateRedisURL)
-	}
-	u, err := neturl.Parse(g.SharedStateRedisURL)
-	if err != nil || (u.Scheme != "redis" && u.Scheme != "rediss" && u.Scheme != "unix") || (u.Scheme != "unix" && u.Host == "") {
-		return fail("gitlab.shared_state_redis_url", "gitlab.shared_state_redis_url is not a redis://, rediss:// or unix:// URL")
-	}
-	for _, s := range g.Sentinels {
-		if _, port, err := net.SplitHostPort(s); err != nil || port == "" {
-			return fail("gitlab.sentinels", "gitlab.sentinels: %q is not HOST:PORT", s)
-		}
-	}
-	if len(g.Sentinels) > 0 && u.Port() != "" {
-		return fail("gitlab.shared_state_redis_url", "with gitlab.sentinels the URL's host is the master's name, as in GitLab's resque.yml (redis://:PASSWORD@NAME/DB); drop the port")
-	}
-	return nil
+	return checkRedis(o, "gitlab.shared_state_redis_url", EnvSharedStateRedisURL, g.SharedStateRedisURL, "gitlab.sentinels", g.Sentinels)
 }

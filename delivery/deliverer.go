@@ -3,6 +3,7 @@ package delivery
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"math"
 	"sync"
 	"time"
@@ -343,11 +344,10 @@ func (d *Deliverer) deliver(ctx context.Context, r *deliveryRound) (roundOutcome
 		res, err := s.push(cctx, r.row.epoch, events, time.Now())
 		cancel()
 		d.setSidekiq(err)
-		if err != nil {
+		var waiting *tooFewReplicasError
+		if err != nil && !errors.As(err, &waiting) {
 			return out, err
 		}
-		out.pushedTop = events[len(events)-1].id
-		out.delivered, out.sidekiqJobs = append(out.delivered, eventIDs...), len(eventIDs)
 		if last := r.row.lastPushedJobID; last > 0 && res.before < last {
 			// Redis acknowledged jobs up to last and has forgotten them:
 			// it restarted without its data, or failed over to a replica
@@ -355,15 +355,31 @@ func (d *Deliverer) deliver(ctx context.Context, r *deliveryRound) (roundOutcome
 			// could run them twice, so they are reported instead. (Before
 			// the first push, last is 0 and a fresh Redis's -1 is no loss.)
 			from := max(res.before, 0) + 1
-			lost, err := r.deliveredToSidekiq(ctx, d.tracking, from, last)
-			if err != nil {
-				d.setTracking(err)
-				return out, err
+			const lostMsg = "Sidekiq's Redis lost jobs it had acknowledged: it restarted without its data, or failed over to a replica that lagged (which min_replicas prevents); they are not pushed again"
+			lost, lerr := r.deliveredToSidekiq(ctx, d.tracking, from, last)
+			if lerr != nil {
+				// The push has moved the watermark past the loss: the log
+				// is its only record.
+				d.logger.Error(lostMsg, "redis", s.Name, "first_job_id", from, "last_job_id", last, "count_error", lerr)
+				d.setTracking(lerr)
+				return out, lerr
+			}
+			d.logger.Error(lostMsg, "redis", s.Name, "first_job_id", from, "last_job_id", last, "count", lost)
+			if waiting != nil {
+				// This round fails, but its push has moved the watermark
+				// past the loss, so no later round would see it: it is
+				// counted now, outside the round.
+				if lerr := d.tracking.addLost(ctx, lost); lerr != nil {
+					d.setTracking(lerr)
+				}
 			}
 			out.lostInRedis = lost
-			d.logger.Error("Sidekiq's Redis lost jobs it had acknowledged: it restarted without its data or failed over to a replica that lagged (min_replicas guards against this); they are not pushed again",
-				"redis", s.Name, "first_job_id", from, "last_job_id", last, "count", lost)
 		}
+		if err != nil {
+			return out, err
+		}
+		out.pushedTop = events[len(events)-1].id
+		out.delivered, out.sidekiqJobs = append(out.delivered, eventIDs...), len(eventIDs)
 	}
 	return out, nil
 }

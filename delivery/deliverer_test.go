@@ -165,12 +165,7 @@ type deliveryFixture struct {
 	sidekiq  *sidekiqserver.Server
 	src      *sourceDB
 	source   *cursor.Source
-	// redisURL and sentinels are how the fixture's deliverers reach Redis
-	// ("": redis's URL); minReplicas is their min_replicas.
-	redisURL    string
-	sentinels   []string
-	minReplicas int
-	nextID      int64
+	nextID   int64
 	events   map[string]int // "replicable/event/model" -> number written
 	// keys are the cache keys set before their invalidation was written;
 	// invalidations counts them all.
@@ -178,6 +173,12 @@ type deliveryFixture struct {
 	invalidations int
 	// log is what the fixture's deliverers logged.
 	log syncBuffer
+
+	// redisURL and sentinels are how the fixture's deliverers reach Redis
+	// ("": redis's URL); minReplicas is their min_replicas.
+	redisURL    string
+	sentinels   []string
+	minReplicas int
 }
 
 func newDeliveryFixture(t *testing.T) *deliveryFixture {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -107,17 +108,30 @@ func TestPushWaitsForMinReplicas(t *testing.T) {
 		t.Errorf("error %q does not say %q", err, want)
 	}
 	// The retried round pushes nothing: its jobs are below the watermark.
-	// A WAIT after nothing written would prove nothing: on a connection
-	// that wrote nothing it returns at once with every replica...
-	fresh := redis.NewClient(&redis.Options{Addr: master.Addr(), MaxRetries: -1})
-	defer fresh.Close()
-	if n, err := fresh.Wait(ctx, 1, time.Second).Result(); err != nil || n != 1 {
-		t.Errorf("WAIT on a connection that wrote nothing: %d, %v; Redis answers 1 at once, which is why the push always writes", n, err)
+	// Its WAIT must still cover them, also on a connection of its own (a
+	// new deliverer, or one that reconnected): the script still writes,
+	// so the connection's last write is after them.
+	retry, _, err := OpenRedis(master.URL(), nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	// ...while the push's WAIT still waits for the jobs 4 and 5.
-	res, err = s.push(ctx, "e1", geoJobs(4, 5), time.Now())
+	defer retry.Close()
+	rs := &SidekiqTarget{Client: retry, Queue: "default", Name: name, MinReplicas: 1}
+	res, err = rs.push(ctx, "e1", geoJobs(4, 5), time.Now())
 	if !errors.As(err, &few) || res.pushed != 0 {
 		t.Fatalf("retried push with the replica frozen: %+v, %v; want nothing pushed and still too few replicas", res, err)
+	}
+	// The write is in the replication stream: a push of nothing, without
+	// a WAIT (whose GETACK would add to the stream too), moves the
+	// master's offset by the HSET's length (a replica PING is 14 bytes).
+	before := replOffset(t, master)
+	rs.MinReplicas = 0
+	if res, err := rs.push(ctx, "e1", geoJobs(4, 5), time.Now()); err != nil || res.pushed != 0 {
+		t.Fatalf("push of nothing: %+v, %v", res, err)
+	}
+	if after := replOffset(t, master); after-before < 40 {
+		t.Errorf("a push of nothing wrote %d bytes to the replication stream (master_repl_offset %d, then %d), not the watermark's HSET: a WAIT after it would not cover the jobs before it",
+			after-before, before, after)
 	}
 
 	if err := replica.Thaw(); err != nil {
@@ -138,6 +152,82 @@ func TestPushWaitsForMinReplicas(t *testing.T) {
 	if !errors.As(err, &few) || few.Acked != 1 || !strings.Contains(err.Error(), "has 1 of min_replicas 2") {
 		t.Errorf("push wanting 2 replicas of 1: %v; want has 1 of min_replicas 2", err)
 	}
+}
+
+// A round that finds jobs lost and then waits in vain for replicas fails,
+// but its push has moved the watermark past the loss: the loss is counted
+// all the same, once.
+func TestLossSeenWhileWaitingForReplicasIsCounted(t *testing.T) {
+	master, replica := startReplicated(t)
+	f := &deliveryFixture{t: t, events: map[string]int{}, redisURL: master.URL(), minReplicas: 1}
+	f.tracking = openTestTracking(t)
+	pool, name := f.tracking.DB()
+	f.store = &store{pool: pool, name: name}
+	c, _, err := OpenRedis(master.URL(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	f.client = c
+	f.src = newSourceDB(t)
+	f.source = openTestSource(t, f.src.dsn)
+	ctx := testContext(t)
+	if _, _, err := f.store.startDelivery(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.write(5)
+	d := f.deliverer(Config{})
+	if n, err := d.round(ctx); err != nil || n != 6 {
+		t.Fatalf("first round: %d, %v", n, err)
+	}
+	// Redis forgets the five jobs, on the replica too, and the replica
+	// stops acknowledging.
+	if err := c.FlushAll(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	rc := redis.NewClient(&redis.Options{Addr: replica.Addr(), MaxRetries: -1})
+	defer rc.Close()
+	ts.WaitFor(t, 10*time.Second, "the replica flushed", func() (bool, string) {
+		n, err := rc.DBSize(ctx).Result()
+		return err == nil && n == 0, fmt.Sprintf("%d keys (%v)", n, err)
+	})
+	if err := replica.Freeze(); err != nil {
+		t.Fatal(err)
+	}
+	f.write(3)
+	for i := 0; i < 2; i++ {
+		var few *tooFewReplicasError
+		if _, err := d.round(ctx); !errors.As(err, &few) {
+			t.Fatalf("round %d with the replica frozen: %v; want too few replicas", i+1, err)
+		}
+	}
+	if err := replica.Thaw(); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := d.round(ctx); err != nil || n != 4 {
+		t.Fatalf("round with the replica back: %d, %v; want the 4 new jobs", n, err)
+	}
+	if got := status(d).LostInRedis; got != 5 {
+		t.Errorf("lost_in_redis %d, want the 5 jobs Redis forgot, counted once", got)
+	}
+	if n := strings.Count(f.log.String(), "lost jobs it had acknowledged"); n != 1 {
+		t.Errorf("the loss was logged %d times, want once:\n%s", n, f.log.String())
+	}
+}
+
+// replOffset is the master's replication offset: it grows with every
+// write a replica must receive.
+func replOffset(t *testing.T, master *redisserver.Server) int64 {
+	t.Helper()
+	info, err := redisserver.Info(context.Background(), master.Addr(), "replication")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.ParseInt(info["master_repl_offset"], 10, 64)
+	if err != nil {
+		t.Fatalf("master_repl_offset %q: %v", info["master_repl_offset"], err)
+	}
+	return n
 }
 
 // newSentinelFixture is a delivery fixture whose Redis (Sidekiq's and the
@@ -400,20 +490,26 @@ func TestDeliveryFollowsASentinelFailover(t *testing.T) {
 }
 
 // laggingFailover delivers to a Sentinel group of a master and one replica,
-// freezes the replica so that its replication falls behind, writes on,
-// kills the master, thaws the replica and waits until Sentinel has
-// promoted it, then writes a little more. It returns when the replica was
-// frozen and when the master was killed.
-func laggingFailover(t *testing.T, f *deliveryFixture, g *redisserver.Group, d *Deliverer) (frozeAt, killAt time.Time) {
+// cuts the replica off its master (redisserver's Partition: its
+// replication stops where it is, as in a network partition) and writes on
+// for 3 s, kills the master, and waits until Sentinel has promoted the
+// replica, then writes a little more. It returns when the replica was cut
+// off and when the master was killed.
+//
+// Freezing the replica (SIGSTOP) instead does not reliably make it lag on
+// loopback: the kernel's socket buffers hold megabytes of the replication
+// stream for it, and a replica thawed after the kill often has everything.
+func laggingFailover(t *testing.T, f *deliveryFixture, g *redisserver.Group, d *Deliverer) (cutAt, killAt time.Time) {
 	t.Helper()
 	f.writeFor(1500 * time.Millisecond)
 	f.waitAllRecorded(20 * time.Second)
 	replica := g.Replicas[0]
-	frozeAt = time.Now()
-	if err := replica.Freeze(); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cutAt = time.Now()
+	if err := replica.Partition(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// Well past what the kernel's socket buffers hold for the replica.
 	f.writeFor(3 * time.Second)
 	if f.minReplicas > 0 {
 		ts.WaitFor(t, 10*time.Second, "the status to say why nothing is delivered", func() (bool, string) {
@@ -425,13 +521,10 @@ func laggingFailover(t *testing.T, f *deliveryFixture, g *redisserver.Group, d *
 	if err := g.Master.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	if err := replica.Thaw(); err != nil {
-		t.Fatal(err)
-	}
 	failedOver := waitFailover(t, g, replica.Addr(), 30*time.Second)
 	t.Logf("Sentinel promoted the replica %s after the kill", failedOver.Sub(killAt).Round(time.Millisecond))
 	f.writeFor(time.Second)
-	return frozeAt, killAt
+	return cutAt, killAt
 }
 
 // With min_replicas = 0, a failover to a replica that lagged loses jobs
@@ -451,7 +544,7 @@ func TestFailoverToALaggingReplicaLosesOnlyWhatItReports(t *testing.T) {
 	st := status(d)
 	t.Logf("the promoted replica's queue: %s; lost_in_redis %d", a, st.LostInRedis)
 	if a.missing == 0 {
-		t.Fatalf("nothing was lost: the frozen replica did not lag (%s); the test shows nothing", a)
+		t.Fatalf("nothing was lost: the replica cut off did not lag (%s); the test shows nothing", a)
 	}
 	if st.LostInRedis != int64(a.missing) {
 		t.Errorf("lost_in_redis %d, but %d jobs recorded as delivered are not on the new master's queue", st.LostInRedis, a.missing)
@@ -463,7 +556,7 @@ func TestFailoverToALaggingReplicaLosesOnlyWhatItReports(t *testing.T) {
 		t.Errorf("the log does not report the %d lost jobs as an error", a.missing)
 	}
 	pause, _ := f.longestPause(ctx, killAt)
-	t.Logf("FIGURE: lagging replica promoted, min_replicas 0 (master + 1 replica frozen before the kill): jobs %d, recorded delivered then lost %d (reported: lost_in_redis %d), doubled %d; delivery pause %s",
+	t.Logf("FIGURE: lagging replica promoted, min_replicas 0 (master + 1 replica cut off 3 s before the kill): jobs %d, recorded delivered then lost %d (reported: lost_in_redis %d), doubled %d; delivery pause %s",
 		a.jobs, a.missing, st.LostInRedis, a.doubled, pause.Round(time.Millisecond))
 }
 
@@ -476,7 +569,7 @@ func TestMinReplicasWaitsInsteadOfLosingToALaggingReplica(t *testing.T) {
 	f, g := newSentinelFixture(t, 1, 1)
 	d := f.deliverer(Config{})
 	defer run(t, d)()
-	frozeAt, killAt := laggingFailover(t, f, g, d)
+	cutAt, killAt := laggingFailover(t, f, g, d)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
 	defer cancel()
 	recordedAtKill := f.recorded(ctx) // nothing is recorded once the master is gone...
@@ -484,15 +577,9 @@ func TestMinReplicasWaitsInsteadOfLosingToALaggingReplica(t *testing.T) {
 	// ...while pushes reach the new master, and its missing replica holds
 	// them back.
 	newMaster := g.Replicas[0].Addr()
-	nc := redis.NewClient(&redis.Options{Addr: newMaster, MaxRetries: -1})
-	defer nc.Close()
-	promoted, err := nc.LLen(ctx, "queue:default").Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts.WaitFor(t, 20*time.Second, "a push to reach the new master", func() (bool, string) {
-		n, err := nc.LLen(ctx, "queue:default").Result()
-		return err == nil && n > promoted, fmt.Sprintf("queue length %d (%v), %d at promotion", n, err, promoted)
+	ts.WaitFor(t, 20*time.Second, "a push to reach the new master and wait for its replicas", func() (bool, string) {
+		stats, err := redisserver.Info(ctx, newMaster, "commandstats")
+		return err == nil && stats["cmdstat_wait"] != "", fmt.Sprintf("WAIT on the new master: %q (%v)", stats["cmdstat_wait"], err)
 	})
 	ts.WaitFor(t, 10*time.Second, "the status to say the new master has no replica", func() (bool, string) {
 		s := status(d).SidekiqRedis
@@ -510,6 +597,7 @@ func TestMinReplicasWaitsInsteadOfLosingToALaggingReplica(t *testing.T) {
 
 	// The old master comes back; Sentinel makes it the new master's
 	// replica, and delivery goes on by itself.
+	restartedAt := time.Now()
 	if err := g.Master.StartAgain(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -524,9 +612,9 @@ func TestMinReplicasWaitsInsteadOfLosingToALaggingReplica(t *testing.T) {
 	if st.LostInRedis != 0 || lostWaiting != 0 {
 		t.Errorf("lost_in_redis %d (%d while waiting), want 0", st.LostInRedis, lostWaiting)
 	}
-	pause, began := f.longestPause(ctx, frozeAt)
-	t.Logf("FIGURE: lagging replica promoted, min_replicas 1 (master + 1 replica frozen before the kill): jobs %d, lost %d, doubled %d, missing %d; "+
-		"delivery waited %s (from %s after the freeze; the kill came %s after it), until the old master was back as a replica",
-		a.jobs, st.LostInRedis, a.doubled, a.missing, pause.Round(time.Millisecond), began.Sub(frozeAt).Round(time.Millisecond),
-		killAt.Sub(frozeAt).Round(time.Millisecond))
+	pause, began := f.longestPause(ctx, cutAt)
+	t.Logf("FIGURE: lagging replica promoted, min_replicas 1 (master + 1 replica cut off 3 s before the kill): jobs %d, lost %d, doubled %d, missing %d; "+
+		"delivery waited %s (from %s after the replica was cut off; the kill came %s after that, the old master was restarted %s after it, and delivery resumed once Sentinel had made it the new master's replica)",
+		a.jobs, st.LostInRedis, a.doubled, a.missing, pause.Round(time.Millisecond), began.Sub(cutAt).Round(time.Millisecond),
+		killAt.Sub(cutAt).Round(time.Millisecond), restartedAt.Sub(cutAt).Round(time.Millisecond))
 }

@@ -181,6 +181,17 @@ WHERE id BETWEEN $1 AND $2 AND kind <> $3 AND delivered_at IS NOT NULL`, from, t
 	return n, nil
 }
 
+// addLost counts n jobs as lost in Redis, outside any round: for a round
+// that saw the loss and then failed after its push had moved Redis's
+// watermark past it.
+func (t *store) addLost(ctx context.Context, n int64) error {
+	_, err := t.pool.Exec(ctx, `UPDATE geocursor_delivery SET lost_in_redis = lost_in_redis + $1, updated_at = clock_timestamp() WHERE id = 1`, n)
+	if err != nil {
+		return pgdb.Errorf("tracking", t.name, err, "count %d jobs lost in Redis: %s", n, pgdb.Describe(err))
+	}
+	return nil
+}
+
 // commit records the round: its jobs' delivered_at, and the row moved past
 // every job the round read.
 func (r *deliveryRound) commit(ctx context.Context, t *store, out roundOutcome) error {

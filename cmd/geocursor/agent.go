@@ -10,6 +10,7 @@ import (
 	"syscall"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/redis/go-redis/v9"
 
 	"github.com/geocursor/geocursor/cluster"
 	"github.com/geocursor/geocursor/config"
@@ -49,6 +50,10 @@ func runAgent(args []string, stderr io.Writer) error {
 
 	lg := newLogs(cfg, stderr)
 	logger := lg.agent
+	// go-redis logs reconnects and Sentinel's master switches through a
+	// package-level logger; the agent runs one node per process, so it is
+	// set once, here, to write through the agent's own (JSON) logger.
+	redis.SetLogger(redisLogger{logger.Named("redis")})
 	sec, err := loadSecurity(cfg)
 	if err != nil {
 		return &usageError{msg: err.Error()}
@@ -190,4 +195,13 @@ func siteName(cfg *config.Config) string {
 		return ""
 	}
 	return cfg.GitLab.SiteName
+}
+
+// redisLogger writes go-redis's own lines (reconnects, Sentinel switching
+// masters) as warnings of the agent's logger, so that every line of the
+// agent has the log_format's shape.
+type redisLogger struct{ logger hclog.Logger }
+
+func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
+	l.logger.Warn(fmt.Sprintf(format, v...))
 }

@@ -45,7 +45,7 @@ func runCursor(ctx context.Context, cfg *config.Config, node *cluster.Node, reg 
 	defer tracking.Close()
 	node.SetDeadLetterSource(tracking)
 
-	watcher, closeWatcher, err := newGitLabWatcher(ctx, cfg.GitLab, node, source, reg, logger.Named("gitlab"))
+	watcher, closeWatcher, err := newGitLabWatcher(ctx, cfg.GitLab, node, source, tracking, reg, logger.Named("gitlab"))
 	if err != nil {
 		return err
 	}

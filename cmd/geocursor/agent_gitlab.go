@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,7 +17,7 @@ import (
 // newGitLabWatcher sets up the watch of GitLab's shared state from the
 // gitlab block (nil without one): its lease, its gaps and the site's role.
 // The caller runs it and hands its gate to the loop and the deliverer.
-func newGitLabWatcher(ctx context.Context, gc *config.GitLabConfig, node *cluster.Node, source *cursor.Source,
+func newGitLabWatcher(ctx context.Context, gc *config.GitLabConfig, node *cluster.Node, source *cursor.Source, tracking *cursor.Tracking,
 	reg prometheus.Registerer, logger hclog.Logger) (*gitlab.Watcher, func(), error) {
 	if gc == nil {
 		logger.Info("no gitlab block: GitLab's cursor lease, its gap set and the site's role are not watched; " +
@@ -39,6 +40,15 @@ func newGitLabWatcher(ctx context.Context, gc *config.GitLabConfig, node *cluste
 		RedisName: name,
 		Source:    source.DB(),
 		Cursor: func() int64 {
+			// While GitLab's own cursor has the site (handed back, or run
+			// past the fence), the IDs in its set are its own whatever the
+			// replicated cursor says: none is the group's until a grant
+			// has taken the site over again.
+			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			defer cancel()
+			if theirs, err := tracking.GitLabHasSite(cctx); err != nil || theirs {
+				return 0
+			}
 			st, _ := node.Watch()
 			return st.Cursor.LastEventID
 		},

@@ -3,6 +3,8 @@
 // loopback port, with an append-only file so that what it acknowledged
 // survives a kill. It owns one base directory per server (configuration,
 // data directory with the AOF, server log) and removes it in Cleanup.
+// A server may replicate another (Options.ReplicaOf), and a Group runs a
+// master, its replicas and the Sentinels that watch them (sentinel.go).
 //
 // It must not depend on package testing: scripts use it too. Test helpers
 // that fail a test live in internal/testsupport.
@@ -20,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -47,6 +50,10 @@ type Options struct {
 	// every acknowledged write is on disk, so it survives Kill), "everysec"
 	// or "no".
 	AppendFsync string
+	// ReplicaOf, if set, is the HOST:PORT of a master this server
+	// replicates (replicaof in its configuration). Sentinel may change it
+	// later: the server rewrites its configuration when told to.
+	ReplicaOf string
 	// Logf, if set, receives one line per start and stop of the server.
 	Logf func(format string, args ...any)
 }
@@ -61,12 +68,16 @@ type Server struct {
 	Port int
 
 	bin      string
+	args     []string // after the configuration file
 	confFile string
 	logFile  string
 	logf     func(format string, args ...any)
+	// writeConfig (re)writes confFile for the current port.
+	writeConfig func() error
 
-	mu   sync.Mutex
-	proc *childproc.Process // nil when stopped
+	mu     sync.Mutex
+	proc   *childproc.Process // nil when stopped
+	frozen bool               // SIGSTOPped by Freeze
 }
 
 // Start writes a configuration in a new temporary directory and starts
@@ -86,48 +97,85 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 	default:
 		return nil, fmt.Errorf("redisserver: AppendFsync %q is not one of always, everysec, no", opts.AppendFsync)
 	}
-	s := &Server{bin: bin, logf: opts.Logf}
+	var masterHost, masterPort string
+	if opts.ReplicaOf != "" {
+		if masterHost, masterPort, err = net.SplitHostPort(opts.ReplicaOf); err != nil {
+			return nil, fmt.Errorf("redisserver: ReplicaOf %q is not HOST:PORT: %w", opts.ReplicaOf, err)
+		}
+	}
+	s, err := newServer(bin, "geocursor-redis-*", "redis", opts.Logf)
+	if err != nil {
+		return nil, err
+	}
+	dataDir := filepath.Join(s.Dir, "data")
+	if err := os.Mkdir(dataDir, 0o700); err != nil {
+		_ = os.RemoveAll(s.Dir)
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	s.writeConfig = func() error {
+		var b strings.Builder
+		s.commonConfig(&b)
+		fmt.Fprintf(&b, "dir %s\n", quote(dataDir))
+		b.WriteString("appendonly yes\n")
+		fmt.Fprintf(&b, "appendfsync %s\n", fsync)
+		// No RDB snapshots: the AOF alone is what a restart reloads.
+		b.WriteString("save \"\"\n")
+		// A replica that asks for a full sync gets it at once, not after
+		// the five seconds Redis waits for others to ask too.
+		b.WriteString("repl-diskless-sync-delay 0\n")
+		if masterHost != "" {
+			fmt.Fprintf(&b, "replicaof %s %s\n", masterHost, masterPort)
+		}
+		return s.saveConfig(b.String())
+	}
+	if err := s.start(ctx); err != nil {
+		_ = os.RemoveAll(s.Dir)
+		return nil, err
+	}
+	return s, nil
+}
+
+// newServer makes a stopped server in a new base directory (named after
+// pattern) with its configuration and log named after file.
+func newServer(bin, pattern, file string, logf func(string, ...any)) (*Server, error) {
+	s := &Server{bin: bin, logf: logf}
 	if s.logf == nil {
 		s.logf = func(string, ...any) {}
 	}
-	s.Dir, err = os.MkdirTemp("", "geocursor-redis-*")
+	var err error
+	s.Dir, err = os.MkdirTemp("", pattern)
 	if err != nil {
 		return nil, fmt.Errorf("create base directory: %w", err)
 	}
-	ok := false
-	defer func() {
-		if !ok {
-			_ = os.RemoveAll(s.Dir)
-		}
-	}()
-	dataDir := filepath.Join(s.Dir, "data")
-	if err := os.Mkdir(dataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("create data directory: %w", err)
-	}
-	s.confFile = filepath.Join(s.Dir, "redis.conf")
-	s.logFile = filepath.Join(s.Dir, "redis.log")
+	s.confFile = filepath.Join(s.Dir, file+".conf")
+	s.logFile = filepath.Join(s.Dir, file+".log")
+	return s, nil
+}
 
+// start picks a free port, writes the configuration for it and starts
+// the server, with another port if the one picked was taken before the
+// server bound it.
+func (s *Server) start(ctx context.Context) error {
 	for attempt := 1; ; attempt++ {
+		var err error
 		s.Port, err = childproc.FreePort()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if err := s.writeConfig(dataDir, fsync); err != nil {
-			return nil, err
+		if err := s.writeConfig(); err != nil {
+			return err
 		}
 		err = s.StartAgain(ctx)
 		if err == nil {
-			break
+			return nil
 		}
 		if attempt >= startAttempts || ctx.Err() != nil || !strings.Contains(s.LogTail(), "Address already in use") {
-			return nil, err
+			return err
 		}
 		s.logf("redisserver: port %d was taken before the server bound it; retrying", s.Port)
 		// The next attempt's failure must be judged by its own log.
 		_ = os.Remove(s.logFile)
 	}
-	ok = true
-	return s, nil
 }
 
 // Addr returns the server's address, 127.0.0.1:Port.
@@ -150,9 +198,10 @@ func (s *Server) StartAgain(ctx context.Context) error {
 	if s.proc != nil && !s.proc.Exited() {
 		return nil
 	}
-	s.proc = nil // it may have died by itself
-	s.logf("redisserver: starting %s %s on port %d", s.bin, s.confFile, s.Port)
-	p, err := childproc.Start(s.bin, []string{s.confFile}, nil, s.Dir, s.logFile)
+	s.proc, s.frozen = nil, false // it may have died by itself
+	args := append([]string{s.confFile}, s.args...)
+	s.logf("redisserver: starting %s %s on port %d", s.bin, strings.Join(args, " "), s.Port)
+	p, err := childproc.Start(s.bin, args, nil, s.Dir, s.logFile)
 	if err != nil {
 		return fmt.Errorf("start redis-server on port %d: %w", s.Port, err)
 	}
@@ -219,8 +268,8 @@ func (s *Server) Kill() error {
 		return nil
 	}
 	s.logf("redisserver: killing the server on port %d", s.Port)
-	err := s.proc.Kill()
-	s.proc = nil
+	err := s.proc.Kill() // SIGKILL ends a frozen process too
+	s.proc, s.frozen = nil, false
 	if err != nil {
 		return fmt.Errorf("kill redis-server on port %d: %w", s.Port, err)
 	}
@@ -238,10 +287,92 @@ func (s *Server) Stop() error {
 		return nil
 	}
 	s.logf("redisserver: stopping the server on port %d", s.Port)
+	if s.frozen {
+		// A stopped process would hold SIGTERM until stopTimeout.
+		_ = syscall.Kill(s.proc.Pid(), syscall.SIGCONT)
+	}
+	// Redis refuses a SIGTERM that comes while it writes its first AOF
+	// (after a replica's full sync: "Writing initial AOF, can't exit") and
+	// does not try again by itself; so SIGTERM is repeated until it exits.
+	repeat := make(chan struct{})
+	go func(p *childproc.Process) {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-repeat:
+				return
+			case <-p.Done():
+				return
+			case <-t.C:
+				if !p.Exited() {
+					_ = syscall.Kill(p.Pid(), syscall.SIGTERM)
+				}
+			}
+		}
+	}(s.proc)
 	err := s.proc.Stop(stopTimeout)
-	s.proc = nil
+	close(repeat)
+	s.proc, s.frozen = nil, false
 	if err != nil {
 		return fmt.Errorf("stop redis-server on port %d: %w\nserver log (tail):\n%s", s.Port, err, s.LogTail())
+	}
+	return nil
+}
+
+// Freeze sends SIGSTOP: the server stops answering and stops reading,
+// but keeps its connections, as a server stuck in a long stall would;
+// the kernel still buffers what peers send it, up to its socket buffers.
+// Thaw lets it go on. Freezing a frozen or stopped server is a no-op.
+func (s *Server) Freeze() error { return s.signal(syscall.SIGSTOP, "SIGSTOP", true) }
+
+// Thaw sends SIGCONT to a frozen server. Thawing a server that is not
+// frozen is a no-op.
+func (s *Server) Thaw() error { return s.signal(syscall.SIGCONT, "SIGCONT", false) }
+
+func (s *Server) signal(sig syscall.Signal, name string, frozen bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil || s.frozen == frozen {
+		return nil
+	}
+	s.logf("redisserver: sending %s to the server on port %d", name, s.Port)
+	if err := syscall.Kill(s.proc.Pid(), sig); err != nil {
+		return fmt.Errorf("send %s to the server on port %d: %w", name, s.Port, err)
+	}
+	s.frozen = frozen
+	return nil
+}
+
+// partitionAuth is the password a partitioned replica offers its master,
+// which takes none.
+const partitionAuth = "geocursor-partitioned"
+
+// Partition cuts a replica off its master as a network partition would:
+// it drops its link and cannot make another (it offers the master a
+// password the master does not take), so it keeps what it had while the
+// master goes on accepting writes. Unlike Freeze, nothing in flight
+// reaches it later: what the kernel buffered for the dropped link is gone.
+// Heal lets it reconnect.
+func (s *Server) Partition(ctx context.Context) error {
+	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1})
+	defer c.Close()
+	if err := c.ConfigSet(ctx, "masterauth", partitionAuth).Err(); err != nil {
+		return fmt.Errorf("partition the replica on port %d: %w", s.Port, err)
+	}
+	if err := c.ClientKillByFilter(ctx, "TYPE", "master").Err(); err != nil {
+		return fmt.Errorf("partition the replica on port %d: drop its master link: %w", s.Port, err)
+	}
+	s.logf("redisserver: the replica on port %d is cut off its master", s.Port)
+	return nil
+}
+
+// Heal undoes Partition: the replica reconnects within a second.
+func (s *Server) Heal(ctx context.Context) error {
+	c := redis.NewClient(&redis.Options{Addr: s.Addr(), MaxRetries: -1})
+	defer c.Close()
+	if err := c.ConfigSet(ctx, "masterauth", "").Err(); err != nil {
+		return fmt.Errorf("heal the replica on port %d: %w", s.Port, err)
 	}
 	return nil
 }
@@ -259,23 +390,22 @@ func (s *Server) Cleanup() error {
 // LogTail returns the end of the server log, for diagnosing failures.
 func (s *Server) LogTail() string { return childproc.LogTail(s.logFile) }
 
-// writeConfig (re)writes the configuration for the current port.
-func (s *Server) writeConfig(dataDir, fsync string) error {
-	var b strings.Builder
+// commonConfig writes what every server's configuration starts with.
+func (s *Server) commonConfig(b *strings.Builder) {
 	b.WriteString("# written by geocursor internal/redisserver\n")
 	b.WriteString("bind 127.0.0.1\n")
-	fmt.Fprintf(&b, "port %d\n", s.Port)
+	fmt.Fprintf(b, "port %d\n", s.Port)
 	b.WriteString("daemonize no\n")
 	b.WriteString("supervised no\n")
 	// Logs go to stdout, which Start sends to the log file together with
 	// anything printed before the configuration is read.
 	b.WriteString("logfile \"\"\n")
-	fmt.Fprintf(&b, "dir %s\n", quote(dataDir))
-	b.WriteString("appendonly yes\n")
-	fmt.Fprintf(&b, "appendfsync %s\n", fsync)
-	// No RDB snapshots: the AOF alone is what a restart reloads.
-	b.WriteString("save \"\"\n")
-	if err := os.WriteFile(s.confFile, []byte(b.String()), 0o600); err != nil {
+}
+
+// saveConfig writes the configuration file; the server may rewrite it
+// (CONFIG REWRITE, and Sentinel's own state), so it stays writable.
+func (s *Server) saveConfig(conf string) error {
+	if err := os.WriteFile(s.confFile, []byte(conf), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", s.confFile, err)
 	}
 	return nil
