@@ -1,7 +1,6 @@
 package cursor
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -15,25 +14,11 @@ import (
 	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
 	"github.com/geocursor/geocursor/internal/localcoord"
+	ts "github.com/geocursor/geocursor/internal/testsupport"
 )
 
-// syncBuffer is a bytes.Buffer safe for a logger and a test to share.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+// syncBuffer is a log output safe for a logger and a test to share.
+type syncBuffer = ts.SyncBuffer
 
 // flakyCoordinator fails chosen advances, as a leader that is cut off or an
 // answer that is lost would.

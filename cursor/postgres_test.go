@@ -5,33 +5,28 @@ import (
 	"fmt"
 	"os"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/geocursor/geocursor/internal/pgserver"
+	ts "github.com/geocursor/geocursor/internal/testsupport"
 	"github.com/jackc/pgx/v5"
 )
 
 // The tests of this package share one PostgreSQL server, started on first
 // use and stopped by TestMain; each test gets its own databases. Starting a
 // server per test would cost an initdb each time for no isolation gain.
-var shared struct {
-	once sync.Once
-	srv  *pgserver.Server
-	err  error
-	seq  atomic.Int64
-}
+// shared is the package's PostgreSQL server, for all its tests.
+var shared = &ts.PackagePostgres{Options: pgserver.Options{Fast: true}}
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	for _, srv := range []*pgserver.Server{shared.srv, durable.srv} {
-		if srv == nil {
-			continue
-		}
-		if err := srv.Cleanup(); err != nil {
-			fmt.Fprintf(os.Stderr, "clean up PostgreSQL in %s: %v\n", srv.Dir, err)
+	if err := shared.Cleanup(); err != nil {
+		fmt.Fprintf(os.Stderr, "clean up the tests' PostgreSQL: %v\n", err)
+	}
+	if durable.srv != nil {
+		if err := durable.srv.Cleanup(); err != nil {
+			fmt.Fprintf(os.Stderr, "clean up PostgreSQL in %s: %v\n", durable.srv.Dir, err)
 		}
 	}
 	os.Exit(code)
@@ -40,33 +35,14 @@ func TestMain(m *testing.M) {
 // postgres returns the shared server, starting it if needed.
 func postgres(t *testing.T) *pgserver.Server {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("needs PostgreSQL; skipped with -short")
-	}
-	shared.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		shared.srv, shared.err = pgserver.Start(ctx, pgserver.Options{Fast: true})
-	})
-	if shared.err != nil {
-		t.Fatalf("start PostgreSQL: %v", shared.err)
-	}
-	return shared.srv
+	return shared.Server(t)
 }
 
 // newDatabase creates an empty database for the calling test and returns
 // its DSN.
 func newDatabase(t *testing.T, prefix string) string {
 	t.Helper()
-	s := postgres(t)
-	name := fmt.Sprintf("%s_%d", prefix, shared.seq.Add(1))
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	dsn, err := s.CreateDatabase(ctx, name)
-	if err != nil {
-		t.Fatalf("create database %s: %v", name, err)
-	}
-	return dsn
+	return shared.NewDatabase(t, prefix)
 }
 
 // testSourceSchema is GitLab's event log layout (design.md section 5), with

@@ -1,37 +1,29 @@
 package delivery
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 
 	"github.com/geocursor/geocursor/cursor"
+	"github.com/geocursor/geocursor/internal/loadgen"
 	"github.com/geocursor/geocursor/internal/pgserver"
+	ts "github.com/geocursor/geocursor/internal/testsupport"
 )
 
-// One PostgreSQL server for the package's tests, each with databases of
-// its own.
-var shared struct {
-	once sync.Once
-	srv  *pgserver.Server
-	err  error
-	seq  atomic.Int64
-}
+// shared is the package's PostgreSQL server, for all its tests.
+var shared = &ts.PackagePostgres{Options: pgserver.Options{Fast: true}}
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if shared.srv != nil {
-		if err := shared.srv.Cleanup(); err != nil {
-			fmt.Fprintf(os.Stderr, "clean up PostgreSQL in %s: %v\n", shared.srv.Dir, err)
-		}
+	if err := shared.Cleanup(); err != nil {
+		fmt.Fprintf(os.Stderr, "clean up the tests' PostgreSQL: %v\n", err)
 	}
 	os.Exit(code)
 }
@@ -40,47 +32,8 @@ func TestMain(m *testing.M) {
 // its DSN.
 func newDatabase(t *testing.T, prefix string) string {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("needs PostgreSQL; skipped with -short")
-	}
-	shared.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		shared.srv, shared.err = pgserver.Start(ctx, pgserver.Options{Fast: true})
-	})
-	if shared.err != nil {
-		t.Fatalf("start PostgreSQL: %v", shared.err)
-	}
-	name := fmt.Sprintf("%s_%d", prefix, shared.seq.Add(1))
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	dsn, err := shared.srv.CreateDatabase(ctx, name)
-	if err != nil {
-		t.Fatalf("create database %s: %v", name, err)
-	}
-	return dsn
+	return shared.NewDatabase(t, prefix)
 }
-
-// testSourceSchema is GitLab's event log layout (design section 5).
-const testSourceSchema = `
-CREATE TABLE geo_event_log (
-    id bigint NOT NULL PRIMARY KEY,
-    created_at timestamp without time zone NOT NULL,
-    cache_invalidation_event_id bigint,
-    geo_event_id bigint
-);
-CREATE TABLE geo_events (
-    id bigint NOT NULL PRIMARY KEY,
-    replicable_name character varying(255) NOT NULL,
-    event_name character varying(255) NOT NULL,
-    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
-    created_at timestamp with time zone NOT NULL
-);
-CREATE TABLE geo_cache_invalidation_events (
-    id bigint NOT NULL PRIMARY KEY,
-    key character varying NOT NULL
-);
-`
 
 // sourceDB is a source database the test writes to directly.
 type sourceDB struct {
@@ -93,7 +46,7 @@ func newSourceDB(t *testing.T) *sourceDB {
 	t.Helper()
 	dsn := newDatabase(t, "source")
 	conn := connect(t, dsn)
-	exec(t, conn, testSourceSchema)
+	exec(t, conn, loadgen.SourceSchema)
 	return &sourceDB{t: t, dsn: dsn, conn: conn}
 }
 
@@ -167,22 +120,7 @@ func testContext(t *testing.T) context.Context {
 }
 
 // syncBuffer is a log output the test reads while deliverers write it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type syncBuffer = ts.SyncBuffer
 
 // testWriter sends log lines to t.Log.
 type testWriter struct{ t *testing.T }

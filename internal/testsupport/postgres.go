@@ -5,8 +5,12 @@
 package testsupport
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,4 +57,71 @@ func NewDatabase(tb testing.TB, s *pgserver.Server, name string) string {
 		tb.Fatalf("create database %q: %v", name, err)
 	}
 	return dsn
+}
+
+// PackagePostgres is one PostgreSQL server that a test package's tests
+// share, each in databases of its own: starting a server per test costs
+// seconds. The first NewDatabase starts it; the package's TestMain calls
+// Cleanup after m.Run. Tests that need it skip under -short.
+type PackagePostgres struct {
+	// Options start the server (Fast for throwaway data).
+	Options pgserver.Options
+
+	once sync.Once
+	srv  *pgserver.Server
+	err  error
+	seq  atomic.Int64
+}
+
+// Server returns the package's server, starting it on first use.
+func (p *PackagePostgres) Server(tb testing.TB) *pgserver.Server {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip("needs PostgreSQL; skipped with -short")
+	}
+	p.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), setupTimeout)
+		defer cancel()
+		p.srv, p.err = pgserver.Start(ctx, p.Options)
+	})
+	if errors.Is(p.err, pgserver.ErrNotInstalled) {
+		tb.Fatalf("this test needs a PostgreSQL server: %v", p.err)
+	}
+	if p.err != nil {
+		tb.Fatalf("start PostgreSQL: %v", p.err)
+	}
+	return p.srv
+}
+
+// NewDatabase creates an empty database named prefix_N for the calling
+// test and returns its DSN.
+func (p *PackagePostgres) NewDatabase(tb testing.TB, prefix string) string {
+	tb.Helper()
+	return NewDatabase(tb, p.Server(tb), fmt.Sprintf("%s_%d", prefix, p.seq.Add(1)))
+}
+
+// Cleanup stops and removes the server, if it was started.
+func (p *PackagePostgres) Cleanup() error {
+	if p.srv == nil {
+		return nil
+	}
+	return p.srv.Cleanup()
+}
+
+// SyncBuffer is a log output that tests read while loggers write it.
+type SyncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
