@@ -384,7 +384,9 @@ func (g *grant) adoptFence(fencedErr error, start Position) (again bool, err err
 // may have committed a batch there and died before its release-and-advance
 // reached Raft, and only the fence row knows the gaps it left open. The
 // granted cursor is the leader's at grant time; the local replica may not
-// have applied the last advance yet, which is no cause for alarm.
+// have applied the last advance yet, which is no cause for alarm. A fresh
+// tracking database is placed (place); one that GitLab's own log cursor
+// has had since geocursor processed is taken over again (retake).
 func (g *grant) startPosition() error {
 	l := g.l
 	qctx, cancel := l.dbContext(g.ctx)
@@ -401,11 +403,17 @@ func (g *grant) startPosition() error {
 	l.health.Tracking(nil)
 	l.fencedClaims = 0
 	granted := g.granted
-	placed := !fence.Positioned
+	// A fence row that is not positioned and has never moved is a fresh
+	// tracking database; one that moved and is not positioned was handed
+	// back to GitLab's own log cursor.
+	placed := !fence.Positioned && fence.Position.LastEventID == 0
+	retaken := false
 	if placed {
 		if fence, err = g.place(qctx); err != nil {
 			return err
 		}
+	} else if fence, retaken, err = g.retake(qctx, fence); err != nil {
+		return err
 	}
 	if err := g.readHorizon(qctx); err != nil {
 		return err
@@ -415,7 +423,7 @@ func (g *grant) startPosition() error {
 	case fence.Position.LastEventID < granted.LastEventID:
 		return fmt.Errorf("the tracking database is at event %d but the replicated cursor is at %d: was the tracking database restored from an older backup? Restore a newer one, or move the cursor deliberately with `geocursor cursor set -event-id N -force`",
 			fence.Position.LastEventID, granted.LastEventID)
-	case fence.Position.LastEventID > granted.LastEventID && !placed:
+	case fence.Position.LastEventID > granted.LastEventID && !placed && !retaken:
 		l.logger.Warn("adopting the position of the tracking database: the previous holder committed a batch but did not advance the cursor",
 			"token", g.token, "fence_last_id", fence.Position.LastEventID, "cursor_last_id", granted.LastEventID)
 	}
@@ -454,7 +462,7 @@ func (g *grant) place(ctx context.Context) (Fence, error) {
 		return Fence{}, fmt.Errorf("place the fence (token %d): %w", g.token, err)
 	case fromGitLab:
 		start.LastEventID, why = id, "after the last event GitLab's own log cursor processed (event_log_states)"
-		if start.Gaps, err = g.adoptGitLabGaps(ctx, id); err != nil {
+		if start.Gaps, err = g.adoptGitLabGaps(ctx, id, Position{}); err != nil {
 			return Fence{}, fmt.Errorf("place the fence (token %d): %w", g.token, err)
 		}
 	case l.cfg.Start == StartOldest:
@@ -491,9 +499,12 @@ func (g *grant) place(ctx context.Context) (Fence, error) {
 // open gaps of its own, first seen when GitLab saw them, so that an event
 // of theirs that commits later is processed once, and one that never does
 // is given up after source.gap_timeout counted from GitLab's sighting. IDs
-// above last come as new events anyway. The group removes them from
-// GitLab's set only once its cursor has recorded them (gitlab.Watcher).
-func (g *grant) adoptGitLabGaps(ctx context.Context, last int64) ([]fsm.Gap, error) {
+// above last come as new events anyway. When the site had been
+// geocursor's before, decided is where geocursor left it, and the IDs it
+// decided are not reopened (gitLabGapsToAdopt). The group removes them
+// from GitLab's set only once its cursor has recorded them
+// (gitlab.Watcher).
+func (g *grant) adoptGitLabGaps(ctx context.Context, last int64, decided Position) ([]fsm.Gap, error) {
 	l := g.l
 	if l.cfg.GitLabGaps == nil {
 		return nil, nil
@@ -502,12 +513,7 @@ func (g *grant) adoptGitLabGaps(ctx context.Context, last int64) ([]fsm.Gap, err
 	if err != nil {
 		return nil, fmt.Errorf("adopt GitLab's open gaps: %w", err)
 	}
-	var gaps []fsm.Gap
-	for _, gap := range all {
-		if gap.ID <= last {
-			gaps = append(gaps, gap)
-		}
-	}
+	gaps := gitLabGapsToAdopt(all, last, decided)
 	if over := len(gaps) - l.cfg.MaxGaps; over > 0 {
 		l.logger.Warn("GitLab's gap set holds more gaps than geocursor keeps; the oldest IDs are given up",
 			"count", over, "first_id", gaps[0].ID, "last_id", gaps[over-1].ID, "max_gaps", l.cfg.MaxGaps)

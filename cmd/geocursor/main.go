@@ -30,6 +30,7 @@ Commands:
   cursor pause     stop processing after the batch in flight (all peers)
   cursor resume    let the peers process again
   cursor set       move the cursor to -event-id N (-force to move it back) (operator)
+  gitlab handback  hand the site back to GitLab's geo-logcursor, open gaps included (operator; agents stopped)
   snapshot save    write the replicated state to FILE (operator)
   snapshot restore put a saved state into a fresh group (operator)
   tls ca create    create the cluster's certificate authority
@@ -96,6 +97,11 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 			return runCursorSet(args[2:], stdout, stderr)
 		}
 		return usagef("unknown command \"cursor %s\": the cursor commands are: show, pause, resume, set", args[1])
+	case "gitlab":
+		if len(args) < 2 || args[1] != "handback" {
+			return usagef("the gitlab commands are: geocursor gitlab handback -config FILE [-force]")
+		}
+		return runGitLabHandback(args[2:], stdout, stderr)
 	case "snapshot":
 		if len(args) < 2 {
 			return usagef("snapshot needs a subcommand: geocursor snapshot save FILE or geocursor snapshot restore FILE")
@@ -123,5 +129,5 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 		fmt.Fprint(stdout, usage)
 		return errHelp
 	}
-	return usagef("unknown command %q: the commands are agent, cluster status|remove, cursor show|pause|resume|set, snapshot save|restore, tls ca create, tls cert create and version", args[0])
+	return usagef("unknown command %q: the commands are agent, cluster status|remove, cursor show|pause|resume|set, gitlab handback, snapshot save|restore, tls ca create, tls cert create and version", args[0])
 }
