@@ -22,6 +22,7 @@
 //	renewer.go     renewing the lease while a long batch runs
 //	position.go    positions, gap arithmetic (NextPosition), comparing positions
 //	fence.go       the fence row: claim, read, check
+//	handback.go    handing the site back to GitLab's cursor, and taking it over again
 //	tracking.go    the tracking store: staging and committing a batch
 //	statements.go  the set-based SQL that writes a batch's effects
 //	effects.go     what an event does to the tracking database (pure)

@@ -45,7 +45,8 @@ type LoopConfig struct {
 	// grant ends at the next batch once it closes.
 	Gate Gate
 	// GitLabGaps, when set, is read when a fresh tracking database takes
-	// over from GitLab's own cursor (see grant.place).
+	// over from GitLab's own cursor (grant.place), and when a handed-back
+	// one takes over again after it (grant.retake).
 	GitLabGaps GitLabGaps
 }
 
