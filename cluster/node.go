@@ -18,7 +18,6 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/bbolt"
-	"golang.org/x/net/netutil"
 
 	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/config"
@@ -60,6 +59,10 @@ type Config struct {
 	// PreferFollower is lease.prefer_follower: keep the lease holder off
 	// the Raft leader (handoff.go).
 	PreferFollower bool
+	// Witness says the node does not process (its config has no source
+	// block): it advertises so in its join and its members row, and the
+	// leader never grants it the lease.
+	Witness bool
 	// BootstrapExpect and LeaveOnTerminate are config's (see there).
 	BootstrapExpect  int
 	LeaveOnTerminate bool
@@ -71,8 +74,9 @@ type Config struct {
 // HTTP server limits: a request gets its headers in 5s and its body in
 // 10s (a body sent a byte a second is cut off), an answer must be written
 // within 15s (a forwarded command waits for a leader for at most a few
-// election timeouts), and at most maxConnections connections are open at
-// once.
+// election timeouts). At most maxConnections connections are open at once,
+// maxConnectionsPerClient of one address other than loopback; when full,
+// the connection that waited longest without a request goes (connGuard).
 const (
 	readHeaderTimeout = 5 * time.Second
 	readTimeout       = 10 * time.Second
@@ -80,6 +84,9 @@ const (
 	idleTimeout       = 60 * time.Second
 	maxHeaderBytes    = 16 << 10
 	maxConnections    = 256
+	// maxConnectionsPerClient: a peer needs a handful (forwarding, status
+	// of each member, the UI's stream); an operator's scripts a few more.
+	maxConnectionsPerClient = 32
 )
 
 // Node is one peer of the Raft group with its HTTP API.
@@ -167,7 +174,6 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listen on http_addr %s: %w", cfg.HTTPAddr, err)
 	}
-	httpLn = netutil.LimitListener(httpLn, maxConnections)
 	ok := false
 	defer func() {
 		if !ok {
@@ -258,6 +264,11 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		n.httpServer.TLSConfig = cfg.TLS.APIServer()
 		httpLn = tls.NewListener(httpLn, n.httpServer.TLSConfig)
 	}
+	// The guard sees the connections the server serves (TLS ones, before
+	// their handshake), so it can close the longest-waiting when full.
+	guard := newConnGuard(maxConnections, maxConnectionsPerClient)
+	httpLn = guard.listener(httpLn)
+	n.httpServer.ConnState = guard.connState
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
