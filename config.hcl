@@ -83,7 +83,13 @@ lease {
 # Create the files with:
 #   geocursor tls ca create -dir tls
 #   geocursor tls cert create -dir tls -node node1 -ip <node1's IP>
-# and the tokens with `openssl rand -hex 32`. SIGHUP reloads both blocks.
+# and the tokens, one per file, mode 0600 (the same on every node), with:
+#   (umask 077; openssl rand -hex 32 > tokens/operator; openssl rand -hex 32 > tokens/read)
+# SIGHUP reloads both blocks: the certificates and the token files are read
+# again, and the log says which token changed. A token may instead come from
+# GEOCURSOR_OPERATOR_TOKEN / GEOCURSOR_READ_TOKEN (or operator_token = "..."),
+# but one from the environment changes only with a restart; a token file and
+# its variable together are an error.
 #
 # tls {
 #   ca_file   = "tls/ca.pem"
@@ -92,8 +98,8 @@ lease {
 # }
 #
 # acl {
-#   operator_token = env.GEOCURSOR_OPERATOR_TOKEN   # pause/resume and the other operator commands
-#   read_token     = env.GEOCURSOR_READ_TOKEN       # status (the operator token reads too)
+#   operator_token_file = "tokens/operator"   # pause/resume and the other operator commands
+#   read_token_file     = "tokens/read"       # status (the operator token reads too)
 # }
 #
 # insecure = false

@@ -107,10 +107,33 @@ type TLSConfig struct {
 
 // ACLConfig holds the API's tokens. The operator token may do everything;
 // the read token may read status, metrics and the status page.
+//
+// A token comes from one place: the config file (operator_token, which may
+// read the environment as env.NAME), its environment variable
+// (GEOCURSOR_OPERATOR_TOKEN, GEOCURSOR_READ_TOKEN), or a file of its own
+// (operator_token_file), never two. Only a token from a file or written in
+// the config can change on SIGHUP: a process's environment is fixed when it
+// starts, so a token from it stays what it was until a restart.
 type ACLConfig struct {
 	OperatorToken string
 	ReadToken     string
+	// OperatorTokenFile and ReadTokenFile are the files the tokens were
+	// read from, "" for a token given otherwise. A reload reads them again.
+	OperatorTokenFile string
+	ReadTokenFile     string
+	// OperatorTokenEnv and ReadTokenEnv name the environment variable a
+	// token came from (directly, or through env.NAME in the file), "" for
+	// none: a reload cannot change such a token.
+	OperatorTokenEnv string
+	ReadTokenEnv     string
+	// Warnings are what an operator should fix in how the tokens are kept
+	// (a token file others can read), each one line; the agent logs them
+	// at start and at every reload.
+	Warnings []string
 }
+
+// MaxTokenFileSize bounds a token file: it holds one token and a newline.
+const MaxTokenFileSize = 4096
 
 // MinTokenLength is the shortest token accepted: a token is a password
 // that a script sends on every request, so it must not be guessable.

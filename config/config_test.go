@@ -975,3 +975,217 @@ gitlab {
 		t.Fatalf("gitlab block %+v, log_format %q", g, cfg.LogFormat)
 	}
 }
+
+// tokenFile is a file a token test writes before it loads its config.
+type tokenFile struct {
+	name, content string
+	mode          os.FileMode
+}
+
+// TestTokenFiles: a token may come from a file of its own (design section
+// 10), which must hold one token and nothing else, and never together with
+// the token given another way.
+func TestTokenFiles(t *testing.T) {
+	const good = "0123456789abcdef0123456789abcdef"
+	const other = "fedcba9876543210fedcba9876543210"
+	tests := []struct {
+		name  string
+		src   string // {dir} stands for the files' directory
+		env   []string
+		files []tokenFile
+		// want: the operator and read tokens loaded; msg, when set, a part
+		// of the error at the @@ mark (or at prefix, when set).
+		wantOp, wantRead string
+		warning          string
+		prefix, msg      string
+	}{
+		{
+			name:   "the token alone, with its newline",
+			src:    "acl {\n  operator_token_file = \"{dir}/op\"\n  read_token_file = \"{dir}/rd\"\n}\n",
+			files:  []tokenFile{{"op", good + "\n", 0o600}, {"rd", "  " + other + "\r\n\n", 0o400}},
+			wantOp: good, wantRead: other,
+		},
+		{
+			name:    "a file others can read is a warning",
+			src:     "acl {\n  operator_token_file = @@\"{dir}/op\"\n}\n",
+			files:   []tokenFile{{"op", good, 0o640}},
+			wantOp:  good,
+			warning: "(mode 0640): set mode 0600 (chmod 0600 {dir}/op)",
+		},
+		{
+			name: "a file that does not exist",
+			src:  "acl {\n  operator_token_file = @@\"{dir}/missing\"\n}\n",
+			msg:  `acl.operator_token_file "{dir}/missing": no such file or directory`,
+		},
+		{
+			name:  "a directory",
+			src:   "acl {\n  operator_token_file = @@\"{dir}\"\n}\n",
+			files: []tokenFile{{"x", good, 0o600}},
+			msg:   "is not a regular file",
+		},
+		{
+			name:  "an empty file",
+			src:   "acl {\n  operator_token_file = @@\"{dir}/op\"\n}\n",
+			files: []tokenFile{{"op", " \n", 0o600}},
+			msg:   "is empty: write the token into it",
+		},
+		{
+			name:  "two tokens",
+			src:   "acl {\n  operator_token_file = @@\"{dir}/op\"\n}\n",
+			files: []tokenFile{{"op", good + "\n" + other + "\n", 0o600}},
+			msg:   "holds more than one word or line",
+		},
+		{
+			name:  "a control character",
+			src:   "acl {\n  operator_token_file = \"{dir}/op\"\n  read_token_file = @@\"{dir}/rd\"\n}\n",
+			files: []tokenFile{{"op", good, 0o600}, {"rd", other + "\x00x", 0o600}},
+			msg:   "holds characters other than letters, digits and punctuation",
+		},
+		{
+			name:  "a file too large to be a token",
+			src:   "acl {\n  operator_token_file = @@\"{dir}/op\"\n}\n",
+			files: []tokenFile{{"op", strings.Repeat("a", config.MaxTokenFileSize+1), 0o600}},
+			msg:   "is larger than 4096 bytes",
+		},
+		{
+			name:  "a short token",
+			src:   "acl {\n  operator_token_file = @@\"{dir}/op\"\n}\n",
+			files: []tokenFile{{"op", "hunter2\n", 0o600}},
+			msg:   `the token in acl.operator_token_file "{dir}/op" is 7 characters long: use at least 16`,
+		},
+		{
+			name:  "the read token the same as the operator token",
+			src:   "acl {\n  operator_token_file = \"{dir}/op\"\n  read_token_file = @@\"{dir}/rd\"\n}\n",
+			files: []tokenFile{{"op", good, 0o600}, {"rd", good, 0o600}},
+			msg:   "acl.read_token is the same as acl.operator_token",
+		},
+		{
+			name:  "a token and its file",
+			src:   "acl {\n  operator_token = @@\"" + good + "\"\n  operator_token_file = \"{dir}/op\"\n}\n",
+			files: []tokenFile{{"op", good, 0o600}},
+			msg:   "acl.operator_token and acl.operator_token_file (at ",
+		},
+		{
+			name:   "the operator token in the environment and its file",
+			src:    "acl {\n  operator_token_file = \"{dir}/op\"\n}\n",
+			env:    []string{config.EnvOperatorToken + "=" + other},
+			files:  []tokenFile{{"op", good, 0o600}},
+			prefix: "environment variable GEOCURSOR_OPERATOR_TOKEN: ",
+			msg:    "gives the same token: a token comes from one place; unset GEOCURSOR_OPERATOR_TOKEN",
+		},
+		{
+			name:   "the read token in the environment and its file",
+			src:    "acl {\n  operator_token_file = \"{dir}/op\"\n  read_token_file = \"{dir}/rd\"\n}\n",
+			env:    []string{config.EnvReadToken + "=" + other},
+			files:  []tokenFile{{"op", good, 0o600}, {"rd", other, 0o600}},
+			prefix: "environment variable GEOCURSOR_READ_TOKEN: ",
+			msg:    "unset GEOCURSOR_READ_TOKEN",
+		},
+		{
+			name:   "an empty variable is no token",
+			src:    "acl {\n  operator_token_file = \"{dir}/op\"\n}\n",
+			env:    []string{config.EnvOperatorToken + "="},
+			files:  []tokenFile{{"op", good, 0o600}},
+			wantOp: good,
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			for _, f := range tt.files {
+				p := filepath.Join(dir, f.name)
+				if err := os.WriteFile(p, []byte(f.content), 0o600); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Chmod(p, f.mode); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fill := func(s string) string { return strings.ReplaceAll(s, "{dir}", dir) }
+			path, at := writeConfig(t, "node_id = \"n1\"\n"+fill(tt.src))
+			cfg, err := config.Load(path, tt.env, config.Overrides{})
+			if tt.msg != "" {
+				prefix := tt.prefix
+				if prefix == "" {
+					prefix = at + ": "
+				}
+				checkError(t, err, prefix, fill(tt.msg))
+				return
+			}
+			if err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+			if a := cfg.ACL; a.OperatorToken != tt.wantOp || a.ReadToken != tt.wantRead {
+				t.Errorf("tokens %q, %q; want %q, %q", a.OperatorToken, a.ReadToken, tt.wantOp, tt.wantRead)
+			}
+			if a := cfg.ACL; a.OperatorTokenFile != filepath.Join(dir, "op") || a.OperatorTokenEnv != "" {
+				t.Errorf("operator token from file %q, environment %q; want the file and no variable", a.OperatorTokenFile, a.OperatorTokenEnv)
+			}
+			switch w := cfg.ACL.Warnings; {
+			case tt.warning == "" && len(w) > 0:
+				t.Errorf("warnings %q, want none", w)
+			case tt.warning != "" && (len(w) != 1 || !strings.HasPrefix(w[0], at+": ") || !strings.Contains(w[0], fill(tt.warning))):
+				t.Errorf("warnings %q, want one at %s saying %q", w, at, fill(tt.warning))
+			}
+		})
+	}
+}
+
+// A token file that cannot be read is an error that says so (root reads
+// every file, so the case needs another user).
+func TestUnreadableTokenFile(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root can read a file of mode 0000")
+	}
+	p := filepath.Join(t.TempDir(), "op")
+	if err := os.WriteFile(p, []byte("0123456789abcdef0123456789abcdef\n"), 0o000); err != nil {
+		t.Fatal(err)
+	}
+	path, at := writeConfig(t, "node_id = \"n1\"\nacl {\n  operator_token_file = @@\""+p+"\"\n}\n")
+	_, err := config.Load(path, nil, config.Overrides{})
+	checkError(t, err, at+": ", fmt.Sprintf("acl.operator_token_file %q: permission denied", p))
+}
+
+// Each load reads a token file again, which is how SIGHUP rotates a token;
+// and a token from the environment says which variable fixes it.
+func TestTokenSourcesForReload(t *testing.T) {
+	dir := t.TempDir()
+	op := filepath.Join(dir, "op")
+	write := func(tok string) {
+		t.Helper()
+		if err := os.WriteFile(op, []byte(tok+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("first-token-0123456789")
+	path, _ := writeConfig(t, fmt.Sprintf("node_id = \"n1\"\nacl {\n  operator_token_file = %q\n  read_token = env.MY_READ_TOKEN\n}\n", op))
+	env := []string{"MY_READ_TOKEN=reader-token-0123456789"}
+	cfg, err := config.Load(path, env, config.Overrides{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := cfg.ACL; a.OperatorToken != "first-token-0123456789" || a.ReadTokenEnv != "MY_READ_TOKEN" || a.OperatorTokenEnv != "" {
+		t.Errorf("acl %+v: want the file's operator token, the read token from MY_READ_TOKEN", a)
+	}
+	write("second-token-0123456789")
+	if cfg, err = config.Load(path, env, config.Overrides{}); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.ACL.OperatorToken != "second-token-0123456789" {
+		t.Errorf("after the file changed the operator token is %q", cfg.ACL.OperatorToken)
+	}
+
+	for _, tc := range []struct {
+		src, env, want string
+	}{
+		{"operator_token = \"0123456789abcdef\"", "", ""},
+		{"operator_token = env.GEOCURSOR_OPERATOR_TOKEN", config.EnvOperatorToken + "=0123456789abcdef", config.EnvOperatorToken},
+		{"operator_token = env[\"OTHER\"]", "OTHER=0123456789abcdef", "OTHER"},
+		{"operator_token = \"0123456789abcdef\"", config.EnvOperatorToken + "=fedcba9876543210", config.EnvOperatorToken},
+	} {
+		cfg := mustLoad(t, "node_id = \"n1\"\nacl {\n  "+tc.src+"\n}\n", []string{tc.env}, config.Overrides{})
+		if cfg.ACL.OperatorTokenEnv != tc.want {
+			t.Errorf("%s with %q: the token comes from variable %q, want %q", tc.src, tc.env, cfg.ACL.OperatorTokenEnv, tc.want)
+		}
+	}
+}

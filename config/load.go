@@ -53,6 +53,9 @@ func Load(path string, environ []string, flags Overrides) (*Config, error) {
 	}
 	applyEnv(cfg, origins, env)
 	applyFlags(cfg, origins, flags)
+	if err := readTokenFiles(cfg.ACL, origins); err != nil {
+		return nil, err
+	}
 	if cfg.DataDir == "" && cfg.NodeID != "" {
 		cfg.DataDir = "data/" + cfg.NodeID
 		origins["data_dir"] = origins["node_id"]
@@ -124,7 +127,9 @@ var blockSchemas = map[string]*hcl.BodySchema{
 	"tracking":         {Attributes: []hcl.AttributeSchema{{Name: "dsn"}}},
 	"gitlab":           {Attributes: []hcl.AttributeSchema{{Name: "site_name"}, {Name: "shared_state_redis_url"}, {Name: "sentinels"}}},
 	"tls":              {Attributes: []hcl.AttributeSchema{{Name: "ca_file"}, {Name: "cert_file"}, {Name: "key_file"}}},
-	"acl":              {Attributes: []hcl.AttributeSchema{{Name: "operator_token"}, {Name: "read_token"}}},
+	"acl": {Attributes: []hcl.AttributeSchema{
+		{Name: "operator_token"}, {Name: "read_token"}, {Name: "operator_token_file"}, {Name: "read_token_file"},
+	}},
 	"raft": {Attributes: []hcl.AttributeSchema{
 		{Name: "heartbeat_timeout"}, {Name: "election_timeout"}, {Name: "snapshot_threshold"},
 		{Name: "snapshot_interval"}, {Name: "trailing_logs"},
@@ -377,6 +382,10 @@ func parse(src []byte, path string, env map[string]string) (*Config, origins, er
 			a := &ACLConfig{}
 			d.str("acl.operator_token", ba["operator_token"], &a.OperatorToken)
 			d.str("acl.read_token", ba["read_token"], &a.ReadToken)
+			d.str("acl.operator_token_file", ba["operator_token_file"], &a.OperatorTokenFile)
+			d.str("acl.read_token_file", ba["read_token_file"], &a.ReadTokenFile)
+			a.OperatorTokenEnv = envVariableOf(ba["operator_token"])
+			a.ReadTokenEnv = envVariableOf(ba["read_token"])
 			cfg.ACL = a
 		case "gitlab":
 			g := &GitLabConfig{}
@@ -467,11 +476,13 @@ const (
 )
 
 func applyEnv(cfg *Config, o origins, env map[string]string) {
-	set := func(name, key string, dst *string) {
+	set := func(name, key string, dst *string) bool {
 		if v, ok := env[name]; ok && v != "" {
 			*dst = v
 			o[key] = "environment variable " + name
+			return true
 		}
+		return false
 	}
 	set(EnvNodeID, "node_id", &cfg.NodeID)
 	set(EnvDataDir, "data_dir", &cfg.DataDir)
@@ -490,9 +501,13 @@ func applyEnv(cfg *Config, o origins, env map[string]string) {
 	if cfg.Tracking != nil {
 		set(EnvTrackingDSN, "tracking.dsn", &cfg.Tracking.DSN)
 	}
-	if cfg.ACL != nil {
-		set(EnvOperatorToken, "acl.operator_token", &cfg.ACL.OperatorToken)
-		set(EnvReadToken, "acl.read_token", &cfg.ACL.ReadToken)
+	if a := cfg.ACL; a != nil {
+		if set(EnvOperatorToken, "acl.operator_token", &a.OperatorToken) {
+			a.OperatorTokenEnv = EnvOperatorToken
+		}
+		if set(EnvReadToken, "acl.read_token", &a.ReadToken) {
+			a.ReadTokenEnv = EnvReadToken
+		}
 	}
 	if g := cfg.GitLab; g != nil {
 		set(EnvSharedStateRedisURL, "gitlab.shared_state_redis_url", &g.SharedStateRedisURL)

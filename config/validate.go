@@ -171,12 +171,17 @@ func validateSecurity(c *Config, o origins) error {
 	}
 	if a := c.ACL; a != nil {
 		if a.OperatorToken == "" {
-			return fail("acl.operator_token", "acl.operator_token is empty: set %s or write operator_token in the acl block (generate one with `openssl rand -hex 32`)", EnvOperatorToken)
+			return fail("acl.operator_token", "acl.operator_token is empty: write operator_token_file = \"FILE\" in the acl block, a file that holds the token (generate one with `openssl rand -hex 32`), or set %s", EnvOperatorToken)
 		}
-		for _, tok := range []struct{ key, val string }{{"acl.operator_token", a.OperatorToken}, {"acl.read_token", a.ReadToken}} {
-			if tok.val != "" && len(tok.val) < MinTokenLength {
-				return fail(tok.key, "%s is %d characters long: use at least %d (generate one with `openssl rand -hex 32`)", tok.key, len(tok.val), MinTokenLength)
+		for _, tok := range tokenSpecs(a) {
+			if *tok.value == "" || len(*tok.value) >= MinTokenLength {
+				continue
 			}
+			what := tok.key
+			if *tok.file != "" {
+				what = fmt.Sprintf("the token in %s %q", tok.fileKey, *tok.file)
+			}
+			return fail(tok.key, "%s is %d characters long: use at least %d (generate one with `openssl rand -hex 32`)", what, len(*tok.value), MinTokenLength)
 		}
 		if a.ReadToken == a.OperatorToken {
 			return fail("acl.read_token", "acl.read_token is the same as acl.operator_token: give it its own value, or leave it out (the operator token reads too)")

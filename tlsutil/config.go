@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,6 +13,24 @@ import (
 
 // MinVersion is the oldest TLS version any geocursor endpoint speaks.
 const MinVersion = tls.VersionTLS12
+
+// cipherSuites are the TLS 1.2 suites every endpoint, server or client,
+// accepts: ECDHE key exchange (forward secrecy) with an AEAD cipher. Go's
+// default list also has the CBC suites with SHA-1 MACs (Lucky13-style
+// padding oracles), which no client of a geocursor agent needs. TLS 1.3
+// negotiates among its own suites, all AEAD, which Go does not let a
+// config change.
+var cipherSuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
+// base is the start of every tls.Config geocursor builds: TLS 1.2 or
+// newer, and in TLS 1.2 only the suites above.
+func base() *tls.Config {
+	return &tls.Config{MinVersion: MinVersion, CipherSuites: slices.Clone(cipherSuites)}
+}
 
 // Files are where a node's TLS material is: the cluster's CA, and the
 // node's own certificate and key.
@@ -81,63 +100,58 @@ func (n *Node) NotAfter() time.Time { return n.cur.Load().cert.Leaf.NotAfter }
 // a client certificate is optional (operators authenticate with a token)
 // but, when given, must come from the CA.
 func (n *Node) APIServer() *tls.Config {
-	return &tls.Config{
-		MinVersion: MinVersion,
-		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-			m := n.cur.Load()
-			return &tls.Config{
-				MinVersion:   MinVersion,
-				Certificates: []tls.Certificate{m.cert},
-				ClientCAs:    m.pool,
-				ClientAuth:   tls.VerifyClientCertIfGiven,
-			}, nil
-		},
+	cfg := base()
+	cfg.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		m := n.cur.Load()
+		c := base()
+		c.Certificates = []tls.Certificate{m.cert}
+		c.ClientCAs = m.pool
+		c.ClientAuth = tls.VerifyClientCertIfGiven
+		return c, nil
 	}
+	return cfg
 }
 
 // RaftServer is the tls.Config of the Raft port: only peers of the
 // cluster may connect.
 func (n *Node) RaftServer() *tls.Config {
-	return &tls.Config{
-		MinVersion: MinVersion,
-		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-			m := n.cur.Load()
-			return &tls.Config{
-				MinVersion:   MinVersion,
-				Certificates: []tls.Certificate{m.cert},
-				ClientCAs:    m.pool,
-				ClientAuth:   tls.RequireAndVerifyClientCert,
-				VerifyConnection: func(cs tls.ConnectionState) error {
-					if len(cs.PeerCertificates) == 0 {
-						return errors.New("no client certificate")
-					}
-					if _, ok := PeerID(cs.PeerCertificates[0]); !ok {
-						return fmt.Errorf("the Raft port accepts only peer certificates, not a %s", describe(cs.PeerCertificates[0]))
-					}
-					return nil
-				},
-			}, nil
-		},
+	cfg := base()
+	cfg.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		m := n.cur.Load()
+		c := base()
+		c.Certificates = []tls.Certificate{m.cert}
+		c.ClientCAs = m.pool
+		c.ClientAuth = tls.RequireAndVerifyClientCert
+		c.VerifyConnection = func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("no client certificate")
+			}
+			if _, ok := PeerID(cs.PeerCertificates[0]); !ok {
+				return fmt.Errorf("the Raft port accepts only peer certificates, not a %s", describe(cs.PeerCertificates[0]))
+			}
+			return nil
+		}
+		return c, nil
 	}
+	return cfg
 }
 
 // PeerClient is the tls.Config a node dials other peers with (Raft and
 // the HTTP API): it presents its own certificate and accepts only a peer
 // of the cluster.
 func (n *Node) PeerClient() *tls.Config {
-	return &tls.Config{
-		MinVersion: MinVersion,
-		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			m := n.cur.Load()
-			return &m.cert, nil
-		},
-		// The server is verified below, against the current CA and as a
-		// peer of the cluster, not against the address it was dialled at.
-		InsecureSkipVerify: true,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			return verifyServer(cs, n.cur.Load().pool)
-		},
+	cfg := base()
+	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+		m := n.cur.Load()
+		return &m.cert, nil
 	}
+	// The server is verified below, against the current CA and as a peer
+	// of the cluster, not against the address it was dialled at.
+	cfg.InsecureSkipVerify = true
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		return verifyServer(cs, n.cur.Load().pool)
+	}
+	return cfg
 }
 
 // Client is the tls.Config of a command-line client or a script: the CA to
@@ -155,11 +169,9 @@ func Client(caFile, certFile, keyFile string) (*tls.Config, error) {
 	for _, c := range cas {
 		pool.AddCert(c)
 	}
-	cfg := &tls.Config{
-		MinVersion:         MinVersion,
-		InsecureSkipVerify: true, // verified below, as a peer of the cluster
-		VerifyConnection:   func(cs tls.ConnectionState) error { return verifyServer(cs, pool) },
-	}
+	cfg := base()
+	cfg.InsecureSkipVerify = true // verified below, as a peer of the cluster
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error { return verifyServer(cs, pool) }
 	if certFile != "" {
 		m, err := loadMaterial(caFile, certFile, keyFile)
 		if err != nil {

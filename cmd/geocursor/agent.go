@@ -54,7 +54,7 @@ func runAgent(args []string, stderr io.Writer) error {
 	// package-level logger; the agent runs one node per process, so it is
 	// set once, here, to write through the agent's own (JSON) logger.
 	redis.SetLogger(redisLogger{logger.Named("redis")})
-	sec, err := loadSecurity(cfg)
+	sec, err := loadSecurity(cfg, logger)
 	if err != nil {
 		return &usageError{msg: err.Error()}
 	}
@@ -150,7 +150,7 @@ func agent(ctx context.Context, cfg *config.Config, sec *security, lg logs) erro
 	}
 	node, err := cluster.Open(ctx, cluster.Config{
 		NodeID: cfg.NodeID, DataDir: cfg.DataDir, HTTPAddr: cfg.HTTPAddr, RaftAddr: cfg.RaftAddr, Metrics: reg,
-		Raft: cfg.Raft, Logger: logger, RaftLogger: lg.raft, PreferFollower: cfg.Lease.PreferFollower,
+		Raft: cfg.Raft, Logger: logger, RaftLogger: lg.raft, PreferFollower: cfg.Lease.PreferFollower, Witness: cfg.Source == nil,
 		TLS: sec.tls, ACL: sec.acl, OperatorToken: sec.operatorToken,
 		Join: cfg.Join, JoinTimeout: cfg.JoinTimeout, BootstrapExpect: cfg.BootstrapExpect, LeaveOnTerminate: cfg.LeaveOnTerminate,
 		Version: buildInfo().Version, Commit: buildInfo().Commit, SiteName: siteName(cfg),

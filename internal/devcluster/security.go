@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/tlsutil"
@@ -18,6 +19,11 @@ type Security struct {
 	Dir           string
 	OperatorToken string
 	ReadToken     string
+	// TokenFiles has each agent read its tokens from files of its own
+	// (acl.operator_token_file and read_token_file, in Dir), as a site
+	// that rotates them does, instead of from its config file: WriteTokens
+	// rewrites an agent's files, and SIGHUP has it read them again.
+	TokenFiles bool
 }
 
 // NewSecurity creates a CA in dir and random tokens.
@@ -54,6 +60,16 @@ func (s *Security) NodeHCL(id string) (string, error) {
 		}
 	}
 	ca, _ := tlsutil.CAFiles(s.Dir)
+	acl := fmt.Sprintf("  operator_token = %q\n  read_token     = %q\n", s.OperatorToken, s.ReadToken)
+	if s.TokenFiles {
+		op, rd := s.TokenFilePaths(id)
+		if _, err := os.Stat(op); err != nil {
+			if err := s.WriteTokens(id, s.OperatorToken, s.ReadToken); err != nil {
+				return "", err
+			}
+		}
+		acl = fmt.Sprintf("  operator_token_file = %q\n  read_token_file     = %q\n", op, rd)
+	}
 	return fmt.Sprintf(`
 tls {
   ca_file   = %q
@@ -62,11 +78,52 @@ tls {
 }
 
 acl {
-  operator_token = %q
-  read_token     = %q
+%s}
+`, ca, cert, key, acl), nil
 }
-`, ca, cert, key, s.OperatorToken, s.ReadToken), nil
+
+// TokenFilePaths are the files node id reads its operator and read
+// tokens from with TokenFiles.
+func (s *Security) TokenFilePaths(id string) (operator, read string) {
+	return filepath.Join(s.Dir, id+"-operator.token"), filepath.Join(s.Dir, id+"-read.token")
 }
+
+// WriteTokens replaces node id's token files (mode 0600, a newline after
+// each token, as `openssl rand -hex 32 > FILE` writes them), each at once
+// by a rename, as an operator should. The agent reads them at its next
+// start or SIGHUP.
+func (s *Security) WriteTokens(id, operator, read string) error {
+	op, rd := s.TokenFilePaths(id)
+	for _, f := range []struct{ path, token string }{{op, operator}, {rd, read}} {
+		if err := replaceFile(f.path, f.token+"\n"); err != nil {
+			return fmt.Errorf("write the token file of %s: %w", id, err)
+		}
+	}
+	return nil
+}
+
+// replaceFile writes data to a new file (mode 0600) beside path and
+// renames it over path.
+func replaceFile(path, data string) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".*")
+	if err != nil {
+		return err
+	}
+	_, err = tmp.WriteString(data)
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
+}
+
+// NewToken returns a new random token.
+func NewToken() (string, error) { return randomToken() }
 
 // ClientOptions adds TLS (trusting the CA) and token to opts.
 func (s *Security) ClientOptions(opts api.ClientOptions, token string) (api.ClientOptions, error) {
