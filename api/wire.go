@@ -34,6 +34,11 @@ type JoinRequest struct {
 	// NoState says the joiner has no Raft state: if the group knows it as a
 	// voter, it lost its data and must be a non-voter until it catches up.
 	NoState bool `json:"no_state,omitempty"`
+	// Witness says the joiner does not process (it has no source): the
+	// leader never grants it the lease. A member that said so may say it
+	// processes only with the operator's token. A leader of the release
+	// before refuses the field; a joiner then joins without it.
+	Witness bool `json:"witness,omitempty"`
 }
 
 // PeerInfo is what a node tells a peer that is joining or bootstrapping

@@ -34,6 +34,12 @@ func (a *ACL) Set(operator, read string) {
 	a.cur.Store(&tokens{operator: []byte(operator), read: []byte(read)})
 }
 
+// operatorToken is the operator token as set now, for the node's own
+// requests that need the operator's consent (see Node.withOwnToken).
+func (a *ACL) operatorToken() string {
+	return string(a.cur.Load().operator)
+}
+
 // rightOf is what token may do.
 func (a *ACL) rightOf(token string) right {
 	t := a.cur.Load()
@@ -154,28 +160,48 @@ func (n *Node) authorize(c caller, need access) error {
 }
 
 // authorizeCommand decides whether c may have the leader apply cmd
-// through POST /v1/internal/apply, which only peers reach. A peer sends
-// lease commands in its own name only; the state machine's operator
-// commands (and lease commands in another's name, for manual tests) come
-// only with the operator's token, which the peer that took the operator's
-// request forwards. The leader's own commands (revoke, member changes)
-// never come this way.
+// through POST /v1/internal/apply, which only peers reach (design section
+// 10: peers send only what peers send).
+//
+//   - acquire, renew, release and advance: a peer in its own name (the
+//     node its certificate names), and acquire only if its members row
+//     does not say it is a witness: a node that processes nothing must
+//     not hold the lease, let alone advance the cursor over events it
+//     never read. With the operator's token they may name any member: the
+//     operator drives the lease by hand through POST /v1/lease/{op} on a
+//     follower, which forwards the token (the system tests do so on
+//     groups of witnesses).
+//   - reserve, set_cursor, restore and set_paused: the operator's, with
+//     the operator's token whoever sends them. A processing peer that
+//     carries out `cursor set` or `snapshot restore` forwards the token
+//     of the operator's request with every command it sends for it
+//     (Node.applyAt), so a peer certificate alone never suffices.
+//   - anything else (revoke, member changes): the leader's own, never
+//     accepted from outside.
+//
+// Without TLS, peers prove themselves with the operator's token, so these
+// rules separate nothing: a peer certificate is what they bind.
 func (n *Node) authorizeCommand(c caller, cmd fsm.Command) error {
 	operator := n.cfg.ACL == nil || c.right == rightOperator
 	switch cmd.Op {
-	case fsm.OpAcquire, fsm.OpRenew, fsm.OpRelease, fsm.OpAdvance, fsm.OpSetCursor, fsm.OpRestore, fsm.OpReserve:
-		// set_cursor and restore are an operator's, checked where the
-		// operator asked; the peer that carries them out sends them in
-		// its own name, set_cursor under its own grant.
-		if n.cfg.TLS == nil || c.peer == cmd.Node || (n.cfg.ACL != nil && c.right == rightOperator) {
+	case fsm.OpAcquire, fsm.OpRenew, fsm.OpRelease, fsm.OpAdvance:
+		if n.cfg.TLS == nil || (n.cfg.ACL != nil && c.right == rightOperator) {
 			return nil
 		}
-		return fmt.Errorf("%w: peer %s may not send %s in the name of %s", api.ErrPermissionDenied, c.peer, cmd.Op, cmd.Node)
-	case fsm.OpSetPaused:
+		if c.peer != cmd.Node {
+			return fmt.Errorf("%w: peer %s may not send %s in the name of %s", api.ErrPermissionDenied, c.peer, cmd.Op, cmd.Node)
+		}
+		if m, _ := n.fsm.Member(cmd.Node); cmd.Op == fsm.OpAcquire && m.Witness {
+			return fmt.Errorf("%w: %s advertises that it does not process (a witness, without a source block): only a processing node may take the lease",
+				api.ErrPermissionDenied, cmd.Node)
+		}
+		return nil
+	case fsm.OpReserve, fsm.OpSetCursor, fsm.OpRestore, fsm.OpSetPaused:
 		if operator {
 			return nil
 		}
-		return fmt.Errorf("%w: %s is an operator's command: forward the operator's token with it", api.ErrPermissionDenied, cmd.Op)
+		return fmt.Errorf("%w: %s is an operator's command and needs the operator's token, which the peer that takes the operator's request forwards; the request from %s carried none",
+			api.ErrPermissionDenied, cmd.Op, c.name())
 	}
 	return fmt.Errorf("%w: %s is the leader's own command and is never forwarded", api.ErrPermissionDenied, cmd.Op)
 }

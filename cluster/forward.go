@@ -43,7 +43,11 @@ func (n *Node) applyAt(ctx context.Context, leaderHTTP string, cmd fsm.Command) 
 		return n.applyLocal(cmd)
 	}
 	if c := callerOf(ctx); c.token != "" {
-		// An operator's command: the leader checks the operator's token.
+		// A command sent for a caller of this node's API (an operator's
+		// pause, or a cursor set or restore that this node carries out)
+		// goes with that caller's token: the leader takes reserve,
+		// set_cursor, restore and set_paused only with the operator's
+		// (authorizeCommand), never on this node's certificate alone.
 		ctx = api.WithToken(ctx, c.token)
 	}
 	res, err := n.client.Apply(ctx, leaderHTTP, cmd)
@@ -116,11 +120,49 @@ func retryable(err error) bool {
 }
 
 // applyRecorded is applyLocal for the leader's own commands (revokes,
-// member changes), recorded in the history like the commands of peers.
+// member changes), recorded in the history like the commands of peers. A
+// member's row goes into the log as set_member (its addresses) and, when
+// its witness flag changes, set_witness (see fsm.OpSetWitness): a node of
+// the release before applies the first and ignores the second.
 func (n *Node) applyRecorded(cmd fsm.Command) (fsm.Result, error) {
+	if cmd.Op == fsm.OpSetMember && cmd.Member != nil {
+		return n.setMember(*cmd.Member)
+	}
+	return n.applyOwn(cmd)
+}
+
+// applyOwn is applyLocal, recorded in the history.
+func (n *Node) applyOwn(cmd fsm.Command) (fsm.Result, error) {
 	call := time.Now()
 	res, err := n.applyLocal(cmd)
 	n.record(call, cmd, res, err)
+	return res, err
+}
+
+// setMember makes m the members table's row of m.ID, proposing only what
+// differs from the row there is.
+func (n *Node) setMember(m fsm.Member) (fsm.Result, error) {
+	cur, known := n.fsm.Member(m.ID)
+	addrs, curAddrs := m, cur
+	addrs.Witness, curAddrs.Witness = false, false
+	var res fsm.Result
+	if !known || curAddrs != addrs {
+		var err error
+		if res, err = n.applyOwn(fsm.Command{Op: fsm.OpSetMember, Member: &addrs}); err != nil || res.Err != nil {
+			return res, err
+		}
+	}
+	if cur.Witness == m.Witness {
+		return res, nil
+	}
+	res, err := n.applyOwn(fsm.Command{Op: fsm.OpSetWitness, Node: m.ID, Witness: m.Witness})
+	if err == nil && res.Err == nil {
+		if m.Witness {
+			n.logger.Info("a member advertises that it does not process (a witness): it will not be granted the lease", "peer", m.ID)
+		} else if known {
+			n.logger.Info("a member that was a witness advertises that it processes", "peer", m.ID)
+		}
+	}
 	return res, err
 }
 
@@ -132,9 +174,9 @@ func (n *Node) applyLocal(cmd fsm.Command) (fsm.Result, error) {
 }
 
 // proposeLocal stamps the leader's clock into the command and proposes it,
-// unless it can already see the command refused: a lease command for a
-// node that is not a member, or one the state machine would refuse (then
-// the refusal is answered with index 0, and nothing reaches the log).
+// unless it can already see the command refused: one that admit refuses
+// (an error), or one the state machine would refuse (then the refusal is
+// answered with index 0, and nothing reaches the log).
 func (n *Node) proposeLocal(cmd fsm.Command) (fsm.Result, error) {
 	cmd.Now = time.Now().UnixNano()
 	n.checkClock(cmd.Now)
@@ -181,10 +223,19 @@ func (n *Node) checkClock(stamp int64) {
 		"behind_ms", behind.Milliseconds())
 }
 
-// admit refuses, before anything is proposed, a lease command for a node
-// that is not in the Raft configuration: a lease that no member holds
-// would stop processing until it expired.
+// admit refuses, before anything is proposed and whoever asked:
+//   - what fsm.Command.CheckProposal refuses (a reservation longer than
+//     fsm.MaxReserveTTL, a restored clock far ahead of this leader's);
+//   - a lease command for a node that is not in the Raft configuration: a
+//     lease that no member holds would stop processing until it expired.
+//
+// These are the leader's checks, not the state machine's, so that a log
+// written while a leader of the release before led applies the same on
+// every replica (design section 14).
 func (n *Node) admit(cmd fsm.Command) error {
+	if err := cmd.CheckProposal(); err != nil {
+		return err
+	}
 	switch cmd.Op {
 	case fsm.OpAcquire, fsm.OpRenew, fsm.OpRelease, fsm.OpAdvance, fsm.OpSetCursor, fsm.OpRestore, fsm.OpReserve:
 	default:

@@ -1,8 +1,10 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"time"
 
@@ -13,10 +15,38 @@ import (
 // handlePause serves POST /v1/cursor/pause and /v1/cursor/resume on any
 // node. Pausing stops new grants, so processing stops after the batch in
 // flight; resuming lets the peers compete again. Both are idempotent.
+// They take no body, or an empty object: like every other endpoint, they
+// refuse unknown fields (and anything but one object) with a 400.
 func (n *Node) handlePause(paused bool) handlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) (any, error) {
+		if err := decodeOptionalBody(w, r, &struct{}{}); err != nil {
+			return nil, err
+		}
 		return applyAnswer(n.Apply(r.Context(), fsm.Command{Op: fsm.OpSetPaused, Paused: paused}))
 	}
+}
+
+// decodeOptionalBody is decodeBody for an endpoint whose body may be left
+// out: an empty body (or one of white space only) is no body.
+func decodeOptionalBody(w http.ResponseWriter, r *http.Request, dst any) error {
+	data, err := io.ReadAll(r.Body)
+	if err == nil && len(bytes.TrimSpace(data)) == 0 {
+		return nil
+	}
+	// decodeBody reads the same bytes, and the same error after them
+	// (a body over the limit is a 413 there).
+	r.Body = io.NopCloser(io.MultiReader(bytes.NewReader(data), errReader{err}))
+	return decodeBody(w, r, dst)
+}
+
+// errReader is a reader that fails with err, or ends (err nil).
+type errReader struct{ err error }
+
+func (e errReader) Read([]byte) (int, error) {
+	if e.err != nil {
+		return 0, e.err
+	}
+	return 0, io.EOF
 }
 
 // Operator carries out the operator's requests that need the tracking

@@ -31,7 +31,9 @@ var leaseOps = map[string]fsm.Op{
 // ignores it); ttl is a Go duration, required for acquire and renew. Give
 // a member's node ID as node: a newly elected leader revokes a lease whose
 // holder is not in the Raft configuration, and the leader revokes the lease
-// of a member it cannot reach.
+// of a member it cannot reach. The operator may name a witness too: that
+// only processing nodes acquire binds the peers' certificates (see
+// authorizeCommand), not the operator driving the lease by hand.
 //
 // Answers:
 //   - 200 when the state machine ran the command, whether it granted it or

@@ -34,6 +34,7 @@ func validateJoin(r api.JoinRequest) error {
 // relayed. A refusal that retrying cannot fix (a node ID or address taken
 // by another member, or a certificate for another node) ends it at once.
 func (n *Node) Join(ctx context.Context, addrs []string) error {
+	ctx = n.withOwnToken(ctx)
 	req := joinRequestFor(n.self())
 	req.NoState = !n.hadState
 	backoff := api.Backoff{Min: 100 * time.Millisecond, Max: 2 * time.Second}
@@ -64,7 +65,7 @@ func (n *Node) Join(ctx context.Context, addrs []string) error {
 // joinVia sends req to the member at addr, or, if it does not lead, to the
 // leader it names; via is where the answer came from.
 func (n *Node) joinVia(ctx context.Context, addr string, req api.JoinRequest) (resp api.JoinResponse, via string, err error) {
-	resp, err = n.client.Join(ctx, addr, req)
+	resp, err = n.joinAt(ctx, addr, req)
 	if !errors.Is(err, api.ErrNotLeader) {
 		return resp, addr, err
 	}
@@ -72,20 +73,49 @@ func (n *Node) joinVia(ctx context.Context, addr string, req api.JoinRequest) (r
 	if serr != nil || st.Leader == nil || st.Leader.HTTPAddr == "" || st.Leader.HTTPAddr == addr {
 		return resp, addr, err
 	}
-	resp, err = n.client.Join(ctx, st.Leader.HTTPAddr, req)
+	resp, err = n.joinAt(ctx, st.Leader.HTTPAddr, req)
 	return resp, st.Leader.HTTPAddr, err
+}
+
+// joinAt sends req to the member at addr. A leader of the release before
+// the witness flag refuses a join that carries it (an unknown field): the
+// witness then joins without it, as every node of that release does, and
+// counts as processing until a leader that knows the flag hears it again.
+func (n *Node) joinAt(ctx context.Context, addr string, req api.JoinRequest) (api.JoinResponse, error) {
+	resp, err := n.client.Join(ctx, addr, req)
+	if req.Witness && errors.Is(err, api.ErrBadRequest) && strings.Contains(err.Error(), `unknown field "witness"`) {
+		req.Witness = false
+		resp, err = n.client.Join(ctx, addr, req)
+	}
+	return resp, err
+}
+
+// withOwnToken returns ctx with this node's operator token, from its own
+// acl block, for its joins: a member that advertised that it does not
+// process may say that it does only with the operator's consent, which a
+// node whose configuration gained a source block has, and a stolen peer
+// certificate has not.
+func (n *Node) withOwnToken(ctx context.Context) context.Context {
+	if n.cfg.ACL == nil {
+		return ctx
+	}
+	if t := n.cfg.ACL.operatorToken(); t != "" {
+		return api.WithToken(ctx, t)
+	}
+	return ctx
 }
 
 // joinOnLeader adds (or updates) this node's own entry: here if this node
 // leads, else at the leader's join endpoint.
 func (n *Node) joinOnLeader(ctx context.Context, req api.JoinRequest) (api.JoinResponse, error) {
 	var resp api.JoinResponse
+	ctx = n.withOwnToken(ctx)
 	err := n.onLeader(ctx, func(ctx context.Context, leaderHTTP string) error {
 		var err error
 		if leaderHTTP != "" {
-			resp, err = n.client.Join(ctx, leaderHTTP, req)
+			resp, err = n.joinAt(ctx, leaderHTTP, req)
 		} else {
-			resp, err = n.addMember(req)
+			resp, err = n.addMember(req, true)
 		}
 		return err
 	})
@@ -94,17 +124,18 @@ func (n *Node) joinOnLeader(ctx context.Context, req api.JoinRequest) (api.JoinR
 
 // self is this node's entry in the members table.
 func (n *Node) self() fsm.Member {
-	return fsm.Member{ID: n.cfg.NodeID, RaftAddr: string(n.transport.LocalAddr()), HTTPAddr: n.cfg.HTTPAddr}
+	return fsm.Member{ID: n.cfg.NodeID, RaftAddr: string(n.transport.LocalAddr()), HTTPAddr: n.cfg.HTTPAddr, Witness: n.cfg.Witness}
 }
 
 // joinRequestFor asks for m to be a member.
 func joinRequestFor(m fsm.Member) api.JoinRequest {
-	return api.JoinRequest{NodeID: m.ID, RaftAddr: m.RaftAddr, HTTPAddr: m.HTTPAddr}
+	return api.JoinRequest{NodeID: m.ID, RaftAddr: m.RaftAddr, HTTPAddr: m.HTTPAddr, Witness: m.Witness}
 }
 
 // handleJoin serves POST /v1/cluster/join on the leader; another member
 // answers not_leader and the joiner asks the leader itself. A peer joins
-// only as the node its certificate names.
+// only as the node its certificate names, and a member that advertised
+// that it does not process says it does only with the operator's token.
 func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) (any, error) {
 	var req api.JoinRequest
 	if err := decodeBody(w, r, &req); err != nil {
@@ -113,13 +144,14 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) (any, error) {
 	if err := validateJoin(req); err != nil {
 		return nil, err
 	}
-	if c := callerOf(r.Context()); n.cfg.TLS != nil && c.peer != req.NodeID {
+	c := callerOf(r.Context())
+	if n.cfg.TLS != nil && c.peer != req.NodeID {
 		return nil, fmt.Errorf("%w: the certificate of %s cannot join as %s", api.ErrPermissionDenied, c.peer, req.NodeID)
 	}
 	if !n.IsLeader() || n.closing.Load() {
 		return nil, fmt.Errorf("%w: %s does not lead: join through the leader", api.ErrNotLeader, n.cfg.NodeID)
 	}
-	return n.addMember(req)
+	return n.addMember(req, n.cfg.ACL == nil || c.right == rightOperator)
 }
 
 // addMember runs on the leader. Joining twice is harmless, and a member
@@ -129,8 +161,17 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) (any, error) {
 // uses, is refused. A new node joins as a non-voter, so that one that
 // cannot be reached cannot cost the group its quorum; promoteCaughtUp
 // makes it a voter once it has caught up.
-func (n *Node) addMember(req api.JoinRequest) (api.JoinResponse, error) {
+//
+// The join's witness flag goes into the members row. A member whose row
+// says it does not process may say that it does only with the operator's
+// consent (operator: the operator's token came with the join); otherwise
+// the certificate of a witness could make its node one that may acquire.
+func (n *Node) addMember(req api.JoinRequest, operator bool) (api.JoinResponse, error) {
 	resp := api.JoinResponse{Leader: n.cfg.NodeID}
+	if cur, ok := n.fsm.Member(req.NodeID); ok && cur.Witness && !req.Witness && !operator {
+		return resp, fmt.Errorf("%w: %s is a witness in the members table; it may advertise that it processes only with the operator's token (a node sends the one in its acl block)",
+			api.ErrPermissionDenied, req.NodeID)
+	}
 	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
 		return resp, fmt.Errorf("read raft configuration: %w", mapRaftError(err))
@@ -164,7 +205,7 @@ func (n *Node) addMember(req api.JoinRequest) (api.JoinResponse, error) {
 		}
 		n.logger.Info("added a non-voter; it becomes a voter once it has caught up", "peer", req.NodeID, "raft_addr", req.RaftAddr, "http_addr", req.HTTPAddr)
 	}
-	m := fsm.Member{ID: req.NodeID, RaftAddr: req.RaftAddr, HTTPAddr: req.HTTPAddr}
+	m := fsm.Member{ID: req.NodeID, RaftAddr: req.RaftAddr, HTTPAddr: req.HTTPAddr, Witness: req.Witness}
 	if cur, ok := n.fsm.Member(req.NodeID); !ok || cur != m {
 		res, err := n.applyRecorded(fsm.Command{Op: fsm.OpSetMember, Member: &m})
 		if err != nil {

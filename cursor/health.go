@@ -17,6 +17,9 @@ type Health struct {
 	source   string // "" when the last call answered, else why not
 	tracking string
 	head     sourceHead
+	// ahead is the cursor the status last found beyond the head as read;
+	// AddStatus is its writer.
+	ahead aheadOfHead
 	// safe is the safe cursor's date as last read while a gap held it
 	// below the replicated cursor (safedate.go).
 	safe safeDate
@@ -27,6 +30,16 @@ type sourceHead struct {
 	id   int64
 	date time.Time
 	ok   bool // read at least once, and the source answered since
+	// reads counts the heads recorded, so that the status can tell a
+	// head read after it saw a cursor from one read before.
+	reads uint64
+}
+
+// aheadOfHead is a replicated cursor that the status found beyond the
+// head as read, with the number of head reads recorded then.
+type aheadOfHead struct {
+	cursor int64
+	reads  uint64
 }
 
 // NewHealth returns the health of a peer that has not reached either
@@ -56,13 +69,21 @@ func (h *Health) Tracking(err error) {
 func (h *Health) Head(id int64, date time.Time) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.head = sourceHead{id: id, date: date, ok: true}
+	h.head = sourceHead{id: id, date: date, ok: true, reads: h.head.reads + 1}
 	h.source = ""
 }
 
 // AddStatus fills in the databases and, once the source head is known, the
 // source head and the lag behind it, measured from the replicated cursor
 // already in st.
+//
+// The head is read every second or so, and a busy holder moves the cursor
+// past the head as last read in between: then the source holds at least
+// the cursor's events, and the head is taken as the cursor (lag 0). But a
+// cursor set beyond the source (`cursor set -force`) is not one the source
+// will catch up with soon: once a head read that began after the status
+// first saw this cursor still finds the source behind it, the status
+// shows the real head and a negative lag.
 func (h *Health) AddStatus(st *api.Status) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -72,7 +93,17 @@ func (h *Health) AddStatus(st *api.Status) {
 		return
 	}
 	c := &st.Cursor
-	head := max(h.head.id, c.LastEventID)
+	head := h.head.id
+	if c.LastEventID > head {
+		if h.ahead.cursor != c.LastEventID {
+			h.ahead = aheadOfHead{cursor: c.LastEventID, reads: h.head.reads}
+		}
+		// The read recorded next may have begun before the cursor was
+		// seen; the one after it began after.
+		if h.head.reads < h.ahead.reads+2 {
+			head = c.LastEventID
+		}
+	}
 	lag := head - c.LastEventID
 	secs := 0.0
 	if lag > 0 && c.LastEventDate != nil && !h.head.date.IsZero() {

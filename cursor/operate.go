@@ -14,6 +14,13 @@ import (
 // the tracking database: `geocursor cursor set` and `snapshot restore`
 // (design section 12). Each takes the peer's turn (Loop.turn), so that it
 // never runs beside one of the loop's grants.
+//
+// Each is called with the context of the operator's request, and every
+// command it sends for it (reserve, acquire, set_cursor, restore,
+// release) goes through the Coordinator with that context: the cluster
+// forwards the operator's token from it to the leader, which takes
+// reserve, set_cursor and restore only with that token, never on this
+// peer's certificate alone. Never send them with a context of the loop's.
 
 // fenceMover is what a cursor set needs of the tracking database beyond
 // the loop's own port.
@@ -45,6 +52,13 @@ func (l *Loop) SetCursor(ctx context.Context, req api.CursorSetRequest, who stri
 	}
 	if req.EventID < 0 {
 		return resp, fmt.Errorf("%w: event_id %d is negative", api.ErrBadRequest, req.EventID)
+	}
+	if !req.Force {
+		// Checked before the turn is taken, so that a typo costs the
+		// holder no hand-over.
+		if err := l.checkBelowHead(ctx, req.EventID); err != nil {
+			return resp, err
+		}
 	}
 	token, err := l.takeTurn(ctx)
 	if err != nil {
@@ -102,6 +116,23 @@ func (l *Loop) SetCursor(ctx context.Context, req api.CursorSetRequest, who stri
 	return resp, nil
 }
 
+// checkBelowHead refuses a cursor set beyond the newest event the source
+// holds: every event after it would be skipped as it comes, and GitLab's
+// event_log_states would say the site is further than the primary.
+func (l *Loop) checkBelowHead(ctx context.Context, id int64) error {
+	qctx, cancel := l.dbContext(ctx)
+	defer cancel()
+	head, _, err := l.source.Head(qctx)
+	if err != nil {
+		return fmt.Errorf("read the source head: %w", err)
+	}
+	if id > head {
+		return fmt.Errorf("%w: event %d is beyond the newest event in the source (%d): every event up to %d would be skipped as it comes; pass -force to do so",
+			api.ErrBadRequest, id, head, id)
+	}
+	return nil
+}
+
 // Restore puts a saved state into a group that has processed nothing: the
 // token is raised above the tracking database's, so that the next grant is
 // newer than any the fence row has seen, and that grant then checks the
@@ -110,6 +141,14 @@ func (l *Loop) Restore(ctx context.Context, snap api.Snapshot, who string) (api.
 	resp := api.RestoreResponse{LastEventID: snap.Cursor.LastEventID, By: who}
 	if snap.Format != api.SnapshotFormat {
 		return resp, fmt.Errorf("%w: snapshot format %d, this agent reads format %d", api.ErrBadRequest, snap.Format, api.SnapshotFormat)
+	}
+	// The leader checks the restore it is sent (fsm.Command.CheckProposal);
+	// checking the snapshot's own values here first refuses an insane one
+	// before the lease is taken from the holder.
+	early := fsm.Command{Op: fsm.OpRestore, Node: l.coord.ID(), Now: time.Now().UnixNano(), Restore: &fsm.Restore{
+		Cursor: snap.Cursor, Gaps: snap.Gaps, Stats: snap.Stats, Token: snap.Token, Clock: snap.Clock}}
+	if err := early.CheckProposal(); err != nil {
+		return resp, fmt.Errorf("%w: the snapshot cannot be restored: %v", api.ErrBadRequest, err)
 	}
 	// The lease of its own keeps the other peers' grants out while the
 	// state is replaced; the restore frees it.
@@ -219,8 +258,11 @@ func (l *Loop) takeTurn(ctx context.Context) (uint64, error) {
 // reserveTTL is how long an operator's reservation holds the next grant:
 // long enough for a holder to finish its batch, or for a dead holder's
 // lease to run out, and short enough that a request given up on does not
-// stop processing for long.
-func (l *Loop) reserveTTL() time.Duration { return max(2*l.cfg.LeaseTTL, 5*time.Second) }
+// stop processing for long. It is never over fsm.MaxReserveTTL, which the
+// leader refuses; a reservation is renewed while the request waits.
+func (l *Loop) reserveTTL() time.Duration {
+	return min(max(2*l.cfg.LeaseTTL, 5*time.Second), fsm.MaxReserveTTL)
+}
 
 // reserve makes sure the next grant is reserved for this peer, renewing a
 // reservation that has less than half its time left.

@@ -118,7 +118,14 @@ func (s *State) effect(c Command) {
 		if s.Members == nil {
 			s.Members = make(map[string]Member)
 		}
-		s.Members[c.Member.ID] = *c.Member
+		m := *c.Member
+		m.Witness = s.Members[m.ID].Witness
+		s.Members[m.ID] = m
+	case OpSetWitness:
+		if m, ok := s.Members[c.Node]; ok {
+			m.Witness = c.Witness
+			s.Members[c.Node] = m
+		}
 	case OpRemoveMember:
 		delete(s.Members, c.Node)
 	case OpSetPaused:

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"regexp"
 	"strconv"
@@ -84,13 +85,59 @@ const (
 	// lease asks the holder to hand it over. While the reservation lasts,
 	// an acquire from any other node is refused with ErrLeaseHeld, and a
 	// holder that sees it releases at its next batch instead of keeping
-	// the lease. Node's own grant ends the reservation. Never refused.
+	// the lease. Node's own grant ends the reservation. Never refused; a
+	// leader proposes it only with a TTL of at most MaxReserveTTL
+	// (CheckProposal).
 	OpReserve Op = "reserve"
+
+	// OpSetWitness records whether member Node advertises that it does not
+	// process (Witness: it has no source, so it never holds the lease) or
+	// that it does. It is the leader's own command, proposed when a join
+	// says something else than the members table; set_member never carries
+	// the flag, so that a node of the release before, which decodes
+	// set_member strictly, still applies every address change. That
+	// release refuses set_witness as an unknown op and keeps no flag: its
+	// replica differs only in a field it does not have. For a node that is
+	// not a member it changes nothing. Never refused.
+	OpSetWitness Op = "set_witness"
 )
 
 // MaxTTL bounds a lease's TTL, so that Now+TTL cannot overflow and a typo
 // cannot hand one peer the lease for a century.
 const MaxTTL = 24 * time.Hour
+
+// Bounds of an operator's commands (design section 10: values that cannot
+// be sane are refused).
+const (
+	// MaxReserveTTL bounds a reservation, so that an operator's request
+	// given up on cannot stop processing for long. An agent reserves for
+	// twice its lease TTL, at least 5 s, and renews while it waits, up to
+	// this bound. The leader refuses a longer one before proposing it
+	// (CheckProposal); the state machine does not, so a log written while
+	// a leader of the release before led applies the same everywhere.
+	MaxReserveTTL = 10 * time.Minute
+
+	// MaxRestoreToken is the highest token a restore may raise the lease
+	// token to. The tracking database stores a token in a bigint, so no
+	// grant may ever go past math.MaxInt64; this bound leaves 2^62 grants
+	// above a restored token. A group grants a few tokens a second: no
+	// honest state comes near it, so the state machine refuses more.
+	MaxRestoreToken = uint64(math.MaxInt64 / 2)
+
+	// MaxClock is the latest time (Unix nanoseconds, in 2162) a restore
+	// may set the state's clock to: a century below the largest time an
+	// int64 holds, so that no expiry computed from the clock can overflow.
+	// No honest state's clock comes near it, so the state machine refuses
+	// more.
+	MaxClock = int64(math.MaxInt64 - 100*365*24*int64(time.Hour))
+
+	// MaxClockAhead is how far ahead of the leader's clock a restored
+	// clock may be: the clocks of two groups' leaders differ by what NTP
+	// allows, and a state clock ahead of the leader's holds every lease
+	// expiry back until the leader's clock catches up. The leader refuses
+	// more before proposing (CheckProposal): the rule depends on its clock.
+	MaxClockAhead = time.Minute
+)
 
 // Caps on what a command may carry, so that no command can grow the log
 // or the state without bound: MaxGaps open gaps (the cursor loop drops the
@@ -128,6 +175,8 @@ type Command struct {
 	Restore   *Restore   `json:"restore,omitempty"`
 	Member    *Member    `json:"member,omitempty"`
 	Paused    bool       `json:"paused,omitempty"`
+	// Witness is set_witness's flag.
+	Witness bool `json:"witness,omitempty"`
 	// Reason is free text recorded with a revoke, for logs.
 	Reason string `json:"reason,omitempty"`
 }
@@ -314,10 +363,21 @@ func (c Command) Validate() error {
 		if err := checkGapIDs("gaps", r.Gaps, r.Cursor.LastEventID); err != nil {
 			return bad("%v", err)
 		}
+		if r.Token > MaxRestoreToken {
+			return bad("token %d is above %d: the tracking database stores tokens in a bigint, and the grants after it would not fit", r.Token, MaxRestoreToken)
+		}
+		if r.Clock < 0 || r.Clock > MaxClock {
+			return bad("clock %d is not a time from 1970 to %s", r.Clock, Time(MaxClock).Format(time.RFC3339))
+		}
 	case OpSetMember:
 		m := c.Member
 		if m == nil || m.ID == "" || m.RaftAddr == "" {
 			return bad("member id and raft_addr are required")
+		}
+		if m.Witness {
+			// A release before set_witness would refuse the whole entry
+			// (an unknown field) and miss the addresses in it.
+			return bad("member %s: the witness flag travels in set_witness, never in set_member", m.ID)
 		}
 		if !ValidNodeID(m.ID) {
 			return bad("member %q is not a valid node ID", m.ID)
@@ -330,7 +390,7 @@ func (c Command) Validate() error {
 				return bad("http_addr %q: %v", m.HTTPAddr, err)
 			}
 		}
-	case OpRemoveMember:
+	case OpRemoveMember, OpSetWitness:
 		if c.Node == "" {
 			return bad("node is required")
 		}

@@ -92,11 +92,16 @@ type Cursor struct {
 	Paused bool `json:"paused"`
 }
 
-// Member is how other peers reach one node.
+// Member is how other peers reach one node, and whether it processes.
 type Member struct {
 	ID       string `json:"id"`
 	RaftAddr string `json:"raft_addr"`
 	HTTPAddr string `json:"http_addr"`
+	// Witness says the node advertised that it does not process (it has
+	// no source): it may never hold the lease. Only set_witness sets it,
+	// and set_member keeps it. A row without it (a node that processes,
+	// or one of a release before the flag) counts as processing.
+	Witness bool `json:"witness,omitempty"`
 }
 
 // Stats are cumulative counters, advanced by release-and-advance.

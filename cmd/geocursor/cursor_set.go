@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/geocursor/geocursor/api"
+	"github.com/geocursor/geocursor/fsm"
 )
 
 // runCursorShow is `geocursor cursor show [-format table|json]`.
@@ -77,7 +78,7 @@ func runCursorSet(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("cursor set", stderr)
 	cf := addClientFlags(fs)
 	id := fs.Int64("event-id", -1, "the event ID the cursor moves to: processing goes on after it")
-	force := fs.Bool("force", false, "allow moving the cursor back: the events after it are processed (and delivered) again")
+	force := fs.Bool("force", false, "allow moving the cursor back (the events after it are processed and delivered again), or beyond the newest event in the source (every event up to it is skipped as it comes)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -93,7 +94,7 @@ func runCursorSet(args []string, stdout, stderr io.Writer) error {
 	defer cancel()
 	resp, err := client.SetCursor(ctx, *cf.addr, api.CursorSetRequest{EventID: *id, Force: *force})
 	if err != nil {
-		if errors.Is(err, api.ErrNotFound) || errors.Is(err, api.ErrBadRequest) {
+		if errors.Is(err, api.ErrNotFound) || errors.Is(err, api.ErrBadRequest) || errors.Is(err, fsm.ErrBadCommand) {
 			return fmt.Errorf("cursor set: %w", err)
 		}
 		return unreachable(*cf.addr, err)

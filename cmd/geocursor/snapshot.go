@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/geocursor/geocursor/api"
+	"github.com/geocursor/geocursor/fsm"
 )
 
 // runSnapshotSave is `geocursor snapshot save FILE` (operator): the
@@ -102,7 +103,7 @@ func runSnapshotRestore(args []string, stdout, stderr io.Writer) error {
 	defer cancel()
 	resp, err := client.Restore(ctx, *cf.addr, snap)
 	if err != nil {
-		if errors.Is(err, api.ErrNotFound) || errors.Is(err, api.ErrBadRequest) {
+		if errors.Is(err, api.ErrNotFound) || errors.Is(err, api.ErrBadRequest) || errors.Is(err, fsm.ErrBadCommand) || errors.Is(err, fsm.ErrNotFresh) {
 			return fmt.Errorf("snapshot restore: %w", err)
 		}
 		return unreachable(*cf.addr, err)

@@ -39,10 +39,11 @@ func TestCursorSetForwardsAndBackUnderLoad(t *testing.T) {
 	waitCursor(t, c.Agents, 300, 30*time.Second)
 	a := c.Agents[1]
 
-	// Forwards, past events the load has not written yet.
+	// Forwards, past events the load has not written yet: beyond the
+	// source head, which needs -force.
 	head := sourceHead(t, d)
 	skipTo := head + 400
-	out := runCLI(t, 0, "cursor", "set", "-event-id", fmt.Sprint(skipTo), "-addr", a.HTTPAddr)
+	out := runCLI(t, 0, "cursor", "set", "-event-id", fmt.Sprint(skipTo), "-force", "-addr", a.HTTPAddr)
 	if !strings.Contains(out, "Cursor moved forwards from") || !strings.Contains(out, fmt.Sprintf("to %d", skipTo)) {
 		t.Errorf("cursor set forwards: %q", out)
 	}
