@@ -161,6 +161,24 @@ type Databases struct {
 // DatabaseOK is the value of a Databases field for a reachable database.
 const DatabaseOK = "ok"
 
+// ErrorText is what a status field records of err: its message, "" for
+// none.
+func ErrorText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// OKOr is a status field's value for a database or Redis whose last error
+// is errText: DatabaseOK when there was none.
+func OKOr(errText string) string {
+	if errText == "" {
+		return DatabaseOK
+	}
+	return errText
+}
+
 // Health is the answer of GET /v1/health: the process and Raft run.
 type Health struct {
 	Status    string `json:"status"`

@@ -52,7 +52,7 @@ func NewHealth() *Health {
 func (h *Health) Source(err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.source = errText(err)
+	h.source = api.ErrorText(err)
 	if err != nil {
 		h.head.ok = false
 	}
@@ -62,7 +62,7 @@ func (h *Health) Source(err error) {
 func (h *Health) Tracking(err error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.tracking = errText(err)
+	h.tracking = api.ErrorText(err)
 }
 
 // Head records the newest event read from the source.
@@ -87,7 +87,7 @@ func (h *Health) Head(id int64, date time.Time) {
 func (h *Health) AddStatus(st *api.Status) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	st.Databases = &api.Databases{Source: okOr(h.source), Tracking: okOr(h.tracking)}
+	st.Databases = &api.Databases{Source: api.OKOr(h.source), Tracking: api.OKOr(h.tracking)}
 	h.safe.addStatus(&st.Cursor)
 	if !h.head.ok {
 		return
@@ -114,18 +114,4 @@ func (h *Health) AddStatus(st *api.Status) {
 		d := h.head.date
 		c.SourceLastEventDate = &d
 	}
-}
-
-func errText(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
-}
-
-func okOr(errText string) string {
-	if errText == "" {
-		return api.DatabaseOK
-	}
-	return errText
 }

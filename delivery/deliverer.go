@@ -393,7 +393,7 @@ func (d *Deliverer) checkRedis(ctx context.Context) {
 	ping := func(c *redis.Client) string {
 		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		defer cancel()
-		return errText(c.Ping(cctx).Err())
+		return api.ErrorText(c.Ping(cctx).Err())
 	}
 	var sidekiq, cache string
 	if s := d.cfg.Sidekiq; s != nil {
@@ -425,20 +425,20 @@ func (d *Deliverer) setBlocked(why string) {
 func (d *Deliverer) setTracking(err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.status.tracking = errText(err)
+	d.status.tracking = api.ErrorText(err)
 }
 
 func (d *Deliverer) setSidekiq(err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.status.sidekiq = errText(err)
+	d.status.sidekiq = api.ErrorText(err)
 	d.cfg.Metrics.redisCall(targetSidekiq, err)
 }
 
 func (d *Deliverer) setCache(err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.status.cache = errText(err)
+	d.status.cache = api.ErrorText(err)
 	d.cfg.Metrics.redisCall(targetCache, err)
 }
 
@@ -464,25 +464,10 @@ func (d *Deliverer) AddStatus(st *api.Status) {
 		ds.ReadAt = &t
 	}
 	if d.cfg.Sidekiq != nil {
-		ds.SidekiqRedis = okOr(s.sidekiq)
+		ds.SidekiqRedis = api.OKOr(s.sidekiq)
 	}
 	if d.cfg.Cache != nil {
-		ds.CacheRedis = okOr(s.cache)
+		ds.CacheRedis = api.OKOr(s.cache)
 	}
 	st.Delivery = ds
-}
-
-func errText(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
-}
-
-// okOr is the status document's word for a Redis: "ok", or its error.
-func okOr(errText string) string {
-	if errText == "" {
-		return api.DatabaseOK
-	}
-	return errText
 }
