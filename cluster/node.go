@@ -213,10 +213,21 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	// The transport timeout bounds how long a heartbeat to a hung peer can
 	// block; it is what lets the leader notice a frozen lease holder.
+	var rpcGuard *raftGuard
 	if cfg.TLS != nil {
 		stream, err := newTLSStreamLayer(cfg.RaftAddr, advertise, cfg.TLS.RaftServer(), cfg.TLS.PeerClient(), n.logger.Named("raft-tls"))
 		if err != nil {
 			return nil, fmt.Errorf("listen on raft_addr %s: %w", cfg.RaftAddr, err)
+		}
+		// Every RPC is checked against the certificate it came over and
+		// this node's Raft (raftguard.go); until Raft runs, RPCs wait.
+		rpcGuard = stream.guard
+		rpcGuard.holdUntilBound()
+		if cfg.Metrics != nil {
+			if err := cfg.Metrics.Register(rpcGuard); err != nil {
+				stream.Close()
+				return nil, fmt.Errorf("register metrics: %w", err)
+			}
 		}
 		n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
 			Stream: stream, MaxPool: 3, Timeout: time.Second, Logger: raftLogger,
@@ -294,6 +305,9 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	n.raft, err = raft.NewRaft(rc, n.fsm, n.logs, store, snaps, n.transport)
 	if err != nil {
 		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	if rpcGuard != nil {
+		rpcGuard.bind(newRaftNodeView(n.raft))
 	}
 	n.raftUp.Store(true)
 	switch {
