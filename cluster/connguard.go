@@ -45,7 +45,9 @@ func newConnGuard(max, perClient int) *connGuard {
 // listener wraps ln so that every accepted connection passes admit. The
 // server's ConnState must be g.connState, with the same net.Conn values:
 // wrap the listener the server serves (after tls.NewListener).
-func (g *connGuard) listener(ln net.Listener) net.Listener { return &apiGuardListener{Listener: ln, g: g} }
+func (g *connGuard) listener(ln net.Listener) net.Listener {
+	return &apiGuardListener{Listener: ln, g: g}
+}
 
 type apiGuardListener struct {
 	net.Listener
