@@ -47,6 +47,17 @@ func WithToken(ctx context.Context, token string) context.Context {
 
 type tokenKey struct{}
 
+// WithServerCheck returns a context whose requests are sent only over a
+// TLS connection whose state check accepts: a node forwarding to a member
+// checks that the server's peer certificate names that member, before a
+// byte of the request (and its token) goes out. A connection it refuses
+// is closed, and the request fails with ErrPermissionDenied, not sent.
+func WithServerCheck(ctx context.Context, check func(*tls.ConnectionState) error) context.Context {
+	return context.WithValue(ctx, serverCheckKey{}, check)
+}
+
+type serverCheckKey struct{}
+
 // TokenHeader is the other header a token may come in (design section 10).
 const TokenHeader = "X-Geocursor-Token"
 
@@ -290,8 +301,33 @@ func (c *Client) roundTrip(ctx context.Context, method, addr, path string, body 
 }
 
 func (c *Client) once(ctx context.Context, method, u string, body []byte, answer func(*http.Response, []byte) error) error {
-	var written atomic.Bool
+	var (
+		written atomic.Bool
+		refused atomic.Pointer[error]
+	)
 	trace := &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { written.Store(true) }}
+	if check, ok := ctx.Value(serverCheckKey{}).(func(*tls.ConnectionState) error); ok && check != nil {
+		// GotConn runs before the request is written: a connection to the
+		// wrong server is closed there, so the write fails and nothing,
+		// not even the token in the headers, reaches it.
+		trace.GotConn = func(info httptrace.GotConnInfo) {
+			var err error
+			if tc, isTLS := info.Conn.(*tls.Conn); isTLS {
+				cs := tc.ConnectionState()
+				err = check(&cs)
+			} else {
+				err = errors.New("the connection is not TLS, so the server cannot prove who it is")
+			}
+			if err != nil {
+				refused.Store(&err)
+				info.Conn.Close()
+				return
+			}
+			// The transport may try again on another connection; only
+			// the one the request goes over counts.
+			refused.Store(nil)
+		}
+	}
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
@@ -317,6 +353,12 @@ func (c *Client) once(ctx context.Context, method, u string, body []byte, answer
 		return fmt.Errorf("%w: %v", ErrNotSent, err)
 	}
 	resp, err := c.httpc.Do(req)
+	if bad := refused.Load(); bad != nil {
+		if err == nil {
+			resp.Body.Close()
+		}
+		return fmt.Errorf("%w: the request was not sent: %v", ErrPermissionDenied, *bad)
+	}
 	if err != nil {
 		return lost("no answer", err)
 	}

@@ -56,9 +56,16 @@ type PeerInfo struct {
 
 // RemoveRequest asks the leader to drop a member from the group. Force
 // removes it even when the voters left that answer are no majority.
+//
+// Undo lets a removed node ID back in (`cluster remove -id ID -undo`):
+// the leader records every ID the operator removes and refuses its joins
+// until then. Leave says the node removes itself on its way out
+// (leave_on_terminate), which records nothing: it may come back.
 type RemoveRequest struct {
 	NodeID string `json:"node_id"`
 	Force  bool   `json:"force,omitempty"`
+	Undo   bool   `json:"undo,omitempty"`
+	Leave  bool   `json:"leave,omitempty"`
 }
 
 // RemoveResponse says how many voters are left.

@@ -17,6 +17,8 @@ import (
 // Tokens are compared in constant time and never logged.
 type ACL struct {
 	cur atomic.Pointer[tokens]
+	// join is the join token (SetJoinToken, join.go).
+	join atomic.Pointer[[]byte]
 }
 
 type tokens struct{ operator, read []byte }

@@ -2,12 +2,14 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/geocursor/geocursor/api"
 	"github.com/geocursor/geocursor/fsm"
+	"github.com/geocursor/geocursor/tlsutil"
 )
 
 // applyTimeout bounds one Raft apply on the leader.
@@ -104,12 +106,35 @@ func (n *Node) tryLeader(ctx context.Context, fn func(ctx context.Context, leade
 	if !ok || m.HTTPAddr == "" {
 		return fmt.Errorf("%w: leader %s has not published its HTTP address yet", api.ErrNoLeader, id)
 	}
-	err := fn(actx, m.HTTPAddr)
+	err := fn(n.toMember(actx, id), m.HTTPAddr)
 	if err != nil && actx.Err() != nil && ctx.Err() == nil && !errors.Is(err, api.ErrUnknownOutcome) {
 		// Not even written: the leader is unreachable; ask again.
 		return fmt.Errorf("%w: leader %s at %s did not answer within %s", api.ErrNotLeader, id, m.HTTPAddr, attempt)
 	}
 	return err
+}
+
+// toMember returns ctx for requests meant for member id: with TLS, they
+// go only to a server whose peer certificate names id (api.WithServerCheck),
+// so that a forwarded operator's token never reaches a server that took
+// over a member's address, or one that a members row points at wrongly.
+func (n *Node) toMember(ctx context.Context, id string) context.Context {
+	if n.cfg.TLS == nil {
+		return ctx
+	}
+	return api.WithServerCheck(ctx, func(cs *tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 {
+			return fmt.Errorf("the server meant to be %s presented no certificate", id)
+		}
+		got, ok := tlsutil.PeerID(cs.PeerCertificates[0])
+		switch {
+		case !ok:
+			return fmt.Errorf("the server meant to be %s presented no peer certificate", id)
+		case got != id:
+			return fmt.Errorf("the server meant to be %s presented the peer certificate of %s: a members row points at another node's address", id, got)
+		}
+		return nil
+	})
 }
 
 // retryable reports whether err says the command was not applied and the

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"net/http"
@@ -90,19 +91,57 @@ func (n *Node) joinAt(ctx context.Context, addr string, req api.JoinRequest) (ap
 	return resp, err
 }
 
-// withOwnToken returns ctx with this node's operator token, from its own
-// acl block, for its joins: a member that advertised that it does not
-// process may say that it does only with the operator's consent, which a
-// node whose configuration gained a source block has, and a stolen peer
-// certificate has not.
+// withOwnToken returns ctx with this node's own proof of the operator's
+// consent, from its acl block, for its joins: the join token if it has
+// one, else the operator token. A new node joins only with it, and a
+// member changes its HTTP address, or says that it processes after it
+// advertised that it does not, only with it; a stolen peer certificate
+// has neither.
 func (n *Node) withOwnToken(ctx context.Context) context.Context {
 	if n.cfg.ACL == nil {
 		return ctx
+	}
+	if t := n.cfg.ACL.JoinToken(); t != "" {
+		return api.WithToken(ctx, t)
 	}
 	if t := n.cfg.ACL.operatorToken(); t != "" {
 		return api.WithToken(ctx, t)
 	}
 	return ctx
+}
+
+// SetJoinToken sets the join token (acl.join_token; "" for none), which
+// consents to a membership change as the operator token does (design
+// section 10) and grants nothing else. SIGHUP sets it again.
+func (a *ACL) SetJoinToken(token string) {
+	b := []byte(token)
+	a.join.Store(&b)
+}
+
+// JoinToken is the join token as set now.
+func (a *ACL) JoinToken() string {
+	if b := a.join.Load(); b != nil {
+		return string(*b)
+	}
+	return ""
+}
+
+// consents reports whether c brings the operator's consent to a change of
+// membership: there is no acl block, or c's token is the operator token
+// or the join token (compared in constant time).
+func (n *Node) consents(c caller) bool {
+	a := n.cfg.ACL
+	if a == nil || c.right == rightOperator {
+		return true
+	}
+	b := a.join.Load()
+	return b != nil && len(*b) > 0 && subtle.ConstantTimeCompare([]byte(c.token), *b) == 1
+}
+
+// errNoConsent is the refusal of a membership change that needs the
+// operator's consent and came without it.
+func errNoConsent(what string) error {
+	return fmt.Errorf("%w: %s takes the operator's consent: the joining node sends its acl block's join_token (or operator_token), which must be this group's", api.ErrPermissionDenied, what)
 }
 
 // joinOnLeader adds (or updates) this node's own entry: here if this node
@@ -151,26 +190,44 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) (any, error) {
 	if !n.IsLeader() || n.closing.Load() {
 		return nil, fmt.Errorf("%w: %s does not lead: join through the leader", api.ErrNotLeader, n.cfg.NodeID)
 	}
-	return n.addMember(req, n.cfg.ACL == nil || c.right == rightOperator)
+	return n.addMember(req, n.consents(c))
 }
 
 // addMember runs on the leader. Joining twice is harmless, and a member
-// may publish a new HTTP address of its own; but a join never changes
-// another member's Raft address or removes another member: a node ID
-// known at another Raft address, or a Raft address that another member
-// uses, is refused. A new node joins as a non-voter, so that one that
-// cannot be reached cannot cost the group its quorum; promoteCaughtUp
-// makes it a voter once it has caught up.
+// may publish a new HTTP address of its own with the operator's consent;
+// but a join never changes another member's Raft address or removes
+// another member: a node ID known at another Raft address, or a Raft
+// address that another member uses, is refused. A new node joins as a
+// non-voter, so that one that cannot be reached cannot cost the group its
+// quorum; promoteCaughtUp makes it a voter once it has caught up.
 //
-// The join's witness flag goes into the members row. A member whose row
-// says it does not process may say that it does only with the operator's
-// consent (operator: the operator's token came with the join); otherwise
-// the certificate of a witness could make its node one that may acquire.
-func (n *Node) addMember(req api.JoinRequest, operator bool) (api.JoinResponse, error) {
+// Membership needs the operator's consent (consent: the operator token or
+// the join token came with the join; design section 10):
+//   - a node ID an operator removed stays out, consent or not, until an
+//     operator lets it back in (fsm.OpSetRemoved);
+//   - a node that is not in the Raft configuration joins only with it;
+//   - a member changes its HTTP address only with it, so that a stolen
+//     peer certificate cannot point the members table, and the operator
+//     tokens that followers forward to the leader, at a server of its own;
+//   - a member whose row says it does not process says that it does only
+//     with it; otherwise the certificate of a witness could make its node
+//     one that may acquire.
+//
+// A member that rejoins as it was (a restart, with or without its state)
+// needs nothing: it is in the configuration already.
+func (n *Node) addMember(req api.JoinRequest, consent bool) (api.JoinResponse, error) {
 	resp := api.JoinResponse{Leader: n.cfg.NodeID}
-	if cur, ok := n.fsm.Member(req.NodeID); ok && cur.Witness && !req.Witness && !operator {
-		return resp, fmt.Errorf("%w: %s is a witness in the members table; it may advertise that it processes only with the operator's token (a node sends the one in its acl block)",
+	if n.fsm.State().IsRemoved(req.NodeID) {
+		return resp, fmt.Errorf("%w: node ID %s was removed by an operator and stays out until an operator lets it back in with `geocursor cluster remove -id %s -undo`",
+			api.ErrPermissionDenied, req.NodeID, req.NodeID)
+	}
+	cur, known := n.fsm.Member(req.NodeID)
+	if known && cur.Witness && !req.Witness && !consent {
+		return resp, fmt.Errorf("%w: %s is a witness in the members table; it may advertise that it processes only with the operator's consent (a node sends the join_token or operator_token of its acl block)",
 			api.ErrPermissionDenied, req.NodeID)
+	}
+	if known && cur.HTTPAddr != "" && cur.HTTPAddr != req.HTTPAddr && !consent {
+		return resp, errNoConsent(fmt.Sprintf("moving member %s's http_addr from %s to %s", req.NodeID, cur.HTTPAddr, req.HTTPAddr))
 	}
 	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
@@ -199,6 +256,9 @@ func (n *Node) addMember(req api.JoinRequest, operator bool) (api.JoinResponse, 
 				api.ErrJoinConflict, req.RaftAddr, s.ID, req.NodeID, s.ID, s.ID)
 		}
 	}
+	if !resp.AlreadyMember && !consent {
+		return resp, errNoConsent(fmt.Sprintf("adding %s to the group", req.NodeID))
+	}
 	if !resp.AlreadyMember {
 		if err := n.raft.AddNonvoter(raft.ServerID(req.NodeID), raft.ServerAddress(req.RaftAddr), 0, applyTimeout).Error(); err != nil {
 			return resp, fmt.Errorf("add %s: %w", req.NodeID, mapRaftError(err))
@@ -206,7 +266,7 @@ func (n *Node) addMember(req api.JoinRequest, operator bool) (api.JoinResponse, 
 		n.logger.Info("added a non-voter; it becomes a voter once it has caught up", "peer", req.NodeID, "raft_addr", req.RaftAddr, "http_addr", req.HTTPAddr)
 	}
 	m := fsm.Member{ID: req.NodeID, RaftAddr: req.RaftAddr, HTTPAddr: req.HTTPAddr, Witness: req.Witness}
-	if cur, ok := n.fsm.Member(req.NodeID); !ok || cur != m {
+	if !known || cur != m {
 		res, err := n.applyRecorded(fsm.Command{Op: fsm.OpSetMember, Member: &m})
 		if err != nil {
 			return resp, err
@@ -226,21 +286,25 @@ const (
 )
 
 // promoteCaughtUp makes every non-voter that has caught up a voter. It runs
-// on the leader.
+// on the leader. Only addMember puts a node into the configuration, after
+// a join with the operator's consent (or as it was, for a member that
+// rejoins), so only such a node is promoted; an ID an operator removed is
+// never promoted, even if its removal from the configuration failed.
 func (n *Node) promoteCaughtUp(ctx context.Context) {
 	f := n.raft.GetConfiguration()
 	if f.Error() != nil {
 		return
 	}
+	st := n.fsm.State()
 	for _, s := range f.Configuration().Servers {
-		if s.Suffrage == raft.Voter {
+		if s.Suffrage == raft.Voter || st.IsRemoved(string(s.ID)) {
 			continue
 		}
-		m, ok := n.fsm.Member(string(s.ID))
+		m, ok := st.Members[string(s.ID)]
 		if !ok || m.HTTPAddr == "" {
 			continue
 		}
-		sctx, cancel := context.WithTimeout(ctx, probeTimeout)
+		sctx, cancel := context.WithTimeout(n.toMember(ctx, m.ID), probeTimeout)
 		st, err := n.client.Status(sctx, m.HTTPAddr)
 		cancel()
 		if err != nil || st.NodeID != string(s.ID) {

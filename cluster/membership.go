@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -31,26 +32,56 @@ func (n *Node) handleRemove(w http.ResponseWriter, r *http.Request) (any, error)
 	}
 	c := callerOf(r.Context())
 	operator := n.cfg.ACL == nil || c.right == rightOperator
-	if !operator && !(c.peer != "" && c.peer == req.NodeID) {
+	self := c.peer != "" && c.peer == req.NodeID
+	if req.Undo && !operator {
+		return nil, fmt.Errorf("%w: letting a removed node ID back in takes the operator token", api.ErrPermissionDenied)
+	}
+	if !operator && !self {
 		return nil, fmt.Errorf("%w: removing a member takes the operator token (a peer may only remove itself)", api.ErrPermissionDenied)
 	}
 	if !n.IsLeader() || n.closing.Load() {
 		return nil, fmt.Errorf("%w: %s does not lead: remove through the leader", api.ErrNotLeader, n.cfg.NodeID)
 	}
-	resp, err := n.removeMember(r.Context(), req)
+	if req.Undo {
+		if err := n.setRemoved(req.NodeID, false); err != nil {
+			return nil, err
+		}
+		n.logger.Warn("let a removed node ID back in: it may join again with the operator's consent", "peer", req.NodeID, "by", c.name())
+		return api.RemoveResponse{}, nil
+	}
+	// A node that removes itself on its way out (leave_on_terminate: its
+	// own peer certificate, or Leave where there is no TLS to tell) may
+	// come back; a removal by anyone else is the operator's, and keeps the
+	// ID out.
+	keepOut := !self && !(req.Leave && c.peer == "")
+	resp, err := n.removeMember(r.Context(), req, keepOut)
 	if err == nil {
 		n.logger.Warn("removed a member from the raft configuration", "peer", req.NodeID, "by", c.name(), "force", req.Force,
-			"voters_left", resp.Voters)
+			"voters_left", resp.Voters, "kept_out", keepOut)
 	}
 	return resp, err
 }
 
+// setRemoved records that node ID id is removed (kept out of the group
+// until an operator lets it back in) or is let back in.
+func (n *Node) setRemoved(id string, removed bool) error {
+	if n.fsm.State().IsRemoved(id) == removed {
+		return nil
+	}
+	res, err := n.applyOwn(fsm.Command{Op: fsm.OpSetRemoved, Node: id, Removed: removed})
+	if err != nil {
+		return err
+	}
+	return res.Err
+}
+
 // removeMember removes req.NodeID from the Raft configuration and the
-// members table. It never removes the last voter, and without Force it
-// refuses a removal after which the voters it can reach are no majority of
-// the voters left: the group would stop (removing a live voter while
-// another is down, say).
-func (n *Node) removeMember(ctx context.Context, req api.RemoveRequest) (api.RemoveResponse, error) {
+// members table, and with keepOut records it as removed first, so that
+// its certificate cannot join again until an operator lets it back in. It
+// never removes the last voter, and without Force it refuses a removal
+// after which the voters it can reach are no majority of the voters left:
+// the group would stop (removing a live voter while another is down, say).
+func (n *Node) removeMember(ctx context.Context, req api.RemoveRequest, keepOut bool) (api.RemoveResponse, error) {
 	var resp api.RemoveResponse
 	f := n.raft.GetConfiguration()
 	if err := f.Error(); err != nil {
@@ -91,6 +122,13 @@ func (n *Node) removeMember(ctx context.Context, req api.RemoveRequest) (api.Rem
 				api.ErrQuorum, req.NodeID, len(left), reachable, need)
 		}
 	}
+	if keepOut {
+		// Before the removal: a node removed but not yet recorded could
+		// join again in between.
+		if err := n.setRemoved(req.NodeID, true); err != nil {
+			return resp, fmt.Errorf("record %s as removed: %w", req.NodeID, err)
+		}
+	}
 	if _, ok := n.fsm.Member(req.NodeID); ok {
 		res, err := n.applyRecorded(fsm.Command{Op: fsm.OpRemoveMember, Node: req.NodeID})
 		if err != nil {
@@ -112,7 +150,7 @@ func (n *Node) removeMember(ctx context.Context, req api.RemoveRequest) (api.Rem
 // while the node closes, so it asks the leader directly rather than
 // through onLeader, which refuses a closing node.
 func (n *Node) leave(ctx context.Context) error {
-	req := api.RemoveRequest{NodeID: n.cfg.NodeID}
+	req := api.RemoveRequest{NodeID: n.cfg.NodeID, Leave: true}
 	backoff := api.Backoff{Min: 50 * time.Millisecond, Max: 500 * time.Millisecond}
 	for {
 		err := errors.New("no leader known")
@@ -121,7 +159,14 @@ func (n *Node) leave(ctx context.Context) error {
 			// removal and step down cleanly in the time left.
 			err = errors.New("this node still leads")
 		} else if m, ok := n.fsm.Member(id); ok && m.HTTPAddr != "" {
-			if _, err = n.client.Remove(ctx, m.HTTPAddr, req); err == nil || errors.Is(err, api.ErrQuorum) || errors.Is(err, api.ErrPermissionDenied) {
+			_, err = n.client.Remove(n.toMember(ctx, id), m.HTTPAddr, req)
+			if req.Leave && errors.Is(err, api.ErrBadRequest) && strings.Contains(err.Error(), `unknown field "leave"`) {
+				// A leader of the release before the removed set: it
+				// records no removal anyway.
+				req.Leave = false
+				_, err = n.client.Remove(n.toMember(ctx, id), m.HTTPAddr, req)
+			}
+			if err == nil || errors.Is(err, api.ErrQuorum) || errors.Is(err, api.ErrPermissionDenied) {
 				return err
 			}
 		}

@@ -126,6 +126,14 @@ type ACLConfig struct {
 	// none: a reload cannot change such a token.
 	OperatorTokenEnv string
 	ReadTokenEnv     string
+	// JoinToken, when set, lets a new node join the group without the
+	// operator token (design section 10: membership needs the operator's
+	// consent, which a joiner proves with either). A node sends its own
+	// join token, or else its operator token, with its join. JoinTokenFile
+	// and JoinTokenEnv are as for the other tokens.
+	JoinToken     string
+	JoinTokenFile string
+	JoinTokenEnv  string
 	// Warnings are what an operator should fix in how the tokens are kept
 	// (a token file others can read), each one line; the agent logs them
 	// at start and at every reload.

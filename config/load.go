@@ -129,6 +129,7 @@ var blockSchemas = map[string]*hcl.BodySchema{
 	"tls":              {Attributes: []hcl.AttributeSchema{{Name: "ca_file"}, {Name: "cert_file"}, {Name: "key_file"}}},
 	"acl": {Attributes: []hcl.AttributeSchema{
 		{Name: "operator_token"}, {Name: "read_token"}, {Name: "operator_token_file"}, {Name: "read_token_file"},
+		{Name: "join_token"}, {Name: "join_token_file"},
 	}},
 	"raft": {Attributes: []hcl.AttributeSchema{
 		{Name: "heartbeat_timeout"}, {Name: "election_timeout"}, {Name: "snapshot_threshold"},
@@ -386,6 +387,9 @@ func parse(src []byte, path string, env map[string]string) (*Config, origins, er
 			d.str("acl.read_token_file", ba["read_token_file"], &a.ReadTokenFile)
 			a.OperatorTokenEnv = envVariableOf(ba["operator_token"])
 			a.ReadTokenEnv = envVariableOf(ba["read_token"])
+			d.str("acl.join_token", ba["join_token"], &a.JoinToken)
+			d.str("acl.join_token_file", ba["join_token_file"], &a.JoinTokenFile)
+			a.JoinTokenEnv = envVariableOf(ba["join_token"])
 			cfg.ACL = a
 		case "gitlab":
 			g := &GitLabConfig{}
@@ -467,6 +471,7 @@ const (
 	// The tokens override an acl block that exists, like the DSNs.
 	EnvOperatorToken = "GEOCURSOR_OPERATOR_TOKEN"
 	EnvReadToken     = "GEOCURSOR_READ_TOKEN"
+	EnvJoinToken     = "GEOCURSOR_JOIN_TOKEN"
 	// The Redis URLs (secrets, with their passwords) override the blocks
 	// that exist.
 	EnvSidekiqRedisURL = "GEOCURSOR_SIDEKIQ_REDIS_URL"
@@ -507,6 +512,9 @@ func applyEnv(cfg *Config, o origins, env map[string]string) {
 		}
 		if set(EnvReadToken, "acl.read_token", &a.ReadToken) {
 			a.ReadTokenEnv = EnvReadToken
+		}
+		if set(EnvJoinToken, "acl.join_token", &a.JoinToken) {
+			a.JoinTokenEnv = EnvJoinToken
 		}
 	}
 	if g := cfg.GitLab; g != nil {

@@ -26,6 +26,7 @@ func tokenSpecs(a *ACLConfig) []tokenSpec {
 	return []tokenSpec{
 		{"acl.operator_token", "acl.operator_token_file", EnvOperatorToken, &a.OperatorToken, &a.OperatorTokenFile, &a.OperatorTokenEnv},
 		{"acl.read_token", "acl.read_token_file", EnvReadToken, &a.ReadToken, &a.ReadTokenFile, &a.ReadTokenEnv},
+		{"acl.join_token", "acl.join_token_file", EnvJoinToken, &a.JoinToken, &a.JoinTokenFile, &a.JoinTokenEnv},
 	}
 }
 

@@ -186,6 +186,9 @@ func validateSecurity(c *Config, o origins) error {
 		if a.ReadToken == a.OperatorToken {
 			return fail("acl.read_token", "acl.read_token is the same as acl.operator_token: give it its own value, or leave it out (the operator token reads too)")
 		}
+		if a.JoinToken != "" && (a.JoinToken == a.OperatorToken || a.JoinToken == a.ReadToken) {
+			return fail("acl.join_token", "acl.join_token is the same as another token of the acl block: give it its own value (generate one with `openssl rand -hex 32`), or leave it out (joins then take the operator token)")
+		}
 	}
 	if c.Secure() || c.Insecure {
 		return nil

@@ -80,6 +80,10 @@ func (s *State) refusal(c Command) error {
 		if to := c.SetCursor.LastEventID; to < s.Cursor.LastEventID && !c.SetCursor.Force {
 			return refuse(ErrCursorBackwards, "from %d to %d without force", s.Cursor.LastEventID, to)
 		}
+	case OpSetRemoved:
+		if c.Removed && !s.IsRemoved(c.Node) && len(s.Removed) >= MaxRemoved {
+			return refuse(ErrBadCommand, "%d node IDs are removed already, the most the state keeps: let some back in first", len(s.Removed))
+		}
 	case OpRestore:
 		if s.Cursor.LastEventID != 0 || s.Stats.EventsProcessed != 0 {
 			return refuse(ErrNotFresh, "the cursor is at %d after %d events: restore into a fresh group",
@@ -128,6 +132,17 @@ func (s *State) effect(c Command) {
 		}
 	case OpRemoveMember:
 		delete(s.Members, c.Node)
+	case OpSetRemoved:
+		i, found := slices.BinarySearch(s.Removed, c.Node)
+		switch {
+		case c.Removed && !found:
+			s.Removed = slices.Insert(s.Removed, i, c.Node)
+		case !c.Removed && found:
+			s.Removed = slices.Delete(s.Removed, i, i+1)
+			if len(s.Removed) == 0 {
+				s.Removed = nil
+			}
+		}
 	case OpSetPaused:
 		s.Cursor.Paused = c.Paused
 	case OpSetCursor:

@@ -100,7 +100,25 @@ const (
 	// replica differs only in a field it does not have. For a node that is
 	// not a member it changes nothing. Never refused.
 	OpSetWitness Op = "set_witness"
+
+	// OpSetRemoved records that the operator removed node ID Node from the
+	// group (Removed), or let it back in (not Removed): the leader refuses
+	// the join of a removed ID, whoever consents to it, until an operator
+	// lets it back in (`geocursor cluster remove -id ID -undo`). It is the
+	// leader's own command, proposed by an operator's `cluster remove`; a
+	// node's own leave (leave_on_terminate) is no removal. It does not
+	// touch the members table or the Raft configuration. Like set_witness,
+	// a node of the release before refuses it as an unknown op and keeps
+	// no removed set: only a leader reads the set, to answer a join.
+	// Refused with ErrBadCommand when it would record more than MaxRemoved
+	// IDs.
+	OpSetRemoved Op = "set_removed"
 )
+
+// MaxRemoved bounds the removed set, so that no run of removals can grow
+// the state without bound; an operator who reaches it lets some IDs back
+// in first.
+const MaxRemoved = 1024
 
 // MaxTTL bounds a lease's TTL, so that Now+TTL cannot overflow and a typo
 // cannot hand one peer the lease for a century.
@@ -177,6 +195,8 @@ type Command struct {
 	Paused    bool       `json:"paused,omitempty"`
 	// Witness is set_witness's flag.
 	Witness bool `json:"witness,omitempty"`
+	// Removed is set_removed's flag.
+	Removed bool `json:"removed,omitempty"`
 	// Reason is free text recorded with a revoke, for logs.
 	Reason string `json:"reason,omitempty"`
 }
@@ -390,7 +410,7 @@ func (c Command) Validate() error {
 				return bad("http_addr %q: %v", m.HTTPAddr, err)
 			}
 		}
-	case OpRemoveMember, OpSetWitness:
+	case OpRemoveMember, OpSetWitness, OpSetRemoved:
 		if c.Node == "" {
 			return bad("node is required")
 		}

@@ -145,6 +145,18 @@ type State struct {
 	// Reservation, when set, holds the next grant for an operator's
 	// request on one node (OpReserve).
 	Reservation *Reservation `json:"reservation,omitempty"`
+	// Removed are the node IDs an operator removed and has not let back
+	// in (OpSetRemoved), sorted, at most MaxRemoved: the leader refuses
+	// their joins. A snapshot of the release before has none; that
+	// release ignores the field in a snapshot of this one.
+	Removed []string `json:"removed,omitempty"`
+}
+
+// IsRemoved reports whether an operator removed node ID id and has not let
+// it back in.
+func (s State) IsRemoved(id string) bool {
+	_, found := slices.BinarySearch(s.Removed, id)
+	return found
 }
 
 // Reservation is the next grant held for Node until Until (Unix
@@ -167,6 +179,9 @@ func (s State) ReservedFor(now int64) string {
 func (s State) Clone() State {
 	c := s
 	c.Gaps = append([]Gap(nil), s.Gaps...)
+	if s.Removed != nil {
+		c.Removed = append([]string(nil), s.Removed...)
+	}
 	if s.Members != nil {
 		c.Members = make(map[string]Member, len(s.Members))
 		for k, v := range s.Members {

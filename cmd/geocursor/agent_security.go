@@ -21,6 +21,8 @@ type security struct {
 	// operatorToken and readToken are the tokens acl holds, so that a
 	// reload can tell which of them it changes.
 	operatorToken, readToken string
+	// joinToken is the join token acl holds (acl.join_token).
+	joinToken string
 }
 
 // loadSecurity loads what cfg's tls and acl blocks name, and logs what the
@@ -40,6 +42,8 @@ func loadSecurity(cfg *config.Config, logger hclog.Logger) (*security, error) {
 		}
 		s.acl = cluster.NewACL(a.OperatorToken, a.ReadToken)
 		s.operatorToken, s.readToken = a.OperatorToken, a.ReadToken
+		s.acl.SetJoinToken(a.JoinToken)
+		s.joinToken = a.JoinToken
 	}
 	return s, nil
 }
@@ -75,6 +79,8 @@ func (s *security) tokenReloads(a *config.ACLConfig) []tokenReload {
 			source: source(a.OperatorToken, a.OperatorTokenFile, a.OperatorTokenEnv), fixedBy: a.OperatorTokenEnv},
 		{name: "read", key: "acl.read_token", changed: a.ReadToken != s.readToken,
 			source: source(a.ReadToken, a.ReadTokenFile, a.ReadTokenEnv), fixedBy: a.ReadTokenEnv},
+		{name: "join", key: "acl.join_token", changed: a.JoinToken != s.joinToken,
+			source: source(a.JoinToken, a.JoinTokenFile, a.JoinTokenEnv), fixedBy: a.JoinTokenEnv},
 	}
 }
 
@@ -117,6 +123,8 @@ func (s *security) reload(fresh *config.Config, logger hclog.Logger) error {
 	}
 	s.acl.Set(a.OperatorToken, a.ReadToken)
 	s.operatorToken, s.readToken = a.OperatorToken, a.ReadToken
+	s.acl.SetJoinToken(a.JoinToken)
+	s.joinToken = a.JoinToken
 	var changed []string
 	for _, t := range tokens {
 		switch {

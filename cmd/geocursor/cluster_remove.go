@@ -10,20 +10,25 @@ import (
 	"github.com/geocursor/geocursor/api"
 )
 
-// runClusterRemove is `geocursor cluster remove -id ID [-force]`: drop a
-// member (a dead peer) from the group. The leader refuses to remove the
-// last voter, and without -force a removal after which the voters that
-// answer are no majority.
+// runClusterRemove is `geocursor cluster remove -id ID [-force | -undo]`:
+// drop a member (a dead peer) from the group, and keep its node ID out
+// until an operator lets it back in with -undo (design section 10). The
+// leader refuses to remove the last voter, and without -force a removal
+// after which the voters that answer are no majority.
 func runClusterRemove(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("cluster remove", stderr)
 	cf := addClientFlags(fs)
 	id := fs.String("id", "", "the node ID of the member to remove")
 	force := fs.Bool("force", false, "remove it even if the voters left that answer are no majority (the group then waits for them)")
+	undo := fs.Bool("undo", false, "let a removed node ID back in: it may join again with the operator's consent")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *id == "" {
 		return usagef("cluster remove: -id is required (the node ID of the member to remove, as cluster status lists it)")
+	}
+	if *undo && *force {
+		return usagef("cluster remove: -undo lets a removed node ID back in and takes no -force")
 	}
 	client, err := cf.client()
 	if err != nil {
@@ -31,7 +36,7 @@ func runClusterRemove(args []string, stdout, stderr io.Writer) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	req := api.RemoveRequest{NodeID: *id, Force: *force}
+	req := api.RemoveRequest{NodeID: *id, Force: *force, Undo: *undo}
 	addr := *cf.addr
 	resp, err := client.Remove(ctx, addr, req)
 	if errors.Is(err, api.ErrNotLeader) {
@@ -50,6 +55,10 @@ func runClusterRemove(args []string, stdout, stderr io.Writer) error {
 	case err != nil:
 		return unreachable(addr, err)
 	}
-	fmt.Fprintf(stdout, "Removed %s from the group; %d voters left. A node that comes back under this ID must join again (-join).\n", *id, resp.Voters)
+	if *undo {
+		fmt.Fprintf(stdout, "Let %s back in: a node with this ID may join again (-join, with the join or operator token).\n", *id)
+		return nil
+	}
+	fmt.Fprintf(stdout, "Removed %s from the group; %d voters left. Its node ID stays out until you let it back in with `geocursor cluster remove -id %s -undo`.\n", *id, resp.Voters, *id)
 	return nil
 }

@@ -19,6 +19,10 @@ type Security struct {
 	Dir           string
 	OperatorToken string
 	ReadToken     string
+	// JoinToken, when set, goes into every agent's acl block
+	// (acl.join_token): a node that holds it may join with it instead of
+	// the operator token.
+	JoinToken string
 	// TokenFiles has each agent read its tokens from files of its own
 	// (acl.operator_token_file and read_token_file, in Dir), as a site
 	// that rotates them does, instead of from its config file: WriteTokens
@@ -69,6 +73,9 @@ func (s *Security) NodeHCL(id string) (string, error) {
 			}
 		}
 		acl = fmt.Sprintf("  operator_token_file = %q\n  read_token_file     = %q\n", op, rd)
+	}
+	if s.JoinToken != "" {
+		acl += fmt.Sprintf("  join_token     = %q\n", s.JoinToken)
 	}
 	return fmt.Sprintf(`
 tls {
