@@ -203,6 +203,9 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	if raftLogger == nil {
 		raftLogger = cfg.Logger.Named("raft")
 	}
+	// Raft repeats a failed heartbeat to an unreachable peer every few
+	// milliseconds; the repeats are held back (quietlog.go).
+	raftLogger = newQuietLogger(raftLogger)
 	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.DataDir, 2, raftLogger)
 	if err != nil {
 		return nil, fmt.Errorf("open snapshot store in %s: %w", cfg.DataDir, err)
