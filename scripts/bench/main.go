@@ -55,7 +55,7 @@ import (
 // harness.ExitUsage.
 const exitFailure = 1
 
-var allParts = []string{"drain", "lag", "failover", "delivery", "gaps", "flat"}
+var allParts = []string{"drain", "lag", "failover", "delivery", "gaps", "flat", "strangers"}
 
 // The cluster's security: TLS and tokens, or neither.
 const (
@@ -122,7 +122,7 @@ func run(args []string) int {
 func parseFlags(args []string) (options, error) {
 	o := options{}
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	only := fs.String("only", strings.Join(allParts, ","), "comma-separated parts to run: drain, lag, failover, delivery, gaps, flat")
+	only := fs.String("only", strings.Join(allParts, ","), "comma-separated parts to run: drain, lag, failover, delivery, gaps, flat, strangers")
 	fs.IntVar(&o.events, "events", 1_000_000, "backlog size for the drain")
 	fs.IntVar(&o.failoverRuns, "failover-runs", 20, "failover runs of each kind (holder SIGKILL / leader SIGKILL)")
 	fs.Float64Var(&o.lagRate, "lag-rate", 1000, "events per second during the lag measurement")
@@ -252,7 +252,7 @@ func (b *bench) runParts(ctx context.Context) error {
 		name string
 		run  func(context.Context) error
 	}{
-		{"gaps", b.gaps}, {"flat", b.flat}, {"drain", b.drain}, {"lag", b.lag}, {"failover", b.failover}, {"delivery", b.delivery},
+		{"gaps", b.gaps}, {"flat", b.flat}, {"drain", b.drain}, {"lag", b.lag}, {"failover", b.failover}, {"delivery", b.delivery}, {"strangers", b.strangers},
 	} {
 		if !b.opts.has(part.name) {
 			continue

@@ -19,6 +19,8 @@ type report struct {
 	Gaps *gapsReport `json:"gaps,omitempty"`
 	// Flat is the 10M-event drain, tenth by tenth.
 	Flat *flatReport `json:"flat,omitempty"`
+	// Strangers is what a stranger's idle connections cost (issue 18).
+	Strangers *strangersReport `json:"strangers,omitempty"`
 	// RaftCostPerBatch is per phase (drain, lag), from the agents' logs.
 	RaftCostPerBatch map[string]raftCost `json:"raft_cost_per_batch,omitempty"`
 	// PeakRSSMB is the highest VmHWM of each node's processes (a killed
