@@ -112,6 +112,8 @@ type Leader struct {
 // Member is one server of the Raft configuration. Role is leader,
 // follower, candidate (the answering node only) or nonvoter; Reachable
 // says whether its health check answered the answering node just now.
+// Version and Protocol are the release and protocol its members row
+// advertises: "" and 0 for a node of protocol 0 (design section 14).
 type Member struct {
 	ID        string `json:"id"`
 	RaftAddr  string `json:"raft_addr"`
@@ -119,6 +121,8 @@ type Member struct {
 	Role      string `json:"role"`
 	Voter     bool   `json:"voter"`
 	Reachable bool   `json:"reachable"`
+	Version   string `json:"version"`
+	Protocol  int    `json:"protocol"`
 }
 
 // Lease shows the lease. Holder is null when the lease is free or has

@@ -39,6 +39,12 @@ type JoinRequest struct {
 	// processes only with the operator's token. A leader of the release
 	// before refuses the field; a joiner then joins without it.
 	Witness bool `json:"witness,omitempty"`
+	// Version and Protocol are the release the joiner runs and the
+	// protocol it speaks (design section 14); the leader records them in
+	// its members row. A leader of protocol 0 refuses the fields; a joiner
+	// then joins without them, and counts as speaking protocol 0.
+	Version  string `json:"version,omitempty"`
+	Protocol int    `json:"protocol,omitempty"`
 }
 
 // PeerInfo is what a node tells a peer that is joining or bootstrapping

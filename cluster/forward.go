@@ -147,8 +147,9 @@ func retryable(err error) bool {
 // applyRecorded is applyLocal for the leader's own commands (revokes,
 // member changes), recorded in the history like the commands of peers. A
 // member's row goes into the log as set_member (its addresses) and, when
-// its witness flag changes, set_witness (see fsm.OpSetWitness): a node of
-// the release before applies the first and ignores the second.
+// they change, set_version (its advertisement) and set_witness (its
+// witness flag; gated, see protocol.go): a node of protocol 0 applies the
+// first and refuses the others.
 func (n *Node) applyRecorded(cmd fsm.Command) (fsm.Result, error) {
 	if cmd.Op == fsm.OpSetMember && cmd.Member != nil {
 		return n.setMember(*cmd.Member)
@@ -169,7 +170,8 @@ func (n *Node) applyOwn(cmd fsm.Command) (fsm.Result, error) {
 func (n *Node) setMember(m fsm.Member) (fsm.Result, error) {
 	cur, known := n.fsm.Member(m.ID)
 	addrs, curAddrs := m, cur
-	addrs.Witness, curAddrs.Witness = false, false
+	addrs.Witness, addrs.Version, addrs.Protocol = false, "", 0
+	curAddrs.Witness, curAddrs.Version, curAddrs.Protocol = false, "", 0
 	var res fsm.Result
 	if !known || curAddrs != addrs {
 		var err error
@@ -177,10 +179,21 @@ func (n *Node) setMember(m fsm.Member) (fsm.Result, error) {
 			return res, err
 		}
 	}
+	if cur.Version != m.Version || cur.Protocol != m.Protocol {
+		var err error
+		if res, err = n.applyOwn(fsm.Command{Op: fsm.OpSetVersion, Node: m.ID, Version: m.Version, Protocol: m.Protocol}); err != nil || res.Err != nil {
+			return res, err
+		}
+		n.logger.Info("a member advertises its release and protocol", "peer", m.ID, "release", m.Version, "protocol", m.Protocol)
+	}
 	if cur.Witness == m.Witness {
 		return res, nil
 	}
-	res, err := n.applyOwn(fsm.Command{Op: fsm.OpSetWitness, Node: m.ID, Witness: m.Witness})
+	wres, err := n.proposeGated(fsm.Command{Op: fsm.OpSetWitness, Node: m.ID, Witness: m.Witness})
+	if errors.Is(err, errHeld) {
+		return res, nil
+	}
+	res = wres
 	if err == nil && res.Err == nil {
 		if m.Witness {
 			n.logger.Info("a member advertises that it does not process (a witness): it will not be granted the lease", "peer", m.ID)

@@ -25,6 +25,10 @@ func validateJoin(r api.JoinRequest) error {
 	if err := (fsm.Command{Op: fsm.OpSetMember, Member: &m}).Validate(); err != nil {
 		return fmt.Errorf("%w: %v", api.ErrBadRequest, err)
 	}
+	v := fsm.Command{Op: fsm.OpSetVersion, Node: r.NodeID, Version: r.Version, Protocol: r.Protocol}
+	if err := v.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", api.ErrBadRequest, err)
+	}
 	return nil
 }
 
@@ -78,14 +82,16 @@ func (n *Node) joinVia(ctx context.Context, addr string, req api.JoinRequest) (r
 	return resp, st.Leader.HTTPAddr, err
 }
 
-// joinAt sends req to the member at addr. A leader of the release before
-// the witness flag refuses a join that carries it (an unknown field): the
-// witness then joins without it, as every node of that release does, and
-// counts as processing until a leader that knows the flag hears it again.
+// joinAt sends req to the member at addr. A leader of protocol 0 refuses
+// a join that carries the witness flag or the advertised version and
+// protocol (unknown fields): the node then joins without them, as every
+// node of that release does, and counts as processing and as speaking
+// protocol 0 until a leader that knows the fields hears them again.
 func (n *Node) joinAt(ctx context.Context, addr string, req api.JoinRequest) (api.JoinResponse, error) {
 	resp, err := n.client.Join(ctx, addr, req)
-	if req.Witness && errors.Is(err, api.ErrBadRequest) && strings.Contains(err.Error(), `unknown field "witness"`) {
-		req.Witness = false
+	newer := req.Witness || req.Version != "" || req.Protocol != 0
+	if newer && errors.Is(err, api.ErrBadRequest) && strings.Contains(err.Error(), `unknown field "`) {
+		req.Witness, req.Version, req.Protocol = false, "", 0
 		resp, err = n.client.Join(ctx, addr, req)
 	}
 	return resp, err
@@ -161,14 +167,16 @@ func (n *Node) joinOnLeader(ctx context.Context, req api.JoinRequest) (api.JoinR
 	return resp, err
 }
 
-// self is this node's entry in the members table.
+// self is this node's entry in the members table: its addresses, whether
+// it processes, and the release and protocol it advertises.
 func (n *Node) self() fsm.Member {
-	return fsm.Member{ID: n.cfg.NodeID, RaftAddr: string(n.transport.LocalAddr()), HTTPAddr: n.cfg.HTTPAddr, Witness: n.cfg.Witness}
+	return fsm.Member{ID: n.cfg.NodeID, RaftAddr: string(n.transport.LocalAddr()), HTTPAddr: n.cfg.HTTPAddr, Witness: n.cfg.Witness,
+		Version: n.cfg.Version, Protocol: fsm.Protocol}
 }
 
 // joinRequestFor asks for m to be a member.
 func joinRequestFor(m fsm.Member) api.JoinRequest {
-	return api.JoinRequest{NodeID: m.ID, RaftAddr: m.RaftAddr, HTTPAddr: m.HTTPAddr, Witness: m.Witness}
+	return api.JoinRequest{NodeID: m.ID, RaftAddr: m.RaftAddr, HTTPAddr: m.HTTPAddr, Witness: m.Witness, Version: m.Version, Protocol: m.Protocol}
 }
 
 // handleJoin serves POST /v1/cluster/join on the leader; another member
@@ -217,7 +225,7 @@ func (n *Node) handleJoin(w http.ResponseWriter, r *http.Request) (any, error) {
 // needs nothing: it is in the configuration already.
 func (n *Node) addMember(req api.JoinRequest, consent bool) (api.JoinResponse, error) {
 	resp := api.JoinResponse{Leader: n.cfg.NodeID}
-	if n.fsm.State().IsRemoved(req.NodeID) {
+	if n.gate.isRemoved(n.fsm.State(), req.NodeID) {
 		return resp, fmt.Errorf("%w: node ID %s was removed by an operator and stays out until an operator lets it back in with `geocursor cluster remove -id %s -undo`",
 			api.ErrPermissionDenied, req.NodeID, req.NodeID)
 	}
@@ -265,7 +273,7 @@ func (n *Node) addMember(req api.JoinRequest, consent bool) (api.JoinResponse, e
 		}
 		n.logger.Info("added a non-voter; it becomes a voter once it has caught up", "peer", req.NodeID, "raft_addr", req.RaftAddr, "http_addr", req.HTTPAddr)
 	}
-	m := fsm.Member{ID: req.NodeID, RaftAddr: req.RaftAddr, HTTPAddr: req.HTTPAddr, Witness: req.Witness}
+	m := fsm.Member{ID: req.NodeID, RaftAddr: req.RaftAddr, HTTPAddr: req.HTTPAddr, Witness: req.Witness, Version: req.Version, Protocol: req.Protocol}
 	if !known || cur != m {
 		res, err := n.applyRecorded(fsm.Command{Op: fsm.OpSetMember, Member: &m})
 		if err != nil {
@@ -297,7 +305,7 @@ func (n *Node) promoteCaughtUp(ctx context.Context) {
 	}
 	st := n.fsm.State()
 	for _, s := range f.Configuration().Servers {
-		if s.Suffrage == raft.Voter || st.IsRemoved(string(s.ID)) {
+		if s.Suffrage == raft.Voter || n.gate.isRemoved(st, string(s.ID)) {
 			continue
 		}
 		m, ok := st.Members[string(s.ID)]

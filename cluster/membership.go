@@ -63,12 +63,17 @@ func (n *Node) handleRemove(w http.ResponseWriter, r *http.Request) (any, error)
 }
 
 // setRemoved records that node ID id is removed (kept out of the group
-// until an operator lets it back in) or is let back in.
+// until an operator lets it back in) or is let back in. set_removed is
+// gated (groupSpeaks): until every voter speaks protocol 1 this leader
+// holds it, and answers joins by it, and proposes it once they do.
 func (n *Node) setRemoved(id string, removed bool) error {
-	if n.fsm.State().IsRemoved(id) == removed {
+	if n.gate.isRemoved(n.fsm.State(), id) == removed {
 		return nil
 	}
-	res, err := n.applyOwn(fsm.Command{Op: fsm.OpSetRemoved, Node: id, Removed: removed})
+	res, err := n.proposeGated(fsm.Command{Op: fsm.OpSetRemoved, Node: id, Removed: removed})
+	if errors.Is(err, errHeld) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}

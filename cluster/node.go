@@ -124,6 +124,9 @@ type Node struct {
 
 	// peers is what this node's heartbeats, as leader, say of the others.
 	peers peerHealth
+	// gate holds, as leader, the commands the group does not speak yet
+	// (protocol.go).
+	gate gate
 
 	observer *raft.Observer
 	stop     chan struct{}
@@ -155,6 +158,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		fsm:    fsm.New(),
 		stop:   make(chan struct{}),
 	}
+	n.fsm.SetRelease(cfg.Version)
 	clientOpts := api.ClientOptions{}
 	if cfg.TLS != nil {
 		clientOpts.TLS = cfg.TLS.PeerClient()
@@ -304,6 +308,9 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 			return nil, err
 		}
 	}
+	if err := checkSnapshots(snaps, cfg.Version); err != nil {
+		return nil, err
+	}
 	n.logs = &watchedLogStore{LogStore: store}
 	n.raft, err = raft.NewRaft(rc, n.fsm, n.logs, store, snaps, n.transport)
 	if err != nil {
@@ -330,6 +337,11 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	}
 
 	n.startLeaderDuties()
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		n.runGate()
+	}()
 	n.startRecent()
 	ok = true
 	return n, nil

@@ -59,7 +59,8 @@ func (n *Node) Status(ctx context.Context) api.Status {
 	for i, s := range servers {
 		id := string(s.ID)
 		voter := s.Suffrage == raft.Voter
-		m := api.Member{ID: id, RaftAddr: string(s.Address), HTTPAddr: st.Members[id].HTTPAddr, Voter: voter}
+		row := st.Members[id]
+		m := api.Member{ID: id, RaftAddr: string(s.Address), HTTPAddr: row.HTTPAddr, Voter: voter, Version: row.Version, Protocol: row.Protocol}
 		switch {
 		case id == n.cfg.NodeID:
 			m.Role = roleName(n.raft.State())

@@ -2,6 +2,7 @@ package cursor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/hashicorp/go-hclog"
@@ -21,7 +22,19 @@ type migration struct {
 	version int
 	name    string
 	sql     string
+	// needs is the oldest schema version an agent must know to run on a
+	// database this migration was applied to (recorded as needs_version,
+	// from schema 6 on): 0 when an agent of an earlier schema may go on
+	// writing around it (it only adds what that agent can ignore). A
+	// migration that changes what a batch must write sets it to its own
+	// version, and the agents before it then refuse to start
+	// (ErrSchemaNewer) instead of writing batches it would misread.
+	needs int
 }
+
+// ErrSchemaNewer: the tracking schema was migrated by a newer agent that
+// agents of this schema must not run beside (design section 14).
+var ErrSchemaNewer = errors.New("tracking schema is newer than this agent can run on")
 
 var migrations = []migration{
 	{version: 1, name: "initial schema", sql: `
@@ -159,24 +172,26 @@ CREATE TABLE geocursor_delivery_marks (
     safe_event_id bigint NOT NULL
 );
 `},
+	{version: 6, name: "which agents may run on the schema", sql: `
+-- A newer agent's migration records the oldest schema version an agent
+-- must know to run on it (migration.needs); NULL: any agent may, as every
+-- migration so far. An agent that finds a needs_version above the newest
+-- schema it knows refuses to start, naming both; one that finds a newer
+-- schema without it warns and runs.
+ALTER TABLE geocursor_schema_migrations ADD COLUMN needs_version int;
+`},
 }
 
 // migrate brings the tracking schema up to the newest version. Each
 // migration runs in its own transaction under migrationLock: an agent that
 // waited for the lock re-reads the applied versions and finds the work done.
 func migrate(ctx context.Context, pool *pgxpool.Pool, logger hclog.Logger) error {
-	applied, err := appliedVersions(ctx, pool)
+	applied, needs, err := appliedVersions(ctx, pool)
 	if err != nil {
 		return err
 	}
-	newest := 0
-	for v := range applied {
-		newest = max(newest, v)
-	}
-	if known := migrations[len(migrations)-1].version; newest > known {
-		// A newer agent has upgraded the schema. Migrations only add, so
-		// an older agent can still run; say so in case it cannot.
-		logger.Warn("tracking schema is newer than this agent", "schema_version", newest, "agent_version", known)
+	if err := checkSchema(applied, needs, logger); err != nil {
+		return err
 	}
 	for _, m := range migrations {
 		if applied[m.version] {
@@ -193,11 +208,33 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, logger hclog.Logger) error
 	return nil
 }
 
+// checkSchema refuses a schema that a newer agent migrated and that this
+// one must not run on (a needs_version above the newest version it knows),
+// with an error naming both versions, and warns about one it may run on:
+// a node of this release that restarts half-way through an upgrade to a
+// release whose migrations only add still starts.
+func checkSchema(applied map[int]bool, needs int, logger hclog.Logger) error {
+	newest := 0
+	for v := range applied {
+		newest = max(newest, v)
+	}
+	known := migrations[len(migrations)-1].version
+	if needs > known {
+		return fmt.Errorf("%w: the tracking database's schema is at version %d and needs agents that know schema version %d or later; this agent knows schema version %d at most: run the newer release on this node",
+			ErrSchemaNewer, newest, needs, known)
+	}
+	if newest > known {
+		logger.Warn("tracking schema is newer than this agent", "schema_version", newest, "agent_version", known)
+	}
+	return nil
+}
+
 // appliedVersions creates the version table if needed and returns the
-// versions recorded in it.
-func appliedVersions(ctx context.Context, pool *pgxpool.Pool) (map[int]bool, error) {
-	applied := make(map[int]bool)
-	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+// versions recorded in it and the highest needs_version of them (0 for
+// none).
+func appliedVersions(ctx context.Context, pool *pgxpool.Pool) (applied map[int]bool, needs int, err error) {
+	applied = make(map[int]bool)
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
 		// CREATE TABLE IF NOT EXISTS is not safe against itself running
 		// concurrently (both can pass the check); the lock makes it so.
 		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, migrationLock); err != nil {
@@ -209,20 +246,24 @@ func appliedVersions(ctx context.Context, pool *pgxpool.Pool) (map[int]bool, err
 )`); err != nil {
 			return fmt.Errorf("create geocursor_schema_migrations: %w", err)
 		}
-		rows, err := tx.Query(ctx, `SELECT version FROM geocursor_schema_migrations`)
+		// needs_version exists from schema 6 on: read through to_jsonb, so
+		// the same query reads a table before it.
+		rows, err := tx.Query(ctx, `SELECT version, coalesce((to_jsonb(m)->>'needs_version')::int, 0) FROM geocursor_schema_migrations m`)
 		if err != nil {
 			return fmt.Errorf("read geocursor_schema_migrations: %w", err)
 		}
-		versions, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+		type row struct{ Version, Needs int32 }
+		versions, err := pgx.CollectRows(rows, pgx.RowToStructByPos[row])
 		if err != nil {
 			return fmt.Errorf("read geocursor_schema_migrations: %w", err)
 		}
 		for _, v := range versions {
-			applied[int(v)] = true
+			applied[int(v.Version)] = true
+			needs = max(needs, int(v.Needs))
 		}
 		return nil
 	})
-	return applied, err
+	return applied, needs, err
 }
 
 // apply runs m unless another agent did while this one waited for the lock;
@@ -248,6 +289,11 @@ func apply(ctx context.Context, pool *pgxpool.Pool, m migration) (ran bool, err 
 			`INSERT INTO geocursor_schema_migrations (version, applied_at) VALUES ($1, clock_timestamp())`,
 			m.version); err != nil {
 			return fmt.Errorf("record version: %w", err)
+		}
+		if m.needs > 0 {
+			if _, err := tx.Exec(ctx, `UPDATE geocursor_schema_migrations SET needs_version = $2 WHERE version = $1`, m.version, m.needs); err != nil {
+				return fmt.Errorf("record the schema version agents need: %w", err)
+			}
 		}
 		ran = true
 		return nil

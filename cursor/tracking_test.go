@@ -649,7 +649,7 @@ func TestUpgradeMovesTheFenceGapsIntoRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pool.Close()
-	if _, err := appliedVersions(testContext(t), pool); err != nil {
+	if _, _, err := appliedVersions(testContext(t), pool); err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range migrations {

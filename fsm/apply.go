@@ -18,7 +18,7 @@ func (s *State) Apply(c Command) Result {
 	if err := c.Validate(); err != nil {
 		return s.result(err)
 	}
-	c.Now = s.at(c.Now)
+	c.Now = s.appliedAt(c)
 	s.Clock = c.Now
 	err := s.refusal(c)
 	if err == nil {
@@ -37,12 +37,22 @@ func (s *State) Check(c Command) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
-	c.Now = s.at(c.Now)
+	c.Now = s.appliedAt(c)
 	return s.refusal(c)
 }
 
 // at is the time a command stamped at stamp is applied at.
 func (s *State) at(stamp int64) int64 { return max(stamp, s.Clock) }
+
+// appliedAt is the time c is applied at: at its stamp, or, for a command
+// added after protocol 0, at the state's clock whatever its stamp (see
+// Apply).
+func (s *State) appliedAt(c Command) int64 {
+	if c.Op.AddedIn() > 0 {
+		return s.Clock
+	}
+	return s.at(c.Now)
+}
 
 func (s *State) result(err error) Result {
 	return Result{Lease: s.Lease, Cursor: s.Cursor, Err: err}
@@ -85,6 +95,13 @@ func (s *State) refusal(c Command) error {
 			return refuse(ErrBadCommand, "%d node IDs are removed already, the most the state keeps: let some back in first", len(s.Removed))
 		}
 	case OpRestore:
+		if s.Speaks(1) {
+			// A node of protocol 0 applies any token and clock; while a
+			// member may be one, so does this one (see Speaks).
+			if err := restoreBounds(c.Restore); err != nil {
+				return refuse(ErrBadCommand, "%v", err)
+			}
+		}
 		if s.Cursor.LastEventID != 0 || s.Stats.EventsProcessed != 0 {
 			return refuse(ErrNotFresh, "the cursor is at %d after %d events: restore into a fresh group",
 				s.Cursor.LastEventID, s.Stats.EventsProcessed)
@@ -122,12 +139,17 @@ func (s *State) effect(c Command) {
 		if s.Members == nil {
 			s.Members = make(map[string]Member)
 		}
-		m := *c.Member
-		m.Witness = s.Members[m.ID].Witness
+		m, cur := *c.Member, s.Members[c.Member.ID]
+		m.Witness, m.Version, m.Protocol = cur.Witness, cur.Version, cur.Protocol
 		s.Members[m.ID] = m
 	case OpSetWitness:
 		if m, ok := s.Members[c.Node]; ok {
 			m.Witness = c.Witness
+			s.Members[c.Node] = m
+		}
+	case OpSetVersion:
+		if m, ok := s.Members[c.Node]; ok {
+			m.Version, m.Protocol = c.Version, c.Protocol
 			s.Members[c.Node] = m
 		}
 	case OpRemoveMember:

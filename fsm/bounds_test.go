@@ -11,13 +11,13 @@ import (
 )
 
 // fresh returns a group that has processed nothing, with members a and b
-// and the lease free after token 3.
+// (both of protocol 1) and the lease free after token 3.
 func fresh() State {
 	return State{
 		Lease: Lease{Token: 3},
 		Members: map[string]Member{
-			"a": {ID: "a", RaftAddr: "10.0.0.1:8471", HTTPAddr: "10.0.0.1:8470"},
-			"b": {ID: "b", RaftAddr: "10.0.0.2:8471", HTTPAddr: "10.0.0.2:8470"},
+			"a": {ID: "a", RaftAddr: "10.0.0.1:8471", HTTPAddr: "10.0.0.1:8470", Protocol: 1},
+			"b": {ID: "b", RaftAddr: "10.0.0.2:8471", HTTPAddr: "10.0.0.2:8470", Protocol: 1},
 		},
 		Clock: t0 - sec,
 	}
@@ -192,7 +192,7 @@ func TestWitnessFlagTravelsApartFromTheAddresses(t *testing.T) {
 			given: witness(fresh, "a"),
 			cmd:   Command{Op: OpSetMember, Member: &Member{ID: "a", RaftAddr: "10.0.0.9:8471", HTTPAddr: "10.0.0.9:8470"}},
 			change: func(s *State) {
-				s.Members["a"] = Member{ID: "a", RaftAddr: "10.0.0.9:8471", HTTPAddr: "10.0.0.9:8470", Witness: true}
+				s.Members["a"] = Member{ID: "a", RaftAddr: "10.0.0.9:8471", HTTPAddr: "10.0.0.9:8470", Witness: true, Protocol: 1}
 			},
 		},
 		{

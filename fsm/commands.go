@@ -113,7 +113,24 @@ const (
 	// Refused with ErrBadCommand when it would record more than MaxRemoved
 	// IDs.
 	OpSetRemoved Op = "set_removed"
+
+	// OpSetVersion records what member Node advertises it runs: its
+	// release (Version, as `geocursor version` prints it) and the protocol
+	// it speaks (Protocol; see the constant Protocol). It is the leader's
+	// own command, proposed when a join says something else than the
+	// members table, and the one protocol-1 command a leader proposes
+	// before every voter speaks 1: it is how the group learns that they
+	// do. A node of protocol 0 refuses it as an unknown op; like every
+	// command added after protocol 0 it is applied at the state's clock
+	// and does not move it (AddedIn), so that node's replica differs only
+	// in fields it does not have. An empty Version and Protocol 0 clear
+	// the advertisement (a node rolled back). For a node that is not a
+	// member it changes nothing. Never refused.
+	OpSetVersion Op = "set_version"
 )
+
+// MaxVersionLen bounds the release string a member advertises.
+const MaxVersionLen = 64
 
 // MaxRemoved bounds the removed set, so that no run of removals can grow
 // the state without bound; an operator who reaches it lets some IDs back
@@ -197,6 +214,9 @@ type Command struct {
 	Witness bool `json:"witness,omitempty"`
 	// Removed is set_removed's flag.
 	Removed bool `json:"removed,omitempty"`
+	// Version and Protocol are set_version's advertisement.
+	Version  string `json:"version,omitempty"`
+	Protocol int    `json:"protocol,omitempty"`
 	// Reason is free text recorded with a revoke, for logs.
 	Reason string `json:"reason,omitempty"`
 }
@@ -383,12 +403,9 @@ func (c Command) Validate() error {
 		if err := checkGapIDs("gaps", r.Gaps, r.Cursor.LastEventID); err != nil {
 			return bad("%v", err)
 		}
-		if r.Token > MaxRestoreToken {
-			return bad("token %d is above %d: the tracking database stores tokens in a bigint, and the grants after it would not fit", r.Token, MaxRestoreToken)
-		}
-		if r.Clock < 0 || r.Clock > MaxClock {
-			return bad("clock %d is not a time from 1970 to %s", r.Clock, Time(MaxClock).Format(time.RFC3339))
-		}
+		// The bounds of the token and the clock are the state
+		// machine's only once every member speaks protocol 1
+		// (restoreBounds): a node of protocol 0 applies any.
 	case OpSetMember:
 		m := c.Member
 		if m == nil || m.ID == "" || m.RaftAddr == "" {
@@ -398,6 +415,10 @@ func (c Command) Validate() error {
 			// A release before set_witness would refuse the whole entry
 			// (an unknown field) and miss the addresses in it.
 			return bad("member %s: the witness flag travels in set_witness, never in set_member", m.ID)
+		}
+		if m.Version != "" || m.Protocol != 0 {
+			// The same: that release would refuse the whole entry.
+			return bad("member %s: version and protocol travel in set_version, never in set_member", m.ID)
 		}
 		if !ValidNodeID(m.ID) {
 			return bad("member %q is not a valid node ID", m.ID)
@@ -413,6 +434,13 @@ func (c Command) Validate() error {
 	case OpRemoveMember, OpSetWitness, OpSetRemoved:
 		if c.Node == "" {
 			return bad("node is required")
+		}
+	case OpSetVersion:
+		if c.Node == "" {
+			return bad("node is required")
+		}
+		if err := checkVersion(c.Version, c.Protocol); err != nil {
+			return bad("%v", err)
 		}
 	case OpSetPaused:
 	default:
@@ -434,6 +462,35 @@ func checkGapIDs(field string, gaps []Gap, last int64) error {
 		if i > 0 && g.ID <= gaps[i-1].ID {
 			return fmt.Errorf("%s are not sorted and unique at %d", field, g.ID)
 		}
+	}
+	return nil
+}
+
+// checkVersion checks an advertised release and protocol: printable,
+// within MaxVersionLen, and a protocol that is not negative.
+func checkVersion(version string, protocol int) error {
+	if len(version) > MaxVersionLen {
+		return fmt.Errorf("version is %d bytes long, more than %d", len(version), MaxVersionLen)
+	}
+	for _, r := range version {
+		if r <= ' ' || r > '~' {
+			return fmt.Errorf("version %q has a character that is not printable ASCII", version)
+		}
+	}
+	if protocol < 0 {
+		return fmt.Errorf("protocol %d is negative", protocol)
+	}
+	return nil
+}
+
+// restoreBounds checks the token and the clock a restore sets against
+// what the tracking database and the state's clock can hold.
+func restoreBounds(r *Restore) error {
+	if r.Token > MaxRestoreToken {
+		return fmt.Errorf("token %d is above %d: the tracking database stores tokens in a bigint, and the grants after it would not fit", r.Token, MaxRestoreToken)
+	}
+	if r.Clock < 0 || r.Clock > MaxClock {
+		return fmt.Errorf("clock %d is not a time from 1970 to %s", r.Clock, Time(MaxClock).Format(time.RFC3339))
 	}
 	return nil
 }

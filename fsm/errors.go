@@ -30,6 +30,11 @@ var (
 	ErrBadCommand = errors.New("bad command")
 )
 
+// ErrNewerState: a snapshot was written in a format newer than this
+// release reads. It is no refusal of a command: a node that meets it
+// refuses to start (design section 14).
+var ErrNewerState = errors.New("state written by a newer release")
+
 // Refusals lists every sentinel a command can be refused with.
 var Refusals = []error{ErrLeaseHeld, ErrStaleToken, ErrLeaseExpired, ErrCursorBackwards, ErrPaused, ErrGapBase, ErrNotFresh, ErrBadCommand}
 

@@ -12,6 +12,8 @@ import (
 // snapshots) and a change signal so that local readers, such as an idle
 // cursor loop, can wait for the state to move instead of polling Raft.
 type FSM struct {
+	// release names the writer of this FSM's snapshots (SetRelease).
+	release string
 	mu      sync.RWMutex
 	state   State
 	changed chan struct{} // closed and replaced on every change
@@ -23,6 +25,10 @@ var _ raft.FSM = (*FSM)(nil)
 func New() *FSM {
 	return &FSM{changed: make(chan struct{})}
 }
+
+// SetRelease names the release that writes this FSM's snapshots, so that
+// a release that cannot read one names it. Call it before Raft starts.
+func (f *FSM) SetRelease(release string) { f.release = release }
 
 // Apply decodes and applies one log entry and returns a Result. A log entry
 // that does not decode yields a Result with ErrBadCommand, the same on every
@@ -67,7 +73,7 @@ func (f *FSM) Check(cmd Command) Result {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	res := f.state.result(f.state.Check(cmd))
-	res.Now = f.state.at(cmd.Now)
+	res.Now = f.state.appliedAt(cmd)
 	return res
 }
 
@@ -93,7 +99,7 @@ func (f *FSM) notifyLocked() {
 
 // Snapshot captures the state; persisting it happens outside the lock.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
-	return &snapshot{state: f.State()}, nil
+	return &snapshot{state: f.State(), release: f.release}, nil
 }
 
 // Restore replaces the whole state with the snapshot's.
@@ -110,10 +116,13 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	return nil
 }
 
-type snapshot struct{ state State }
+type snapshot struct {
+	state   State
+	release string
+}
 
 func (s *snapshot) Persist(sink raft.SnapshotSink) error {
-	if err := s.state.WriteSnapshot(sink); err != nil {
+	if err := s.state.writeSnapshot(sink, s.release); err != nil {
 		_ = sink.Cancel()
 		return fmt.Errorf("persist snapshot: %w", err)
 	}

@@ -10,7 +10,9 @@ import "time"
 // replica (design section 14).
 //
 //   - reserve: a TTL of at most MaxReserveTTL;
-//   - restore: a clock at most MaxClockAhead ahead of the leader's.
+//   - restore: a token of at most MaxRestoreToken and a clock from 1970
+//     to MaxClock (which the state machine also checks once every member
+//     speaks protocol 1), at most MaxClockAhead ahead of the leader's.
 //
 // Refusals wrap ErrBadCommand.
 func (c Command) CheckProposal() error {
@@ -24,6 +26,9 @@ func (c Command) CheckProposal() error {
 				c.TTL, MaxReserveTTL)
 		}
 	case OpRestore:
+		if err := restoreBounds(c.Restore); err != nil {
+			return refuse(ErrBadCommand, "restore: %v", err)
+		}
 		if ahead := time.Duration(c.Restore.Clock - c.Now); ahead > MaxClockAhead {
 			return refuse(ErrBadCommand, "restore: the snapshot's clock %s is %s ahead of the leader's (%s): more than %s; a saved state's clock is when it was saved, so check the snapshot and the clocks (NTP)",
 				Time(c.Restore.Clock).Format(time.RFC3339Nano), ahead.Round(time.Second), Time(c.Now).Format(time.RFC3339Nano), MaxClockAhead)

@@ -102,6 +102,12 @@ type Member struct {
 	// and set_member keeps it. A row without it (a node that processes,
 	// or one of a release before the flag) counts as processing.
 	Witness bool `json:"witness,omitempty"`
+	// Version and Protocol are what the node advertised it runs (its
+	// release) and speaks (set_version); set_member keeps them. A row
+	// without them is a node of protocol 0, or one that has not yet
+	// advertised.
+	Version  string `json:"version,omitempty"`
+	Protocol int    `json:"protocol,omitempty"`
 }
 
 // Stats are cumulative counters, advanced by release-and-advance.

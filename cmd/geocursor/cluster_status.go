@@ -153,13 +153,16 @@ func printStatusTable(w io.Writer, st api.Status, now time.Time) error {
 
 	fmt.Fprintln(w)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tROLE\tVOTER\tREACHABLE\tRAFT ADDRESS\tHTTP ADDRESS")
+	fmt.Fprintln(tw, "ID\tROLE\tVOTER\tREACHABLE\tRAFT ADDRESS\tHTTP ADDRESS\tVERSION\tPROTOCOL")
 	for _, m := range st.Members {
 		id := safe(m.ID)
 		if m.ID == st.NodeID {
 			id += " (this)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", id, safe(m.Role), yesNo(m.Voter), yesNo(m.Reachable), safe(m.RaftAddr), orDash(safe(m.HTTPAddr)))
+		// A row without a version is a node of protocol 0 (the release
+		// ab96392), or one that has not advertised yet.
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", id, safe(m.Role), yesNo(m.Voter), yesNo(m.Reachable), safe(m.RaftAddr), orDash(safe(m.HTTPAddr)),
+			orDash(safe(m.Version)), m.Protocol)
 	}
 	return tw.Flush()
 }

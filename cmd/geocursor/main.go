@@ -122,8 +122,7 @@ func dispatch(args []string, stdout, stderr io.Writer) error {
 		}
 		return runTLSCertCreate(args[3:], stdout, stderr)
 	case "version", "-version", "--version":
-		b := buildInfo()
-		fmt.Fprintf(stdout, "geocursor %s (commit %s, %s)\n", b.Version, b.Commit, b.GoVersion)
+		fmt.Fprintln(stdout, buildInfo())
 		return nil
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)

@@ -178,7 +178,7 @@ join_timeout = "2s"
 
 func TestVersion(t *testing.T) {
 	code, stdout, _ := runCmd(t, "version")
-	if code != 0 || !strings.HasPrefix(stdout, "geocursor ") {
+	if code != 0 || !strings.HasPrefix(stdout, "geocursor ") || !strings.Contains(stdout, "(protocol 1, ") {
 		t.Errorf("version: status %d, output %q", code, stdout)
 	}
 }

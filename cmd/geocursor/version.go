@@ -1,8 +1,11 @@
 package main
 
 import (
+	"fmt"
 	"runtime"
 	"runtime/debug"
+
+	"github.com/geocursor/geocursor/fsm"
 )
 
 // version is the release, set when a release is built:
@@ -19,6 +22,14 @@ var commit = ""
 // build says what this binary was built from.
 type build struct {
 	Version, Commit, GoVersion string
+}
+
+// String is what `geocursor version` prints: the release, the protocol
+// it speaks (design section 14) and the snapshot format it writes, and
+// what it was built from.
+func (b build) String() string {
+	return fmt.Sprintf("geocursor %s (protocol %d, snapshot format %d; commit %s, %s)",
+		b.Version, fsm.Protocol, fsm.SnapshotFormat, b.Commit, b.GoVersion)
 }
 
 // buildInfo reads the release from version, and the commit from commit or
