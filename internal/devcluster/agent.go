@@ -73,10 +73,10 @@ type Agent struct {
 	HistoryPath string
 
 	spec   AgentSpec
-	binary string
 	client *api.Client
 
 	mu      sync.Mutex
+	binary  string        // what start runs; RestartWithBinary changes it
 	cmd     *exec.Cmd     // the current process; nil before the first start
 	done    chan struct{} // closed when the current process has exited
 	waitErr error         // set before done is closed
@@ -171,11 +171,35 @@ func (a *Agent) RestartWith(extra ...string) error {
 	return a.start(extra)
 }
 
+// RestartWithBinary starts the agent again like Restart, but runs binary
+// from now on (this start and the later ones): another release of
+// geocursor on the same data dir, config and addresses, as an operator
+// who upgrades or downgrades a node does.
+func (a *Agent) RestartWithBinary(binary string) error {
+	return a.startBinary(binary, nil)
+}
+
+// Binary is the path of the geocursor binary the agent runs.
+func (a *Agent) Binary() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.binary
+}
+
 func (a *Agent) start(extra []string) error {
+	return a.startBinary("", extra)
+}
+
+// startBinary starts the agent with binary, or the one it ran last if
+// binary is "".
+func (a *Agent) startBinary(binary string, extra []string) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.runningLocked() {
 		return fmt.Errorf("start %s: it is still running (pid %d)", a.ID, a.cmd.Process.Pid)
+	}
+	if binary != "" {
+		a.binary = binary
 	}
 	args := append([]string{"agent", "-config", a.ConfigPath}, a.spec.Args...)
 	args = append(args, extra...)

@@ -198,8 +198,16 @@ func startProcessing(t *testing.T, d *procDBs, p procConfig) *ts.Cluster {
 		start = ts.StartSecureCluster
 	}
 	c := start(t, 3, p.HCL(), append(d.Env(), p.env()...))
+	waitDatabases(t, c.Agents)
+	return c
+}
+
+// waitDatabases waits until every one of agents has connected to both
+// databases.
+func waitDatabases(t *testing.T, agents []*ts.Agent) {
+	t.Helper()
 	ts.WaitFor(t, 30*time.Second, "every agent to reach both databases", func() (bool, string) {
-		for _, a := range c.Agents {
+		for _, a := range agents {
 			st, err := statusOf(a)
 			if err != nil {
 				return false, err.Error()
@@ -210,7 +218,6 @@ func startProcessing(t *testing.T, d *procDBs, p procConfig) *ts.Cluster {
 		}
 		return true, ""
 	})
-	return c
 }
 
 func statusOf(a *ts.Agent) (api.Status, error) {

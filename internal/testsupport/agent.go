@@ -52,13 +52,14 @@ func BuildBinary(tb testing.TB) string {
 	return buildPath
 }
 
-// RemoveBinary removes what BuildBinary built, if anything. Call it from
-// TestMain after m.Run.
+// RemoveBinary removes what BuildBinary and BuildRelease built, if
+// anything. Call it from TestMain after m.Run.
 func RemoveBinary() error {
+	err := removeReleases()
 	if buildDir == "" {
-		return nil
+		return err
 	}
-	return os.RemoveAll(buildDir)
+	return errors.Join(err, os.RemoveAll(buildDir))
 }
 
 // TempDir makes a directory under os.TempDir that is removed when the test
@@ -171,6 +172,15 @@ func (a *Agent) RestartWith(tb testing.TB, extra ...string) {
 	}
 }
 
+// RestartWithBinary starts the agent again like Restart, running binary
+// (another release) from now on.
+func (a *Agent) RestartWithBinary(tb testing.TB, binary string) {
+	tb.Helper()
+	if err := a.Agent.RestartWithBinary(binary); err != nil {
+		tb.Fatalf("%v", err)
+	}
+}
+
 // WaitExit waits up to timeout for the process to exit by itself and
 // returns its exit status; it fails the test if the process is still
 // running then.
@@ -215,7 +225,7 @@ type Cluster struct {
 // node's status shows all n members, each reachable, and the same leader.
 func StartCluster(tb testing.TB, n int, extraHCL string, env []string) *Cluster {
 	tb.Helper()
-	return startCluster(tb, n, extraHCL, env, false)
+	return startCluster(tb, BuildBinary(tb), n, extraHCL, env, false)
 }
 
 // StartSecureCluster is StartCluster with TLS and tokens, as in
@@ -223,10 +233,17 @@ func StartCluster(tb testing.TB, n int, extraHCL string, env []string) *Cluster 
 // agent, and the harness's requests as the operator's.
 func StartSecureCluster(tb testing.TB, n int, extraHCL string, env []string) *Cluster {
 	tb.Helper()
-	return startCluster(tb, n, extraHCL, env, true)
+	return startCluster(tb, BuildBinary(tb), n, extraHCL, env, true)
 }
 
-func startCluster(tb testing.TB, n int, extraHCL string, env []string, secure bool) *Cluster {
+// StartSecureClusterOf is StartSecureCluster with the agents running
+// binary, e.g. a previous release's (BuildRelease).
+func StartSecureClusterOf(tb testing.TB, binary string, n int, extraHCL string, env []string) *Cluster {
+	tb.Helper()
+	return startCluster(tb, binary, n, extraHCL, env, true)
+}
+
+func startCluster(tb testing.TB, binary string, n int, extraHCL string, env []string, secure bool) *Cluster {
 	tb.Helper()
 	c := &Cluster{Dir: TempDir(tb, "geocursor-cluster-")}
 	if secure {
@@ -237,7 +254,7 @@ func startCluster(tb testing.TB, n int, extraHCL string, env []string, secure bo
 		c.Security = sec
 	}
 	c.procs = &devcluster.Cluster{
-		Binary:   BuildBinary(tb),
+		Binary:   binary,
 		Dir:      c.Dir,
 		Security: c.Security,
 		OnAgent:  func(p *devcluster.Agent) { c.Agents = append(c.Agents, adopt(tb, p)) },
