@@ -56,7 +56,7 @@ func TestStaticBuildForTheImage(t *testing.T) {
 		}
 	}
 	out, err := exec.Command(bin, "version").CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "geocursor v9.9.9-test (commit 0123456789ab") {
+	if err != nil || !strings.Contains(string(out), "geocursor v9.9.9-test (") || !strings.Contains(string(out), "commit 0123456789ab") {
 		t.Errorf("geocursor version: %q, %v; want the release and commit from -ldflags", out, err)
 	}
 }
