@@ -106,11 +106,7 @@ func (t *Tracking) Place(ctx context.Context, token uint64, start Position) (Fen
 	if token > math.MaxInt64 {
 		return Fence{}, fmt.Errorf("place fence (token %d): token does not fit in a bigint", token)
 	}
-	var lastDate *time.Time
-	if !start.LastEventDate.IsZero() {
-		d := start.LastEventDate.UTC()
-		lastDate = &d
-	}
+	lastDate := start.dateColumn()
 	err := pgx.BeginFunc(ctx, t.pool, func(tx pgx.Tx) error {
 		tag, err := tx.Exec(ctx, `
 UPDATE geocursor_fence
@@ -302,11 +298,7 @@ func (t *Tracking) MoveFence(ctx context.Context, token uint64, from, to Positio
 				replayed += tag.RowsAffected()
 			}
 		}
-		var date *time.Time
-		if !to.LastEventDate.IsZero() {
-			d := to.LastEventDate.UTC()
-			date = &d
-		}
+		date := to.dateColumn()
 		if _, err := tx.Exec(ctx, `UPDATE geocursor_fence
 SET token = $1, last_event_id = $2, last_event_date = $3, gaps_count = 0, gaps_sum = $4, positioned = true, updated_at = clock_timestamp()
 WHERE id = 1`, int64(token), to.LastEventID, date, int64(fsm.GapSum(nil))); err != nil {

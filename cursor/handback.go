@@ -183,11 +183,7 @@ func (t *Tracking) Retake(ctx context.Context, token uint64, from Fence, to Posi
 	if token > math.MaxInt64 {
 		return Fence{}, fmt.Errorf("retake the fence (token %d): token does not fit in a bigint", token)
 	}
-	var lastDate *time.Time
-	if !to.LastEventDate.IsZero() {
-		d := to.LastEventDate.UTC()
-		lastDate = &d
-	}
+	lastDate := to.dateColumn()
 	err := pgx.BeginFunc(ctx, t.pool, func(tx pgx.Tx) error {
 		var (
 			cur, lastID, es int64

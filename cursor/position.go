@@ -30,6 +30,16 @@ func positionOf(st fsm.State) Position {
 	}
 }
 
+// dateColumn is the fence row's last_event_date for p: NULL when the
+// date is not known (a position placed from an ID alone).
+func (p Position) dateColumn() *time.Time {
+	if p.LastEventDate.IsZero() {
+		return nil
+	}
+	d := p.LastEventDate.UTC()
+	return &d
+}
+
 // GapIDs returns the IDs of the open gaps in ascending order.
 func (p Position) GapIDs() []int64 {
 	ids := make([]int64, len(p.Gaps))

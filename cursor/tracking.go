@@ -240,11 +240,7 @@ func (s *Staged) Commit(ctx context.Context) (CommitResult, error) {
 	}
 	defer s.Abort() // releases the connection; a no-op rollback after COMMIT
 	b := s.b
-	var lastDate *time.Time
-	if !b.Next.LastEventDate.IsZero() {
-		d := b.Next.LastEventDate.UTC()
-		lastDate = &d
-	}
+	lastDate := b.Next.dateColumn()
 	var fenceErr error
 	pb := &pgx.Batch{}
 	pb.Queue(checkFenceQuery).
