@@ -23,29 +23,23 @@ import (
 
 func TestOpenRedisThroughSentinelNamesTheMaster(t *testing.T) {
 	sentinels := []string{"127.0.0.1:26379", "127.0.0.1:26380"}
-	c, name, err := OpenRedis("redis://:s3cret@gitlab-redis/3", sentinels)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	if name != "sentinel:gitlab-redis/3" {
-		t.Errorf("name %q, want sentinel:gitlab-redis/3", name)
-	}
-	c, name, err = OpenRedis("rediss://user:s3cret@gitlab-redis", sentinels)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	if name != "sentinel:gitlab-redis/0" {
-		t.Errorf("name %q, want sentinel:gitlab-redis/0", name)
-	}
-	c, name, err = OpenRedis("redis://:s3cret@10.0.0.5:6380/1", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	if name != "10.0.0.5:6380/1" {
-		t.Errorf("name without Sentinels %q, want 10.0.0.5:6380/1", name)
+	for _, tt := range []struct {
+		url       string
+		sentinels []string
+		name      string
+	}{
+		{"redis://:s3cret@gitlab-redis/3", sentinels, "sentinel:gitlab-redis/3"},
+		{"rediss://user:s3cret@gitlab-redis", sentinels, "sentinel:gitlab-redis/0"},
+		{"redis://:s3cret@10.0.0.5:6380/1", nil, "10.0.0.5:6380/1"},
+	} {
+		c, name, err := OpenRedis(tt.url, tt.sentinels)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		if name != tt.name {
+			t.Errorf("OpenRedis(%d sentinels) named it %q, want %q", len(tt.sentinels), name, tt.name)
+		}
 	}
 	for url, want := range map[string]string{
 		"redis://:s3cret@gitlab-redis:6379/0": `takes no port: drop ":6379"`,
