@@ -3,39 +3,20 @@ package cursor
 import (
 	"context"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/geocursor/geocursor/internal/pgserver"
+	ts "github.com/geocursor/geocursor/internal/testsupport"
 )
 
 // The benchmarks get their own server with the durable defaults (fsync on):
 // the tests' shared server runs with fsync off, which would hide the cost
 // of every commit's WAL flush.
-var durable struct {
-	once sync.Once
-	srv  *pgserver.Server
-	err  error
-	seq  int
-}
+var durable = &ts.PackagePostgres{}
 
 func durableDatabase(b *testing.B) string {
 	b.Helper()
-	durable.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		durable.srv, durable.err = pgserver.Start(ctx, pgserver.Options{})
-	})
-	if durable.err != nil {
-		b.Fatalf("start PostgreSQL: %v", durable.err)
-	}
-	durable.seq++
-	dsn, err := durable.srv.CreateDatabase(context.Background(), fmt.Sprintf("bench_%d", durable.seq))
-	if err != nil {
-		b.Fatalf("create database: %v", err)
-	}
-	return dsn
+	return durable.NewDatabase(b, "bench")
 }
 
 // benchEvents returns the n events after start, in the mix the load

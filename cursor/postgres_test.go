@@ -2,8 +2,6 @@ package cursor
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -19,18 +17,7 @@ import (
 // shared is the package's PostgreSQL server, for all its tests.
 var shared = &ts.PackagePostgres{Options: pgserver.Options{Fast: true}}
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if err := shared.Cleanup(); err != nil {
-		fmt.Fprintf(os.Stderr, "clean up the tests' PostgreSQL: %v\n", err)
-	}
-	if durable.srv != nil {
-		if err := durable.srv.Cleanup(); err != nil {
-			fmt.Fprintf(os.Stderr, "clean up PostgreSQL in %s: %v\n", durable.srv.Dir, err)
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { ts.RunPackage(m, shared, durable) }
 
 // postgres returns the shared server, starting it if needed.
 func postgres(t *testing.T) *pgserver.Server {

@@ -2,8 +2,6 @@ package delivery
 
 import (
 	"context"
-	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -20,13 +18,7 @@ import (
 // shared is the package's PostgreSQL server, for all its tests.
 var shared = &ts.PackagePostgres{Options: pgserver.Options{Fast: true}}
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if err := shared.Cleanup(); err != nil {
-		fmt.Fprintf(os.Stderr, "clean up the tests' PostgreSQL: %v\n", err)
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { ts.RunPackage(m, shared) }
 
 // newDatabase creates an empty database for the calling test and returns
 // its DSN.

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -98,6 +99,19 @@ func (p *PackagePostgres) Server(tb testing.TB) *pgserver.Server {
 func (p *PackagePostgres) NewDatabase(tb testing.TB, prefix string) string {
 	tb.Helper()
 	return NewDatabase(tb, p.Server(tb), fmt.Sprintf("%s_%d", prefix, p.seq.Add(1)))
+}
+
+// RunPackage is a test package's TestMain with package-wide servers: it
+// runs the tests, then stops and removes each server that was started,
+// and exits with the tests' status.
+func RunPackage(m *testing.M, servers ...*PackagePostgres) {
+	code := m.Run()
+	for _, p := range servers {
+		if err := p.Cleanup(); err != nil {
+			fmt.Fprintf(os.Stderr, "clean up the tests' PostgreSQL: %v\n", err)
+		}
+	}
+	os.Exit(code)
 }
 
 // Cleanup stops and removes the server, if it was started.
